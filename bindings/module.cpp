@@ -1,0 +1,148 @@
+// pybind11 module statekv._core: numpy in, numpy out, no logic of its own.
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "statekv/statekv.h"
+
+namespace py = pybind11;
+using namespace statekv;
+
+namespace {
+
+template <typename T>
+std::vector<T> to_vector(const py::array& a) {
+    auto c = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
+    if (!c) throw InputError("expected a numeric array");
+    return std::vector<T>(c.data(), c.data() + c.size());
+}
+
+// Tokens from the Python-side arguments (already shaped by the Python layer).
+Tokens make_tokens(const py::array& ids, const py::object& positions, const py::object& embeddings,
+                   const py::object& rows) {
+    Tokens t;
+    py::array ids_arr = py::array::ensure(ids);
+    if (ids_arr.ndim() != 1) throw InputError("tokens must be a 1-D sequence of token ids");
+    t.ids = to_vector<int32_t>(ids_arr);
+    if (!positions.is_none()) {
+        py::array p = py::array::ensure(positions);
+        if (p.ndim() == 1) {
+            t.n_position_axes = 1;
+        } else if (p.ndim() == 2) {
+            t.n_position_axes = static_cast<int>(p.shape(0));
+        } else {
+            throw InputError("positions must have shape (n,) or (n_axes, n)");
+        }
+        t.positions = to_vector<int32_t>(p);
+    }
+    if (!embeddings.is_none()) {
+        py::array e = py::array::ensure(embeddings);
+        if (e.ndim() != 2) throw InputError("embeddings must have shape (k, width)");
+        if (rows.is_none()) throw InputError("embeddings given without embedding_rows");
+        py::array r = py::array::ensure(rows);
+        if (r.ndim() != 1 || r.shape(0) != e.shape(0)) {
+            throw InputError("embedding_rows must be a 1-D array with one row index per embedding row (" +
+                             std::to_string(e.shape(0)) + ")");
+        }
+        t.embeddings = to_vector<float>(e);
+        t.embedding_rows = to_vector<int32_t>(r);
+    } else if (!rows.is_none()) {
+        throw InputError("embedding_rows given without embeddings");
+    }
+    return t;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "statekv native core (see the statekv package for the documented API)";
+
+    static py::exception<ModelError> model_error(m, "ModelError", PyExc_RuntimeError);
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const ModelError& e) {
+            model_error(e.what());
+        } catch (const InputError& e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        }
+    });
+
+    m.def("backends", [] {
+        py::list out;
+        for (const auto& d : backends()) {
+            py::dict x;
+            x["name"] = d.name;
+            x["description"] = d.description;
+            x["type"] = d.type;
+            x["memory_free"] = d.memory_free;
+            x["memory_total"] = d.memory_total;
+            out.append(x);
+        }
+        return out;
+    });
+
+    py::class_<Model, std::shared_ptr<Model>>(m, "Model")
+        .def(py::init([](const std::string& path, const std::string& device, int threads) {
+                 py::gil_scoped_release release;
+                 return std::make_shared<Model>(path, ModelOptions{device, threads});
+             }),
+             py::arg("path"), py::arg("device") = "", py::arg("threads") = 0)
+        .def_property_readonly("n_vocab", &Model::n_vocab)
+        .def_property_readonly("n_embd", &Model::n_embd)
+        .def("info", &Model::info)
+        .def(
+            "logits",
+            [](Model& self, const py::array& ids, const py::object& positions, const py::object& embeddings,
+               const py::object& rows) {
+                Tokens t = make_tokens(ids, positions, embeddings, rows);
+                std::vector<float> out;
+                {
+                    py::gil_scoped_release release;
+                    out = self.logits(t);
+                }
+                const py::ssize_t n = static_cast<py::ssize_t>(t.ids.size());
+                py::array_t<float> arr({n, static_cast<py::ssize_t>(self.n_vocab())});
+                std::copy(out.begin(), out.end(), arr.mutable_data());
+                return arr;
+            },
+            py::arg("tokens"), py::arg("positions") = py::none(), py::arg("embeddings") = py::none(),
+            py::arg("embedding_rows") = py::none())
+        .def(
+            "generate",
+            [](Model& self, const py::array& ids, int max_tokens, const py::object& positions,
+               const py::object& embeddings, const py::object& rows, const std::string& kv_type,
+               const std::vector<int32_t>& stop, bool ignore_eos, const py::object& callback) {
+                Tokens t = make_tokens(ids, positions, embeddings, rows);
+                GenerateOptions o;
+                o.kv_type = kv_type;
+                o.stop = stop;
+                o.ignore_eos = ignore_eos;
+                TokenCallback cb;
+                if (!callback.is_none()) {
+                    cb = [callback](int32_t tok) {
+                        py::gil_scoped_acquire acquire;
+                        py::object r = callback(tok);
+                        return r.is_none() || r.cast<bool>();
+                    };
+                }
+                py::gil_scoped_release release;
+                return self.generate(t, max_tokens, o, cb);
+            },
+            py::arg("tokens"), py::arg("max_tokens"), py::arg("positions") = py::none(),
+            py::arg("embeddings") = py::none(), py::arg("embedding_rows") = py::none(), py::arg("kv_type") = "f16",
+            py::arg("stop") = std::vector<int32_t>{}, py::arg("ignore_eos") = false, py::arg("callback") = py::none())
+        .def(
+            "bench_prompt",
+            [](Model& self, int n_prompt, int n_depth, int reps, const std::string& kv_type, int n_ubatch) {
+                PromptBenchResult r;
+                {
+                    py::gil_scoped_release release;
+                    r = self.bench_prompt(n_prompt, n_depth, reps, kv_type, n_ubatch);
+                }
+                return r.seconds;
+            },
+            py::arg("n_prompt"), py::arg("n_depth"), py::arg("repetitions"), py::arg("kv_type") = "f16",
+            py::arg("n_ubatch") = 512);
+}

@@ -1,0 +1,120 @@
+// statekv: linear-time long-video VLM inference on ggml.
+//
+// Public C++ API. Usable from a desktop application without Python.
+//
+// Example: load a llama.cpp text GGUF and compute logits / greedy continuation.
+//
+//     #include <statekv/statekv.h>
+//     statekv::Model model("Qwen2.5-0.5B-Q8_0.gguf", {/*device*/ "", /*threads*/ 4});
+//     statekv::Tokens prompt;
+//     prompt.ids = {9707, 11, 1879, 0};
+//     std::vector<float> logits = model.logits(prompt);   // prompt.ids.size() x n_vocab
+//     std::vector<int32_t> answer = model.generate(prompt, 16);
+//
+// Errors: a file that cannot be run throws statekv::ModelError (the message names the file,
+// the key or tensor, and what was expected); bad arguments throw statekv::InputError.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace statekv {
+
+// A model file that statekv cannot run: unreadable, corrupt, truncated, unknown architecture,
+// missing or mis-shaped tensor, mismatched pair of files.
+class ModelError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// An argument that does not fit the model or the session (wrong width, out-of-range rows,
+// positions, a budget of 0, a context overflow). The object stays usable.
+class InputError : public std::invalid_argument {
+public:
+    using std::invalid_argument::invalid_argument;
+};
+
+struct DeviceInfo {
+    std::string name;         // e.g. "CPU", "CUDA0"
+    std::string description;  // backend's description of the device
+    std::string type;         // "cpu", "gpu", "igpu", "accel"
+    size_t memory_free = 0;
+    size_t memory_total = 0;
+};
+
+// Devices that ggml-backend offers in this build.
+std::vector<DeviceInfo> backends();
+
+struct ModelOptions {
+    std::string device;  // device name from backends(); empty: best GPU, else CPU
+    int threads = 0;     // CPU threads; 0: number of physical-ish cores (hardware_concurrency)
+};
+
+// One sequence of tokens to feed the decoder.
+struct Tokens {
+    std::vector<int32_t> ids;
+    // Absolute positions: empty (0, 1, ... after whatever came before), n values, or for
+    // multi-axis RoPE models n_axes * n values, axis-major (as transformers' position_ids[:, 0]).
+    std::vector<int32_t> positions;
+    int n_position_axes = 1;
+    // Rows of the input embedding to replace (e.g. visual tokens). embeddings holds
+    // embedding_rows.size() rows of width n_embd, or n_embd * (1 + n_deepstack) for models with
+    // DeepStack (llama.cpp's layout: slice 0 replaces the token embedding, slice l+1 is added to
+    // the hidden state after decoder layer l).
+    std::vector<float> embeddings;
+    std::vector<int32_t> embedding_rows;
+};
+
+struct GenerateOptions {
+    std::string kv_type = "f16";     // KV cache type: f32, f16, q8_0
+    std::vector<int32_t> stop;       // extra stop token ids
+    bool ignore_eos = false;         // by default generation stops at the model's end-of-turn ids
+};
+
+// Returns false to stop generation early.
+using TokenCallback = std::function<bool(int32_t token)>;
+
+struct PromptBenchResult {
+    int n_prompt = 0;
+    int n_depth = 0;
+    std::vector<double> seconds;  // one per repetition
+};
+
+class Model {
+public:
+    explicit Model(const std::string& text_gguf, const ModelOptions& options = {});
+    ~Model();
+    Model(const Model&) = delete;
+    Model& operator=(const Model&) = delete;
+
+    // One stateless full-attention prefill; returns ids.size() * n_vocab floats, row-major.
+    std::vector<float> logits(const Tokens& input);
+
+    // Greedy decoding with a KV cache; returns the new tokens.
+    std::vector<int32_t> generate(const Tokens& prompt, int max_tokens,
+                                  const GenerateOptions& options = {},
+                                  const TokenCallback& on_token = nullptr);
+
+    // Prompt processing as llama-bench measures it: fill the KV cache to n_depth tokens, then
+    // time the prefill of n_prompt more tokens (flash attention, kv_type cache), `repetitions`
+    // times.
+    PromptBenchResult bench_prompt(int n_prompt, int n_depth, int repetitions,
+                                   const std::string& kv_type = "f16", int n_ubatch = 512);
+
+    // Architecture, sizes, types, device, as strings/numbers.
+    std::map<std::string, std::string> info() const;
+
+    int n_vocab() const;
+    int n_embd() const;
+
+    struct Impl;
+    std::shared_ptr<Impl> impl;  // shared with sessions that outlive the handle
+};
+
+}  // namespace statekv

@@ -1,0 +1,42 @@
+#include "kv_cache.h"
+
+#include "ggml-alloc.h"
+
+namespace statekv {
+
+ggml_type parse_kv_type(const std::string& name) {
+    if (name == "f32") return GGML_TYPE_F32;
+    if (name == "f16") return GGML_TYPE_F16;
+    if (name == "q8_0") return GGML_TYPE_Q8_0;
+    if (name == "q4_0") return GGML_TYPE_Q4_0;
+    throw InputError("unknown kv_type '" + name + "' (expected f32, f16, q8_0 or q4_0)");
+}
+
+KVCache::KVCache(const TextHParams& hp, const Backend& backend, int capacity, ggml_type type) : capacity_(capacity) {
+    if (capacity <= 0) throw InputError("KV cache capacity must be positive");
+    if (hp.head_dim % ggml_blck_size(type) != 0) {
+        throw InputError(std::string("kv_type ") + ggml_type_name(type) + " needs head_dim to be a multiple of " +
+                         std::to_string(ggml_blck_size(type)) + ", the model has head_dim " + std::to_string(hp.head_dim));
+    }
+    ggml_init_params ip{ggml_tensor_overhead() * (2 * hp.n_layer + 1), nullptr, true};
+    ctx_ = ggml_init(ip);
+    for (int il = 0; il < hp.n_layer; ++il) {
+        k_.push_back(ggml_new_tensor_2d(ctx_, type, int64_t(hp.head_dim) * hp.n_head_kv, capacity));
+        v_.push_back(ggml_new_tensor_2d(ctx_, type, int64_t(hp.head_dim) * hp.n_head_kv, capacity));
+    }
+    buffer_ = ggml_backend_alloc_ctx_tensors_from_buft(ctx_, backend.default_buffer_type());
+    if (!buffer_) {
+        ggml_free(ctx_);
+        throw InputError("out of memory allocating a KV cache of " + std::to_string(capacity) + " tokens");
+    }
+    ggml_backend_buffer_clear(buffer_, 0);
+}
+
+KVCache::~KVCache() {
+    if (buffer_) ggml_backend_buffer_free(buffer_);
+    if (ctx_) ggml_free(ctx_);
+}
+
+size_t KVCache::bytes() const { return ggml_backend_buffer_get_size(buffer_); }
+
+}  // namespace statekv

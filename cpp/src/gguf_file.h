@@ -1,0 +1,53 @@
+// Reading a GGUF file's metadata and tensor table with ggml's gguf.h, with errors that name the
+// file, the key or tensor, and what was expected.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "statekv/statekv.h"
+
+struct gguf_context;
+struct ggml_context;
+struct ggml_tensor;
+
+namespace statekv {
+
+class GgufFile {
+public:
+    explicit GgufFile(const std::string& path);
+    ~GgufFile();
+    GgufFile(const GgufFile&) = delete;
+    GgufFile& operator=(const GgufFile&) = delete;
+
+    const std::string& path() const { return path_; }
+    gguf_context* ctx() const { return ctx_; }
+    // Tensor metadata (type, shape) as ggml tensors without data; nullptr if absent.
+    ggml_tensor* tensor_meta(const std::string& name) const;
+    size_t file_size() const { return file_size_; }
+    size_t data_offset() const;
+
+    bool has(const std::string& key) const;
+    std::string get_str(const std::string& key) const;
+    uint32_t get_u32(const std::string& key) const;  // accepts any integer type that fits
+    float get_f32(const std::string& key) const;     // accepts f32/f64
+    bool get_bool(const std::string& key) const;
+    std::vector<int32_t> get_i32_array(const std::string& key) const;
+
+    uint32_t get_u32_or(const std::string& key, uint32_t fallback) const;
+    float get_f32_or(const std::string& key, float fallback) const;
+    bool get_bool_or(const std::string& key, bool fallback) const;
+
+    // "<file>: <what>" as a ModelError.
+    [[noreturn]] void fail(const std::string& what) const;
+
+private:
+    int64_t key_id(const std::string& key) const;
+    std::string path_;
+    gguf_context* ctx_ = nullptr;
+    ggml_context* meta_ = nullptr;
+    size_t file_size_ = 0;
+};
+
+}  // namespace statekv

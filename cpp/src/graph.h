@@ -1,0 +1,79 @@
+// Graph building blocks shared by every model family: inputs, RMSNorm, RoPE, GQA attention,
+// SwiGLU FFN, row gather/scatter. Written once; the model files compose them.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "ggml.h"
+
+namespace statekv {
+
+// A graph under construction plus the host data of its inputs, uploaded after allocation.
+class GraphBuilder {
+public:
+    explicit GraphBuilder(size_t max_nodes = 16384);
+    ~GraphBuilder();
+    GraphBuilder(const GraphBuilder&) = delete;
+    GraphBuilder& operator=(const GraphBuilder&) = delete;
+
+    ggml_context* ctx() const { return ctx_; }
+    ggml_cgraph* graph() const { return gf_; }
+
+    // A graph input; `bytes` is copied now and uploaded by upload_inputs().
+    ggml_tensor* input(ggml_type type, std::vector<int64_t> shape, const void* bytes, const char* name);
+    ggml_tensor* input_i32(const std::vector<int32_t>& v, const char* name);
+    ggml_tensor* input_f32(const std::vector<float>& v, std::vector<int64_t> shape, const char* name);
+    void upload_inputs();
+
+    void expand(ggml_tensor* t) { ggml_build_forward_expand(gf_, t); }
+
+private:
+    ggml_context* ctx_ = nullptr;
+    ggml_cgraph* gf_ = nullptr;
+    struct PendingInput {
+        ggml_tensor* tensor;
+        std::vector<uint8_t> bytes;
+    };
+    std::vector<PendingInput> inputs_;
+};
+
+// How a family rotates queries and keys.
+struct RopeSpec {
+    int mode = 2;                        // GGML_ROPE_TYPE_NEOX or GGML_ROPE_TYPE_IMROPE
+    int n_dims = 0;                      // rotated dims per head
+    std::array<int, 4> sections{0, 0, 0, 0};  // multi-axis sections, in rotary pairs
+    float freq_base = 10000.0f;
+    float freq_scale = 1.0f;
+    int n_ctx_orig = 0;
+    bool multi_axis() const { return sections[0] + sections[1] + sections[2] + sections[3] > 0; }
+};
+
+// Positions as the graph wants them: n values, or 4 streams of n for multi-axis RoPE.
+ggml_tensor* rope(ggml_context* ctx, ggml_tensor* x, ggml_tensor* positions, const RopeSpec& spec);
+
+ggml_tensor* rms_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* weight, float eps);
+
+// y = W x (+ b)
+ggml_tensor* linear(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b = nullptr);
+
+// down(silu(gate x) * up x)
+ggml_tensor* swiglu_ffn(ggml_context* ctx, ggml_tensor* x, ggml_tensor* gate, ggml_tensor* up, ggml_tensor* down);
+
+// Fused attention (ggml_flash_attn_ext) of q [d, n_head, n_q] over k, v [d, n_kv, n_head_kv]
+// (any strides), with an additive F16 mask [n_kv, n_q] (0 or -inf). Returns [d * n_head, n_q].
+ggml_tensor* flash_attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v,
+                             ggml_tensor* mask, float scale);
+
+// Host-side F16 mask rows: query i (absolute index q0 + i in a sequence of keys 0..n_kv-1)
+// sees keys j <= q0 + i.
+std::vector<uint16_t> causal_mask_f16(int n_kv, int n_q, int q0);
+
+// Rows `rows` of x [n, m] replaced by src [n, k].
+ggml_tensor* scatter_rows(ggml_context* ctx, ggml_tensor* x, ggml_tensor* src, ggml_tensor* rows);
+// x with src added at rows `rows`.
+ggml_tensor* add_rows(ggml_context* ctx, ggml_tensor* x, ggml_tensor* src, ggml_tensor* rows);
+
+}  // namespace statekv

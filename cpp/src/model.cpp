@@ -1,0 +1,281 @@
+#include <algorithm>
+#include <chrono>
+#include <numeric>
+#include <random>
+#include <set>
+
+#include "attention.h"
+#include "cache/kv_cache.h"
+#include "ggml-alloc.h"
+#include "model_impl.h"
+
+namespace statekv {
+
+Model::Impl::Impl(const std::string& p, const ModelOptions& options)
+    : path(p), backend(options.device, options.threads), file(p), weights(file, backend) {
+    text = load_text_model(file, weights);
+    weights.load();
+    sched = backend.new_scheduler(kMaxNodes);
+}
+
+Model::Impl::~Impl() {
+    if (sched) ggml_backend_sched_free(sched);
+}
+
+void Model::Impl::validate(const Tokens& in) const {
+    const auto& hp = text->hp;
+    const size_t n = in.ids.size();
+    if (n == 0) throw InputError("empty token sequence");
+    for (size_t i = 0; i < n; ++i) {
+        if (in.ids[i] < 0 || in.ids[i] >= hp.n_vocab) {
+            throw InputError("token id " + std::to_string(in.ids[i]) + " at index " + std::to_string(i) +
+                             " is outside the vocabulary [0, " + std::to_string(hp.n_vocab) + ")");
+        }
+    }
+    if (!in.positions.empty()) {
+        if (in.n_position_axes != 1 && in.n_position_axes != hp.n_position_axes) {
+            throw InputError("positions have " + std::to_string(in.n_position_axes) + " axes; this " + hp.arch +
+                             " model takes 1" + (hp.n_position_axes > 1 ? " or " + std::to_string(hp.n_position_axes) : std::string()));
+        }
+        if (in.positions.size() != n * static_cast<size_t>(in.n_position_axes)) {
+            throw InputError("positions have " + std::to_string(in.positions.size()) + " values, expected " +
+                             std::to_string(n * in.n_position_axes) + " (" + std::to_string(in.n_position_axes) +
+                             " axes x " + std::to_string(n) + " tokens)");
+        }
+        for (int32_t p : in.positions) {
+            if (p < 0) throw InputError("positions must be non-negative, got " + std::to_string(p));
+        }
+    }
+    const size_t k = in.embedding_rows.size();
+    if (k == 0 && !in.embeddings.empty()) throw InputError("embeddings given without embedding_rows");
+    if (k > 0) {
+        const size_t width = in.embeddings.size() / k;
+        const size_t full = static_cast<size_t>(text->embedding_width());
+        if (in.embeddings.size() % k != 0 || (width != static_cast<size_t>(hp.n_embd) && width != full)) {
+            throw InputError("embeddings must have shape (" + std::to_string(k) + ", " + std::to_string(hp.n_embd) +
+                             (full != static_cast<size_t>(hp.n_embd) ? " or " + std::to_string(full) : std::string()) +
+                             "), got " + std::to_string(in.embeddings.size()) + " values");
+        }
+        std::set<int32_t> seen;
+        for (int32_t r : in.embedding_rows) {
+            if (r < 0 || static_cast<size_t>(r) >= n) {
+                throw InputError("embedding row " + std::to_string(r) + " is out of range [0, " + std::to_string(n) + ")");
+            }
+            if (!seen.insert(r).second) throw InputError("embedding row " + std::to_string(r) + " appears twice");
+        }
+    }
+}
+
+int Model::Impl::last_position(const Tokens& in, int default_pos0) const {
+    if (in.positions.empty()) return default_pos0 + static_cast<int>(in.ids.size()) - 1;
+    return *std::max_element(in.positions.begin(), in.positions.end());
+}
+
+DecoderInputs Model::Impl::make_inputs(GraphBuilder& g, const Tokens& in, int default_pos0,
+                                       const std::vector<int32_t>& output_rows) const {
+    const auto& hp = text->hp;
+    const int n = static_cast<int>(in.ids.size());
+    DecoderInputs d;
+    d.n_tokens = n;
+    d.token_ids = g.input_i32(in.ids, "token_ids");
+    std::vector<int32_t> pos(n);
+    if (in.positions.empty()) {
+        std::iota(pos.begin(), pos.end(), default_pos0);
+    } else {
+        std::copy(in.positions.begin(), in.positions.begin() + n, pos.begin());
+    }
+    if (hp.n_position_axes > 1) {
+        // Four streams (t, h, w, extra). Rotary pairs outside the t/h/w sections rotate with
+        // the temporal position, as transformers' Qwen3-VL does (llama.cpp feeds them 0).
+        std::vector<int32_t> streams(4 * static_cast<size_t>(n));
+        for (int a = 0; a < 3; ++a) {
+            const bool per_axis = !in.positions.empty() && in.n_position_axes > 1;
+            for (int i = 0; i < n; ++i) streams[a * n + i] = per_axis ? in.positions[a * n + i] : pos[i];
+        }
+        std::copy(streams.begin(), streams.begin() + n, streams.begin() + 3 * n);
+        d.positions = g.input_i32(streams, "positions");
+    } else {
+        d.positions = g.input_i32(pos, "positions");
+    }
+    if (!in.embedding_rows.empty()) {
+        const int k = static_cast<int>(in.embedding_rows.size());
+        const int width = static_cast<int>(in.embeddings.size() / k);
+        const int full = text->embedding_width();
+        if (width == full) {
+            d.embeddings = g.input_f32(in.embeddings, {full, k}, "embeddings");
+        } else {
+            // Main slice only: DeepStack slices are zero.
+            std::vector<float> padded(static_cast<size_t>(full) * k, 0.0f);
+            for (int r = 0; r < k; ++r) std::copy_n(&in.embeddings[size_t(r) * width], width, &padded[size_t(r) * full]);
+            d.embeddings = g.input_f32(padded, {full, k}, "embeddings");
+        }
+        d.embedding_rows = g.input_i32(in.embedding_rows, "embedding_rows");
+    }
+    if (!output_rows.empty()) d.output_rows = g.input_i32(output_rows, "output_rows");
+    return d;
+}
+
+std::vector<float> Model::Impl::compute(GraphBuilder& g, ggml_tensor* out) {
+    ggml_set_output(out);
+    g.expand(out);
+    ggml_backend_sched_reset(sched);
+    if (!ggml_backend_sched_alloc_graph(sched, g.graph())) {
+        throw InputError("not enough device memory for the compute graph (" + std::to_string(ggml_graph_n_nodes(g.graph())) +
+                         " nodes); use fewer tokens per call");
+    }
+    g.upload_inputs();
+    if (ggml_backend_sched_graph_compute(sched, g.graph()) != GGML_STATUS_SUCCESS) {
+        throw ModelError(path + ": graph computation failed on device " + backend.device_name());
+    }
+    std::vector<float> host(ggml_nelements(out));
+    ggml_backend_tensor_get(out, host.data(), 0, host.size() * sizeof(float));
+    return host;
+}
+
+Model::Model(const std::string& text_gguf, const ModelOptions& options)
+    : impl(std::make_shared<Impl>(text_gguf, options)) {}
+
+Model::~Model() = default;
+
+int Model::n_vocab() const { return impl->text->hp.n_vocab; }
+int Model::n_embd() const { return impl->text->hp.n_embd; }
+
+std::vector<float> Model::logits(const Tokens& input) {
+    impl->validate(input);
+    GraphBuilder g(Impl::kMaxNodes);
+    DecoderInputs in = impl->make_inputs(g, input, 0, {});
+    CausalSelfAttention attn(impl->text->hp);
+    return impl->compute(g, impl->text->build(g, in, attn));
+}
+
+namespace {
+
+// Slice [b, e) of a batch (ids, positions on every axis, embeddings of the rows inside it).
+Tokens slice_tokens(const Tokens& in, int b, int e) {
+    Tokens out;
+    const int n = static_cast<int>(in.ids.size());
+    out.ids.assign(in.ids.begin() + b, in.ids.begin() + e);
+    out.n_position_axes = in.n_position_axes;
+    if (!in.positions.empty()) {
+        for (int a = 0; a < in.n_position_axes; ++a) {
+            out.positions.insert(out.positions.end(), in.positions.begin() + a * n + b, in.positions.begin() + a * n + e);
+        }
+    }
+    if (!in.embedding_rows.empty()) {
+        const size_t width = in.embeddings.size() / in.embedding_rows.size();
+        for (size_t r = 0; r < in.embedding_rows.size(); ++r) {
+            const int row = in.embedding_rows[r];
+            if (row < b || row >= e) continue;
+            out.embedding_rows.push_back(row - b);
+            out.embeddings.insert(out.embeddings.end(), in.embeddings.begin() + r * width,
+                                  in.embeddings.begin() + (r + 1) * width);
+        }
+    }
+    return out;
+}
+
+int argmax(const float* v, int n) { return static_cast<int>(std::max_element(v, v + n) - v); }
+
+}  // namespace
+
+std::vector<int32_t> Model::generate(const Tokens& prompt, int max_tokens, const GenerateOptions& options,
+                                     const TokenCallback& on_token) {
+    Impl& m = *impl;
+    const auto& hp = m.text->hp;
+    m.validate(prompt);
+    if (max_tokens < 0) throw InputError("max_tokens must be >= 0");
+    const int n_prompt = static_cast<int>(prompt.ids.size());
+    const int n_total = n_prompt + max_tokens;
+    KVCache cache(hp, m.backend, n_total, parse_kv_type(options.kv_type));
+    std::set<int32_t> stop(options.stop.begin(), options.stop.end());
+    if (!options.ignore_eos) stop.insert(hp.eos_ids.begin(), hp.eos_ids.end());
+
+    // Prefill in micro-batches; logits of the last prompt token only.
+    const int ubatch = 512;
+    std::vector<float> last;
+    for (int b = 0; b < n_prompt; b += ubatch) {
+        const int e = std::min(n_prompt, b + ubatch);
+        Tokens part = slice_tokens(prompt, b, e);
+        GraphBuilder g(Impl::kMaxNodes);
+        DecoderInputs in = m.make_inputs(g, part, b, e == n_prompt ? std::vector<int32_t>{e - b - 1} : std::vector<int32_t>{0});
+        KVCacheAttention attn(hp, cache, b);
+        last = m.compute(g, m.text->build(g, in, attn));
+    }
+    std::vector<int32_t> out;
+    int pos = m.last_position(prompt, 0) + 1;
+    for (int i = 0; i < max_tokens; ++i) {
+        const int32_t tok = argmax(last.data(), hp.n_vocab);
+        out.push_back(tok);
+        if (on_token && !on_token(tok)) break;
+        if (stop.count(tok) || i + 1 == max_tokens) break;
+        Tokens next;
+        next.ids = {tok};
+        GraphBuilder g(Impl::kMaxNodes);
+        DecoderInputs in = m.make_inputs(g, next, pos++, {});
+        KVCacheAttention attn(hp, cache, n_prompt + i);
+        last = m.compute(g, m.text->build(g, in, attn));
+    }
+    return out;
+}
+
+PromptBenchResult Model::bench_prompt(int n_prompt, int n_depth, int repetitions, const std::string& kv_type, int n_ubatch) {
+    Impl& m = *impl;
+    const auto& hp = m.text->hp;
+    if (n_prompt <= 0 || n_depth < 0 || repetitions <= 0 || n_ubatch <= 0) {
+        throw InputError("bench_prompt needs n_prompt > 0, n_depth >= 0, repetitions > 0, n_ubatch > 0");
+    }
+    KVCache cache(hp, m.backend, n_depth + n_prompt, parse_kv_type(kv_type));
+    std::mt19937 rng(1234);
+    std::uniform_int_distribution<int32_t> dist(0, hp.n_vocab - 1);
+    auto run = [&](int b, int n) {
+        for (int u = 0; u < n; u += n_ubatch) {
+            Tokens part;
+            const int len = std::min(n_ubatch, n - u);
+            for (int i = 0; i < len; ++i) part.ids.push_back(dist(rng));
+            GraphBuilder g(Impl::kMaxNodes);
+            DecoderInputs in = m.make_inputs(g, part, b + u, {len - 1});
+            KVCacheAttention attn(hp, cache, b + u);
+            m.compute(g, m.text->build(g, in, attn));
+        }
+    };
+    PromptBenchResult r;
+    r.n_prompt = n_prompt;
+    r.n_depth = n_depth;
+    run(0, n_depth);
+    run(n_depth, n_prompt);  // warm-up, as llama-bench does
+    for (int i = 0; i < repetitions; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        run(n_depth, n_prompt);
+        r.seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return r;
+}
+
+std::map<std::string, std::string> Model::info() const {
+    const auto& hp = impl->text->hp;
+    std::map<std::string, std::string> out{
+        {"path", impl->path},
+        {"architecture", hp.arch},
+        {"n_vocab", std::to_string(hp.n_vocab)},
+        {"n_embd", std::to_string(hp.n_embd)},
+        {"n_layer", std::to_string(hp.n_layer)},
+        {"n_head", std::to_string(hp.n_head)},
+        {"n_head_kv", std::to_string(hp.n_head_kv)},
+        {"head_dim", std::to_string(hp.head_dim)},
+        {"n_ff", std::to_string(hp.n_ff)},
+        {"n_ctx_train", std::to_string(hp.n_ctx_train)},
+        {"rope_freq_base", std::to_string(hp.rope.freq_base)},
+        {"n_deepstack", std::to_string(hp.n_deepstack)},
+        {"n_position_axes", std::to_string(hp.n_position_axes)},
+        {"tied_output", hp.tied_output ? "true" : "false"},
+        {"device", impl->backend.device_name()},
+        {"threads", std::to_string(impl->backend.threads())},
+        {"weights_bytes", std::to_string(impl->weights.bytes())},
+    };
+    std::string types;
+    for (const auto& [t, c] : impl->weights.type_counts()) types += (types.empty() ? "" : ",") + t + ":" + std::to_string(c);
+    out["tensor_types"] = types;
+    return out;
+}
+
+}  // namespace statekv

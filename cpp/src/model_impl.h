@@ -1,0 +1,42 @@
+// Model internals shared by the model's own entry points and the sessions.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "gguf_file.h"
+#include "graph.h"
+#include "models/text_model.h"
+#include "statekv/statekv.h"
+#include "weights.h"
+
+namespace statekv {
+
+struct Model::Impl {
+    Impl(const std::string& path, const ModelOptions& options);
+    ~Impl();
+
+    std::string path;
+    Backend backend;
+    GgufFile file;
+    WeightStore weights;
+    std::unique_ptr<TextModel> text;
+    ggml_backend_sched_t sched = nullptr;
+    static constexpr size_t kMaxNodes = 32768;
+
+    // Checks a batch against the model (ids, positions, embeddings, rows); InputError if bad.
+    void validate(const Tokens& in) const;
+    // Graph inputs for a batch. default_pos0: first position when none are given.
+    // output_rows: rows whose logits are wanted (empty: all).
+    DecoderInputs make_inputs(GraphBuilder& g, const Tokens& in, int default_pos0,
+                              const std::vector<int32_t>& output_rows) const;
+    // Largest position over all axes of a batch (default positions included).
+    int last_position(const Tokens& in, int default_pos0) const;
+
+    // Allocate, upload, compute; copy `out` (F32) to the host.
+    std::vector<float> compute(GraphBuilder& g, ggml_tensor* out);
+};
+
+}  // namespace statekv

@@ -1,0 +1,158 @@
+#include "text_model.h"
+
+#include <cmath>
+
+#include "gguf.h"
+
+namespace statekv {
+
+void TextModel::read_common_hparams(const GgufFile& f) {
+    const std::string a = hp.arch + ".";
+    hp.n_embd = static_cast<int>(f.get_u32(a + "embedding_length"));
+    hp.n_layer = static_cast<int>(f.get_u32(a + "block_count"));
+    hp.n_head = static_cast<int>(f.get_u32(a + "attention.head_count"));
+    hp.n_head_kv = static_cast<int>(f.get_u32_or(a + "attention.head_count_kv", hp.n_head));
+    hp.n_ff = static_cast<int>(f.get_u32(a + "feed_forward_length"));
+    hp.n_ctx_train = static_cast<int>(f.get_u32(a + "context_length"));
+    hp.rms_eps = f.get_f32(a + "attention.layer_norm_rms_epsilon");
+    if (hp.n_embd <= 0 || hp.n_layer <= 0 || hp.n_head <= 0 || hp.n_head_kv <= 0 || hp.n_ff <= 0) {
+        f.fail("hyper-parameters embedding_length, block_count, attention.head_count(_kv) and "
+               "feed_forward_length must all be positive");
+    }
+    if (hp.n_head % hp.n_head_kv != 0) {
+        f.fail("attention.head_count (" + std::to_string(hp.n_head) +
+               ") must be a multiple of attention.head_count_kv (" + std::to_string(hp.n_head_kv) + ")");
+    }
+    hp.head_dim = static_cast<int>(f.get_u32_or(a + "attention.key_length", hp.n_embd / hp.n_head));
+    const int v_len = static_cast<int>(f.get_u32_or(a + "attention.value_length", hp.head_dim));
+    if (v_len != hp.head_dim) f.fail("attention.value_length must equal attention.key_length");
+    hp.rope.mode = GGML_ROPE_TYPE_NEOX;
+    hp.rope.n_dims = static_cast<int>(f.get_u32_or(a + "rope.dimension_count", hp.head_dim));
+    hp.rope.freq_base = f.get_f32_or(a + "rope.freq_base", 10000.0f);
+    hp.rope.n_ctx_orig = hp.n_ctx_train;
+    if (f.has(a + "rope.scaling.type")) {
+        const std::string t = f.get_str(a + "rope.scaling.type");
+        if (t != "none") f.fail("rope.scaling.type '" + t + "' is not supported (expected none)");
+    }
+    // End-of-generation ids: the declared eos/eot plus the Qwen chat markers when present.
+    for (const char* key : {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"}) {
+        if (f.has(key)) hp.eos_ids.push_back(static_cast<int32_t>(f.get_u32(key)));
+    }
+    const int64_t tok = gguf_find_key(f.ctx(), "tokenizer.ggml.tokens");
+    if (tok >= 0 && gguf_get_kv_type(f.ctx(), tok) == GGUF_TYPE_ARRAY &&
+        gguf_get_arr_type(f.ctx(), tok) == GGUF_TYPE_STRING) {
+        const size_t n = gguf_get_arr_n(f.ctx(), tok);
+        for (size_t i = 0; i < n; ++i) {
+            const std::string s = gguf_get_arr_str(f.ctx(), tok, i);
+            if (s == "<|im_end|>" || s == "<|endoftext|>") hp.eos_ids.push_back(static_cast<int32_t>(i));
+        }
+    }
+}
+
+void TextModel::load_common_weights(WeightStore& w, bool qkv_bias, bool qk_norm) {
+    const int64_t E = hp.n_embd, D = hp.head_dim, Hq = hp.n_head * D, Hkv = hp.n_head_kv * D, F = hp.n_ff;
+    tok_embd = w.require("token_embd.weight", {E, -1}, false);
+    hp.n_vocab = static_cast<int>(tok_embd->ne[1]);
+    layers.resize(hp.n_layer);
+    output_norm = w.require("output_norm.weight", {E}, false);
+    output = w.has("output.weight") ? w.require("output.weight", {E, hp.n_vocab}) : tok_embd;
+    hp.tied_output = output == tok_embd;
+    for (int il = 0; il < hp.n_layer; ++il) {
+        auto& L = layers[il];
+        const std::string p = "blk." + std::to_string(il) + ".";
+        L.attn_norm = w.require(p + "attn_norm.weight", {E}, false);
+        L.wq = w.require(p + "attn_q.weight", {E, Hq});
+        L.wk = w.require(p + "attn_k.weight", {E, Hkv});
+        L.wv = w.require(p + "attn_v.weight", {E, Hkv});
+        L.wo = w.require(p + "attn_output.weight", {Hq, E});
+        if (qkv_bias) {
+            L.bq = w.require(p + "attn_q.bias", {Hq}, false);
+            L.bk = w.require(p + "attn_k.bias", {Hkv}, false);
+            L.bv = w.require(p + "attn_v.bias", {Hkv}, false);
+        }
+        if (qk_norm) {
+            L.q_norm = w.require(p + "attn_q_norm.weight", {D}, false);
+            L.k_norm = w.require(p + "attn_k_norm.weight", {D}, false);
+        }
+        L.ffn_norm = w.require(p + "ffn_norm.weight", {E}, false);
+        L.ffn_gate = w.require(p + "ffn_gate.weight", {E, F});
+        L.ffn_up = w.require(p + "ffn_up.weight", {E, F});
+        L.ffn_down = w.require(p + "ffn_down.weight", {F, E});
+    }
+}
+
+ggml_tensor* TextModel::embed(GraphBuilder& g, const DecoderInputs& in) const {
+    ggml_context* ctx = g.ctx();
+    ggml_tensor* x = ggml_get_rows(ctx, tok_embd, in.token_ids);
+    if (in.embeddings) {
+        // Slice 0 of each row replaces the token embedding; DeepStack slices are added later.
+        ggml_tensor* main = ggml_view_2d(ctx, in.embeddings, hp.n_embd, in.embeddings->ne[1],
+                                         in.embeddings->nb[1], 0);
+        x = scatter_rows(ctx, x, main, in.embedding_rows);
+    }
+    return x;
+}
+
+ggml_tensor* TextModel::self_attention(GraphBuilder& g, const DecoderInputs& in, LayerAttention& attn, int il,
+                                       ggml_tensor* x) const {
+    ggml_context* ctx = g.ctx();
+    const auto& L = layers[il];
+    const int n = in.n_tokens;
+    ggml_tensor* h = rms_norm(ctx, x, L.attn_norm, hp.rms_eps);
+    ggml_tensor* q = ggml_reshape_3d(ctx, linear(ctx, h, L.wq, L.bq), hp.head_dim, hp.n_head, n);
+    ggml_tensor* k = ggml_reshape_3d(ctx, linear(ctx, h, L.wk, L.bk), hp.head_dim, hp.n_head_kv, n);
+    ggml_tensor* v = ggml_reshape_3d(ctx, linear(ctx, h, L.wv, L.bv), hp.head_dim, hp.n_head_kv, n);
+    if (L.q_norm) q = rms_norm(ctx, q, L.q_norm, hp.rms_eps);
+    if (L.k_norm) k = rms_norm(ctx, k, L.k_norm, hp.rms_eps);
+    q = rope(ctx, q, in.positions, hp.rope);
+    k = rope(ctx, k, in.positions, hp.rope);
+    ggml_tensor* o = attn.attend(g, il, q, k, v);
+    return linear(ctx, o, L.wo);
+}
+
+ggml_tensor* TextModel::feed_forward(GraphBuilder& g, int il, ggml_tensor* x) const {
+    const auto& L = layers[il];
+    ggml_tensor* h = rms_norm(g.ctx(), x, L.ffn_norm, hp.rms_eps);
+    return swiglu_ffn(g.ctx(), h, L.ffn_gate, L.ffn_up, L.ffn_down);
+}
+
+ggml_tensor* TextModel::logits(GraphBuilder& g, const DecoderInputs& in, ggml_tensor* x) const {
+    ggml_context* ctx = g.ctx();
+    if (in.output_rows) x = ggml_get_rows(ctx, x, in.output_rows);
+    x = rms_norm(ctx, x, output_norm, hp.rms_eps);
+    return ggml_mul_mat(ctx, output, x);
+}
+
+ggml_tensor* TextModel::build(GraphBuilder& g, const DecoderInputs& in, LayerAttention& attn) const {
+    ggml_tensor* x = embed(g, in);
+    for (int il = 0; il < hp.n_layer; ++il) {
+        x = ggml_add(g.ctx(), x, self_attention(g, in, attn, il, x));
+        x = ggml_add(g.ctx(), x, feed_forward(g, il, x));
+        x = after_layer(g, in, il, x);
+    }
+    return logits(g, in, x);
+}
+
+ggml_tensor* TextModel::after_layer(GraphBuilder&, const DecoderInputs&, int, ggml_tensor* x) const { return x; }
+
+std::unique_ptr<TextModel> load_text_model(const GgufFile& file, WeightStore& weights) {
+    const std::string arch = file.get_str("general.architecture");
+    using Factory = std::unique_ptr<TextModel> (*)(const GgufFile&, WeightStore&);
+    static const std::pair<const char*, Factory> families[] = {
+        {"qwen2", make_qwen2},
+        {"qwen3", make_qwen3},
+        {"qwen3vl", make_qwen3vl},
+    };
+    std::string known;
+    for (const auto& [name, make] : families) {
+        if (arch == name) return make(file, weights);
+        known += known.empty() ? name : std::string(", ") + name;
+    }
+    if (arch == "clip") {
+        file.fail("general.architecture is 'clip': this is an mmproj (vision) file; pass the text "
+                  "model GGUF as the model and this file as mmproj");
+    }
+    file.fail("unknown architecture '" + arch + "' in general.architecture (supported: " + known + ")");
+}
+
+}  // namespace statekv
