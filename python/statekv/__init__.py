@@ -1,2 +1,19 @@
-"""statekv: linear-time long-video VLM inference on ggml (placeholder; filled below)."""
-from ._core import backends, ModelError  # noqa: F401
+"""statekv: linear-time long-video VLM inference on ggml.
+
+Example::
+
+    import statekv
+    m = statekv.Model("Qwen2.5-0.5B-Instruct-Q8_0.gguf", threads=4)
+    logits = m.logits([9707, 11, 1879])           # (3, n_vocab) float32
+    new_tokens = m.generate([9707, 11, 1879], max_tokens=16)
+    print(m.info()["architecture"], statekv.backends())
+
+Errors: a file statekv cannot run raises :class:`statekv.ModelError` (its message names the file,
+the key or tensor, and what was expected); a bad argument raises :class:`ValueError`.
+"""
+from ._native import _core
+from ._core import ModelError
+from .model import Model, backends
+
+__all__ = ["Model", "ModelError", "backends"]
+__version__ = "0.1.0"
