@@ -63,7 +63,7 @@ PYBIND11_MODULE(_core, m) {
         try {
             if (p) std::rethrow_exception(p);
         } catch (const ModelError& e) {
-            model_error(e.what());
+            py::set_error(model_error, e.what());
         } catch (const InputError& e) {
             PyErr_SetString(PyExc_ValueError, e.what());
         }
@@ -83,6 +83,91 @@ PYBIND11_MODULE(_core, m) {
         return out;
     });
 
+    py::class_<Session>(m, "Session")
+        .def("prefill",
+             [](Session& self, const py::array& ids, const py::object& positions, const py::object& embeddings,
+                const py::object& rows) {
+                 Tokens t = make_tokens(ids, positions, embeddings, rows);
+                 py::gil_scoped_release release;
+                 self.prefill(t);
+             },
+             py::arg("tokens"), py::arg("positions") = py::none(), py::arg("embeddings") = py::none(),
+             py::arg("embedding_rows") = py::none())
+        .def("add_step",
+             [](Session& self, const py::array& ids, const py::object& positions, const py::object& embeddings,
+                const py::object& rows) {
+                 Tokens t = make_tokens(ids, positions, embeddings, rows);
+                 py::gil_scoped_release release;
+                 self.add_step(t);
+             },
+             py::arg("tokens"), py::arg("positions") = py::none(), py::arg("embeddings") = py::none(),
+             py::arg("embedding_rows") = py::none())
+        .def("question_logits",
+             [](Session& self, const py::array& ids, const py::object& positions, int n_vocab) {
+                 Tokens t = make_tokens(ids, positions, py::none(), py::none());
+                 std::vector<float> out;
+                 {
+                     py::gil_scoped_release release;
+                     out = self.question_logits(t);
+                 }
+                 py::array_t<float> arr({static_cast<py::ssize_t>(t.ids.size()), static_cast<py::ssize_t>(n_vocab)});
+                 std::copy(out.begin(), out.end(), arr.mutable_data());
+                 return arr;
+             },
+             py::arg("tokens"), py::arg("positions"), py::arg("n_vocab"))
+        .def("generate",
+             [](Session& self, const py::array& ids, int max_tokens, const py::object& positions, float temperature,
+                int top_k, float top_p, float min_p, float repeat_penalty, int repeat_last_n, uint64_t seed,
+                const std::vector<int32_t>& stop, bool ignore_eos, const py::object& callback) {
+                 Tokens t = make_tokens(ids, positions, py::none(), py::none());
+                 SamplingOptions o;
+                 o.temperature = temperature;
+                 o.top_k = top_k;
+                 o.top_p = top_p;
+                 o.min_p = min_p;
+                 o.repeat_penalty = repeat_penalty;
+                 o.repeat_last_n = repeat_last_n;
+                 o.seed = seed;
+                 o.stop = stop;
+                 o.ignore_eos = ignore_eos;
+                 TokenCallback cb;
+                 if (!callback.is_none()) {
+                     cb = [callback](int32_t tok) {
+                         py::gil_scoped_acquire acquire;
+                         py::object r = callback(tok);
+                         return r.is_none() || r.cast<bool>();
+                     };
+                 }
+                 py::gil_scoped_release release;
+                 return self.generate(t, max_tokens, o, cb);
+             },
+             py::arg("tokens"), py::arg("max_tokens"), py::arg("positions"), py::arg("temperature"), py::arg("top_k"),
+             py::arg("top_p"), py::arg("min_p"), py::arg("repeat_penalty"), py::arg("repeat_last_n"), py::arg("seed"),
+             py::arg("stop"), py::arg("ignore_eos"), py::arg("callback"))
+        .def("carried",
+             [](Session& self, int layer, int n_head_kv) {
+                 int n_kept = 0;
+                 std::vector<int32_t> v = self.carried(layer, &n_kept);
+                 py::array_t<int32_t> arr({static_cast<py::ssize_t>(n_head_kv), static_cast<py::ssize_t>(n_kept)});
+                 std::copy(v.begin(), v.end(), arr.mutable_data());
+                 return arr;
+             })
+        .def("fork", [](const Session& self) { return self.fork(); })
+        .def("stats",
+             [](const Session& self) {
+                 SessionStats st = self.stats();
+                 py::dict d;
+                 d["tokens_detailed"] = st.tokens_detailed;
+                 d["tokens_carried"] = st.tokens_carried;
+                 d["steps"] = st.steps;
+                 d["bytes_detailed"] = st.bytes_detailed;
+                 d["bytes_carried"] = st.bytes_carried;
+                 d["step_seconds"] = st.step_seconds;
+                 return d;
+             })
+        .def_property_readonly("n_tokens", &Session::n_tokens)
+        .def_property_readonly("next_position", &Session::next_position);
+
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")
         .def(py::init([](const std::string& path, const std::string& device, int threads) {
                  py::gil_scoped_release release;
@@ -92,6 +177,21 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_vocab", &Model::n_vocab)
         .def_property_readonly("n_embd", &Model::n_embd)
         .def("info", &Model::info)
+        .def("session",
+             [](Model& self, const std::string& mode, int budget, int window, const std::string& kv_type,
+                int expected_length, float rope_scale, int detailed_chunk) {
+                 SessionOptions o;
+                 o.mode = mode;
+                 o.budget = budget;
+                 o.window = window;
+                 o.kv_type = kv_type;
+                 o.expected_length = expected_length;
+                 o.rope_scale = rope_scale;
+                 o.detailed_chunk = detailed_chunk;
+                 return self.session(o);
+             },
+             py::arg("mode"), py::arg("budget"), py::arg("window"), py::arg("kv_type"), py::arg("expected_length"),
+             py::arg("rope_scale"), py::arg("detailed_chunk"))
         .def(
             "logits",
             [](Model& self, const py::array& ids, const py::object& positions, const py::object& embeddings,

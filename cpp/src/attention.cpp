@@ -42,3 +42,95 @@ ggml_tensor* KVCacheAttention::attend(GraphBuilder& g, int layer, ggml_tensor* q
 }
 
 }  // namespace statekv
+
+namespace statekv {
+
+namespace {
+
+// F16 mask rows for queries q0.. over keys begin..begin+n_kv-1; nullptr when all are visible.
+ggml_tensor* segment_mask(GraphBuilder& g, int64_t begin, int64_t n_kv, int64_t q0, int64_t n_q, bool finite) {
+    if (begin + n_kv - 1 <= q0) return nullptr;
+    const uint16_t zero = ggml_fp32_to_fp16(0.0f);
+    // A finite "minus infinity" keeps rows that see nothing of a segment NaN-free; they get
+    // weight exp(-65504 - lse) = 0 when segments are merged.
+    const uint16_t off = ggml_fp32_to_fp16(finite ? -65504.0f : -INFINITY);
+    std::vector<uint16_t> m(static_cast<size_t>(n_kv * n_q));
+    for (int64_t i = 0; i < n_q; ++i) {
+        for (int64_t j = 0; j < n_kv; ++j) m[i * n_kv + j] = begin + j <= q0 + i ? zero : off;
+    }
+    return g.input(GGML_TYPE_F16, {n_kv, n_q}, m.data(), "segment_mask");
+}
+
+}  // namespace
+
+ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vector<KVSegment>& segments,
+                                 int64_t q0, float scale) {
+    ggml_context* ctx = g.ctx();
+    const int64_t n_q = q->ne[2];
+    if (segments.size() == 1) {
+        const KVSegment& s = segments[0];
+        return flash_attention(ctx, q, s.k, s.v, segment_mask(g, s.begin, s.n, q0, n_q, false), scale);
+    }
+    // out = sum_c softmax_c(lse)_c * attention_c, with lse_c = log sum_j exp(scale * q.k_j + mask).
+    ggml_tensor* qp = ggml_permute(ctx, q, 0, 2, 1, 3);  // [d, n_q, H]
+    std::vector<ggml_tensor*> outs, lses;
+    for (const KVSegment& s : segments) {
+        ggml_tensor* mask = segment_mask(g, s.begin, s.n, q0, n_q, true);
+        ggml_tensor* o = ggml_flash_attn_ext(ctx, qp, s.k, s.v, mask, scale, 0.0f, 0.0f);  // [d, H, n_q]
+        ggml_flash_attn_ext_set_prec(o, GGML_PREC_F32);
+        outs.push_back(o);
+        ggml_tensor* sc = ggml_scale(ctx, ggml_mul_mat(ctx, s.k, qp), scale);  // [n, n_q, H]
+        if (mask) sc = ggml_add(ctx, sc, ggml_cast(ctx, mask, GGML_TYPE_F32));
+        ggml_tensor* mx = ggml_pool_1d(ctx, sc, GGML_OP_POOL_MAX, static_cast<int>(s.n), static_cast<int>(s.n), 0);
+        ggml_tensor* se = ggml_sum_rows(ctx, ggml_exp(ctx, ggml_sub(ctx, sc, mx)));
+        lses.push_back(ggml_add(ctx, ggml_log(ctx, se), mx));  // [1, n_q, H]
+    }
+    ggml_tensor* all = lses[0];
+    for (size_t c = 1; c < lses.size(); ++c) all = ggml_concat(ctx, all, lses[c], 0);
+    ggml_tensor* w = ggml_soft_max(ctx, all);  // [n_seg, n_q, H]
+    ggml_tensor* out = nullptr;
+    for (size_t c = 0; c < outs.size(); ++c) {
+        ggml_tensor* wc = ggml_view_3d(ctx, w, 1, n_q, w->ne[2], w->nb[1], w->nb[2], c * w->nb[0]);
+        wc = ggml_cont(ctx, ggml_permute(ctx, wc, 0, 2, 1, 3));  // [1, H, n_q], as the outputs
+        ggml_tensor* term = ggml_mul(ctx, outs[c], wc);
+        out = out ? ggml_add(ctx, out, term) : term;
+    }
+    return ggml_reshape_2d(ctx, out, out->ne[0] * out->ne[1], out->ne[2]);
+}
+
+ScoredAttention scored_attention(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int64_t n_visible,
+                                 float scale, size_t max_probability_bytes) {
+    ggml_context* ctx = g.ctx();
+    const int64_t d = q->ne[0], H = q->ne[1], n_q = q->ne[2];
+    const int64_t n_kv = k->ne[1], H_kv = k->ne[2], G = H / H_kv;
+    const int64_t per_query = n_kv * H * int64_t(sizeof(float)) * 3;  // scores, probabilities, transposed copy
+    const int64_t tile = std::max<int64_t>(1, std::min<int64_t>(n_q, int64_t(max_probability_bytes) / per_query));
+    ggml_tensor* vt = ggml_cont(ctx, ggml_permute(ctx, v, 1, 0, 2, 3));  // [n_kv, d, H_kv]
+    ggml_tensor* out = nullptr;
+    ggml_tensor* scores = nullptr;
+    for (int64_t i0 = 0; i0 < n_q; i0 += tile) {
+        const int64_t nt = std::min(tile, n_q - i0);
+        // Query i (0-based in the step) sees the n_visible carried keys and step keys 0..i.
+        std::vector<float> m(static_cast<size_t>(n_kv * nt));
+        for (int64_t i = 0; i < nt; ++i) {
+            for (int64_t j = 0; j < n_kv; ++j) m[i * n_kv + j] = j < n_visible + i0 + i + 1 ? 0.0f : -INFINITY;
+        }
+        ggml_tensor* mask = g.input_f32(m, {n_kv, nt}, "step_mask");
+        ggml_tensor* qt = ggml_view_3d(ctx, q, d, H, nt, q->nb[1], q->nb[2], i0 * q->nb[2]);
+        ggml_tensor* qp = ggml_permute(ctx, qt, 0, 2, 1, 3);                  // [d, nt, H]
+        ggml_tensor* p = ggml_soft_max_ext(ctx, ggml_mul_mat(ctx, k, qp), mask, scale, 0.0f);  // [n_kv, nt, H]
+        ggml_tensor* o = ggml_mul_mat(ctx, vt, p);                             // [d, nt, H]
+        o = ggml_cont(ctx, ggml_permute(ctx, o, 0, 2, 1, 3));                  // [d, H, nt]
+        o = ggml_reshape_2d(ctx, o, d * H, nt);
+        out = out ? ggml_concat(ctx, out, o, 1) : o;
+        // Sum over the tile's queries and the G heads of each KV group: bring (query, head in
+        // group) to the front, then reduce rows.
+        ggml_tensor* p4 = ggml_reshape_4d(ctx, p, n_kv, nt, G, H_kv);
+        ggml_tensor* pr = ggml_cont(ctx, ggml_permute(ctx, p4, 2, 0, 1, 3));  // [nt, G, n_kv, H_kv]
+        ggml_tensor* s = ggml_sum_rows(ctx, ggml_reshape_3d(ctx, pr, nt * G, n_kv, H_kv));  // [1, n_kv, H_kv]
+        scores = scores ? ggml_add(ctx, scores, s) : s;
+    }
+    return {out, ggml_reshape_2d(ctx, scores, n_kv, H_kv)};
+}
+
+}  // namespace statekv

@@ -2,6 +2,7 @@
 // and a sequence continuing over a KV cache. The StateKV policies live in cache/.
 #pragma once
 
+#include "cache/detailed_cache.h"
 #include "cache/kv_cache.h"
 #include "models/text_model.h"
 
@@ -36,5 +37,29 @@ private:
 // View of slots [0, n) of a per-layer cache tensor [head_dim * n_head_kv, capacity] as
 // [head_dim, n, n_head_kv], the layout fused attention reads.
 ggml_tensor* kv_view(ggml_context* ctx, ggml_tensor* cache, int head_dim, int n_head_kv, int n);
+
+}  // namespace statekv
+
+namespace statekv {
+
+// Causal attention of n_q queries (absolute token indices q0 .. q0 + n_q - 1) over keys held in
+// segments of D-like storage (a key at absolute index j is visible to query i iff j <= q0 + i).
+// One segment: one fused attention. Several: one fused attention per segment, merged with the
+// segments' log-sum-exp weights (computed from explicit scores), which is exact.
+// q: [head_dim, n_head, n_q]. Returns [head_dim * n_head, n_q].
+ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vector<KVSegment>& segments,
+                                 int64_t q0, float scale);
+
+// Attention with key scores (the StateKV step). k, v: [head_dim, n_kv, n_head_kv] F32, the
+// first n_visible keys visible to every query, the last n_q keys the queries' own (causal).
+// Returns the output [head_dim * n_head, n_q] and scores [n_kv, n_head_kv]: per key, the
+// softmax mass summed over queries and over the query heads of its KV group. Queries are
+// processed in tiles so the probability matrix stays bounded in memory.
+struct ScoredAttention {
+    ggml_tensor* out;
+    ggml_tensor* scores;
+};
+ScoredAttention scored_attention(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int64_t n_visible,
+                                 float scale, size_t max_probability_bytes = size_t(256) << 20);
 
 }  // namespace statekv

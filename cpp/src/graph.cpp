@@ -38,7 +38,10 @@ ggml_tensor* GraphBuilder::input_f32(const std::vector<float>& v, std::vector<in
 }
 
 void GraphBuilder::upload_inputs() {
-    for (auto& p : inputs_) ggml_backend_tensor_set(p.tensor, p.bytes.data(), 0, p.bytes.size());
+    for (auto& p : inputs_) {
+        // An input no computed node reads is never allocated: nothing to upload.
+        if (p.tensor->buffer) ggml_backend_tensor_set(p.tensor, p.bytes.data(), 0, p.bytes.size());
+    }
 }
 
 ggml_tensor* rope(ggml_context* ctx, ggml_tensor* x, ggml_tensor* positions, const RopeSpec& s) {

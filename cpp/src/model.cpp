@@ -115,9 +115,13 @@ DecoderInputs Model::Impl::make_inputs(GraphBuilder& g, const Tokens& in, int de
     return d;
 }
 
-std::vector<float> Model::Impl::compute(GraphBuilder& g, ggml_tensor* out) {
-    ggml_set_output(out);
-    g.expand(out);
+std::vector<float> Model::Impl::compute(GraphBuilder& g, ggml_tensor* out) { return run_graph(sched, g, out, backend); }
+
+std::vector<float> run_graph(ggml_backend_sched_t sched, GraphBuilder& g, ggml_tensor* out, const Backend& backend) {
+    if (out) {
+        ggml_set_output(out);
+        g.expand(out);
+    }
     ggml_backend_sched_reset(sched);
     if (!ggml_backend_sched_alloc_graph(sched, g.graph())) {
         throw InputError("not enough device memory for the compute graph (" + std::to_string(ggml_graph_n_nodes(g.graph())) +
@@ -125,8 +129,9 @@ std::vector<float> Model::Impl::compute(GraphBuilder& g, ggml_tensor* out) {
     }
     g.upload_inputs();
     if (ggml_backend_sched_graph_compute(sched, g.graph()) != GGML_STATUS_SUCCESS) {
-        throw ModelError(path + ": graph computation failed on device " + backend.device_name());
+        throw ModelError("graph computation failed on device " + backend.device_name());
     }
+    if (!out) return {};
     std::vector<float> host(ggml_nelements(out));
     ggml_backend_tensor_get(out, host.data(), 0, host.size() * sizeof(float));
     return host;

@@ -35,8 +35,14 @@ struct Model::Impl {
     // Largest position over all axes of a batch (default positions included).
     int last_position(const Tokens& in, int default_pos0) const;
 
-    // Allocate, upload, compute; copy `out` (F32) to the host.
+    // Allocate, upload, compute on the model's scheduler; copy `out` (F32) to the host.
     std::vector<float> compute(GraphBuilder& g, ggml_tensor* out);
 };
+
+// Allocate, upload and compute a graph on a scheduler; returns `out` (F32, may be nullptr) on the
+// host. Everything the graph must compute besides `out` has been expanded into it already.
+std::vector<float> run_graph(ggml_backend_sched_t sched, GraphBuilder& g, ggml_tensor* out, const Backend& backend);
+
+
 
 }  // namespace statekv

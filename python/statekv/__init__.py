@@ -13,7 +13,7 @@ the key or tensor, and what was expected); a bad argument raises :class:`ValueEr
 """
 from ._native import _core
 from ._core import ModelError
-from .model import Model, backends
+from .model import Model, Session, backends
 
-__all__ = ["Model", "ModelError", "backends"]
+__all__ = ["Model", "ModelError", "Session", "backends"]
 __version__ = "0.1.0"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -64,6 +64,13 @@ class Model:
         if mmproj is not None:
             _check_mmproj(os.fspath(mmproj))
         self._m = _core.Model(self.path, device or "", int(threads or 0))
+        self._info = None
+
+    @property
+    def info_cached(self) -> dict:
+        if self._info is None:
+            self._info = self.info()
+        return self._info
 
     @property
     def n_vocab(self) -> int:
@@ -114,6 +121,21 @@ class Model:
                                 _optional_array(embedding_rows, np.int32, "embedding_rows"),
                                 kv_type, [int(s) for s in stop], bool(ignore_eos), callback)
 
+    def session(self, mode: str = "statekv", budget: int = 4096, window: int = 16, kv_type: str = "f16", *,
+                expected_length: Optional[int] = None, rope_scale: Optional[float] = None,
+                detailed_chunk: Optional[int] = None) -> "Session":
+        """A new video session over this model (see :class:`Session`).
+
+        ``mode``: ``"full"`` (every step attends to everything: the exact model), ``"window"``
+        (prefix + the last ``window`` steps) or ``"statekv"`` (``budget`` importance-selected keys
+        per layer and KV head). ``kv_type``: detailed-cache type, f32/f16/q8_0.
+        ``expected_length``: total tokens expected (video + question + answer); beyond the trained
+        context the rotary base gets dynamic-NTK scaling. ``rope_scale``: a fixed NTK factor for
+        open-ended streams. ``detailed_chunk``: tokens per chunk of the detailed cache.
+        """
+        return Session(self, self._m.session(mode, int(budget), int(window), kv_type, int(expected_length or 0),
+                                             float(rope_scale or 0.0), int(detailed_chunk or 0)))
+
     def bench_prompt(self, n_prompt: int, n_depth: int = 0, repetitions: int = 3, kv_type: str = "f16",
                      n_ubatch: int = 512) -> list[float]:
         """Seconds to prefill ``n_prompt`` tokens over a KV cache already holding ``n_depth``
@@ -123,3 +145,111 @@ class Model:
     def __repr__(self) -> str:
         i = self._m.info()
         return f"statekv.Model({self.path!r}, arch={i['architecture']}, device={i['device']})"
+
+
+class Session:
+    """The video state of one conversation over a :class:`Model`.
+
+    Example::
+
+        s = model.session(mode="statekv", budget=4096)
+        s.prefill(prefix_ids)                                   # system prompt, user header
+        for ids, vis, rows in frames:                           # one frame step each
+            s.add_step(ids, embeddings=vis, embedding_rows=rows)
+        logits = s.question_logits(question_ids)                 # state unchanged
+        answer = s.generate(question_ids, max_tokens=64)         # state unchanged
+        s.add_step(...)                                          # the video goes on
+
+    Positions default to continuing after the last one entered. Asking (``question_logits``,
+    ``generate``, ``stream``) never changes the state; ``fork()`` gives an independent copy.
+    """
+
+    def __init__(self, model: Model, native):
+        self.model = model
+        self._s = native
+
+    def prefill(self, tokens, embeddings=None, embedding_rows=None, positions=None) -> None:
+        """Prefix tokens (before the first step): full causal attention, into D and C."""
+        self._s.prefill(_ids(tokens), _optional_array(positions, np.int32, "positions"),
+                        _optional_array(embeddings, np.float32, "embeddings"),
+                        _optional_array(embedding_rows, np.int32, "embedding_rows"))
+
+    def add_step(self, tokens, embeddings=None, embedding_rows=None, positions=None) -> None:
+        """One frame step: its text tokens with the visual rows given as ``embeddings`` at
+        ``embedding_rows``. Costs the same whatever the number of earlier steps (statekv)."""
+        self._s.add_step(_ids(tokens), _optional_array(positions, np.int32, "positions"),
+                         _optional_array(embeddings, np.float32, "embeddings"),
+                         _optional_array(embedding_rows, np.int32, "embedding_rows"))
+
+    def question_logits(self, tokens, positions=None) -> np.ndarray:
+        """Logits ``(n, n_vocab)`` of question tokens attending over all of D plus themselves."""
+        return self._s.question_logits(_ids(tokens), _optional_array(positions, np.int32, "positions"),
+                                       self.model.n_vocab)
+
+    def generate(self, tokens, max_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 min_p: float = 0.0, repeat_penalty: float = 1.0, seed: Optional[int] = None,
+                 stop: Sequence[int] = (), callback: Optional[Callable[[int], Optional[bool]]] = None, *,
+                 positions=None, repeat_last_n: int = 64, ignore_eos: bool = False) -> list[int]:
+        """Answer tokens for a question over all of D. Greedy at ``temperature`` 0; otherwise
+        top-k / top-p / min-p sampling with ``seed`` (reproducible). Stops at an end-of-turn
+        token, a token of ``stop`` (included) or after ``max_tokens``. ``callback(token)`` sees
+        tokens as they are decoded and may return False to stop. The state is unchanged."""
+        return self._s.generate(_ids(tokens), int(max_tokens), _optional_array(positions, np.int32, "positions"),
+                                float(temperature), int(top_k), float(top_p), float(min_p), float(repeat_penalty),
+                                int(repeat_last_n), int(0xC0FFEE if seed is None else seed) & (2**64 - 1),
+                                [int(t) for t in stop], bool(ignore_eos), callback)
+
+    def stream(self, tokens, max_tokens: int, **options) -> Iterator[int]:
+        """Like :meth:`generate`, yielding each token as soon as it is decoded."""
+        import queue
+        import threading
+
+        q: "queue.Queue" = queue.Queue()
+        done = object()
+        cancelled = threading.Event()
+
+        def on_token(tok: int) -> bool:
+            q.put(tok)
+            return not cancelled.is_set()
+
+        def work():
+            try:
+                self.generate(tokens, max_tokens, callback=on_token, **options)
+            except BaseException as exc:  # re-raised in the consumer
+                q.put(exc)
+            finally:
+                q.put(done)
+
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancelled.set()
+            t.join()
+
+    def carried(self, layer: int) -> np.ndarray:
+        """Indices (entry order from 0) of the tokens carried in ``layer``: ``(n_kv_heads, n_kept)``."""
+        return self._s.carried(int(layer), int(self.model.info_cached["n_head_kv"]))
+
+    def fork(self) -> "Session":
+        """An independent copy (shares the detailed cache's storage until either side grows it)."""
+        return Session(self.model, self._s.fork())
+
+    def stats(self) -> dict:
+        """Tokens and bytes of the detailed cache (D) and carried state (C), per-step seconds."""
+        return self._s.stats()
+
+    @property
+    def n_tokens(self) -> int:
+        return self._s.n_tokens
+
+    @property
+    def next_position(self) -> int:
+        return self._s.next_position

@@ -86,6 +86,9 @@ struct PromptBenchResult {
     std::vector<double> seconds;  // one per repetition
 };
 
+class Session;
+struct SessionOptions;
+
 class Model {
 public:
     explicit Model(const std::string& text_gguf, const ModelOptions& options = {});
@@ -107,6 +110,9 @@ public:
     PromptBenchResult bench_prompt(int n_prompt, int n_depth, int repetitions,
                                    const std::string& kv_type = "f16", int n_ubatch = 512);
 
+    // A StateKV session (video state) over this model; see Session.
+    std::unique_ptr<Session> session(const SessionOptions& options);
+
     // Architecture, sizes, types, device, as strings/numbers.
     std::map<std::string, std::string> info() const;
 
@@ -115,6 +121,82 @@ public:
 
     struct Impl;
     std::shared_ptr<Impl> impl;  // shared with sessions that outlive the handle
+};
+
+// How a session keeps its video state.
+struct SessionOptions {
+    std::string mode = "statekv";  // "full" | "window" | "statekv"
+    int budget = 4096;             // statekv: B, kept (key, value) pairs per layer and KV head
+    int window = 16;               // window: R, the number of most recent steps kept
+    std::string kv_type = "f16";   // detailed cache type: f32, f16, q8_0 (carried state: f32 if
+                                   // kv_type is f32, else f16)
+    // Long videos. expected_length > 0: total tokens expected (video + question + answer); when it
+    // exceeds the trained context, the rotary base is scaled with dynamic NTK as the StateKV
+    // authors do. rope_scale > 1: a fixed NTK factor for open-ended streams. Both 0: no scaling.
+    int expected_length = 0;
+    float rope_scale = 0.0f;
+    // Tokens per chunk of the detailed cache (it grows chunk by chunk without moving what it
+    // holds). 0: 65536, or expected_length if that is larger.
+    int detailed_chunk = 0;
+};
+
+struct SamplingOptions {
+    float temperature = 0.0f;  // 0: greedy
+    int top_k = 0;             // 0: off
+    float top_p = 1.0f;        // 1: off
+    float min_p = 0.0f;        // 0: off
+    float repeat_penalty = 1.0f;  // 1: off; applied to the last repeat_last_n question/answer tokens
+    int repeat_last_n = 64;
+    uint64_t seed = 0xC0FFEE;
+    std::vector<int32_t> stop;    // extra stop token ids (end-of-turn ids always stop)
+    bool ignore_eos = false;
+};
+
+struct SessionStats {
+    int64_t tokens_detailed = 0;       // tokens in D (prefix + steps)
+    int64_t tokens_carried = 0;        // tokens in C per layer and KV head
+    int64_t steps = 0;
+    size_t bytes_detailed = 0;         // allocated bytes of D (all chunks)
+    size_t bytes_carried = 0;          // allocated bytes of C
+    std::vector<double> step_seconds;  // wall time of each add_step
+};
+
+// The video state of one conversation. Frame steps enter with add_step; questions read the
+// detailed cache and never change the state.
+//
+//     auto s = model.session({"statekv", /*budget*/ 4096});
+//     s->prefill(system_and_user_header);
+//     for (auto& frame : frames) s->add_step(frame);   // constant cost per step
+//     auto answer = s->generate(question, 128, {});
+class Session {
+public:
+    ~Session();
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
+
+    // Prefix tokens (system prompt, user header): full causal attention, into D and C. Only
+    // before the first step.
+    void prefill(const Tokens& tokens);
+    // One frame step: attends to C and itself; enters D; C is re-selected.
+    void add_step(const Tokens& tokens);
+    // Logits (n x n_vocab) of question tokens attending over all of D; the state is unchanged.
+    std::vector<float> question_logits(const Tokens& question);
+    // Question then sampled answer over all of D; the state is unchanged.
+    std::vector<int32_t> generate(const Tokens& question, int max_tokens, const SamplingOptions& options,
+                                  const TokenCallback& on_token = nullptr);
+    // Kept token indices of one layer: n_head_kv rows of n_kept indices (entry order, from 0).
+    std::vector<int32_t> carried(int layer, int* n_kept);
+    std::unique_ptr<Session> fork() const;
+    SessionStats stats() const;
+    int64_t n_tokens() const;     // tokens entered (prefix + steps)
+    int next_position() const;    // first position after everything entered
+
+    struct Impl;
+
+private:
+    friend class Model;
+    explicit Session(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace statekv

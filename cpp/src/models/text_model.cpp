@@ -104,8 +104,9 @@ ggml_tensor* TextModel::self_attention(GraphBuilder& g, const DecoderInputs& in,
     ggml_tensor* v = ggml_reshape_3d(ctx, linear(ctx, h, L.wv, L.bv), hp.head_dim, hp.n_head_kv, n);
     if (L.q_norm) q = rms_norm(ctx, q, L.q_norm, hp.rms_eps);
     if (L.k_norm) k = rms_norm(ctx, k, L.k_norm, hp.rms_eps);
-    q = rope(ctx, q, in.positions, hp.rope);
-    k = rope(ctx, k, in.positions, hp.rope);
+    const RopeSpec& rs = in.rope ? *in.rope : hp.rope;
+    q = rope(ctx, q, in.positions, rs);
+    k = rope(ctx, k, in.positions, rs);
     ggml_tensor* o = attn.attend(g, il, q, k, v);
     return linear(ctx, o, L.wo);
 }
@@ -130,7 +131,7 @@ ggml_tensor* TextModel::build(GraphBuilder& g, const DecoderInputs& in, LayerAtt
         x = ggml_add(g.ctx(), x, feed_forward(g, il, x));
         x = after_layer(g, in, il, x);
     }
-    return logits(g, in, x);
+    return in.no_logits ? nullptr : logits(g, in, x);
 }
 
 ggml_tensor* TextModel::after_layer(GraphBuilder&, const DecoderInputs&, int, ggml_tensor* x) const { return x; }

@@ -65,6 +65,8 @@ struct DecoderInputs {
     ggml_tensor* embeddings = nullptr;  // F32 [width, k] (optional)
     ggml_tensor* embedding_rows = nullptr;  // I32 [k]
     ggml_tensor* output_rows = nullptr; // I32 [m]: rows whose logits are wanted (nullptr: all)
+    bool no_logits = false;             // the graph only fills caches: skip the output head
+    const RopeSpec* rope = nullptr;     // override of hp.rope (long-context scaling)
     int n_tokens = 0;
 };
 
@@ -79,6 +81,7 @@ public:
 
     // Logits [n_vocab, m] of the selected rows: embed, n_layer pre-norm blocks
     // (x += attention(norm x); x += ffn(norm x); after_layer), final norm, output projection.
+    // With in.no_logits, returns nullptr (the attention policy's cache writes are the outputs).
     ggml_tensor* build(GraphBuilder& g, const DecoderInputs& in, LayerAttention& attn) const;
 
     // Width of a row of `embeddings`: n_embd, or n_embd * (1 + n_deepstack) with DeepStack.

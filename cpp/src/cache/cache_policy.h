@@ -1,0 +1,49 @@
+// The cache policy: what a frame step's queries attend to, and what the session carries from
+// one step to the next. One interface, three implementations (full, window, statekv); the
+// session never branches on the mode.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../graph.h"
+#include "../models/text_model.h"
+#include "detailed_cache.h"
+
+namespace statekv {
+
+struct SessionOptions;
+
+// The batch a graph processes: a prefix (before any step) or one frame step.
+struct Batch {
+    bool is_step = false;
+    int64_t n_past = 0;  // tokens in D before this batch
+    int64_t n = 0;       // tokens in this batch
+    int step_index = 0;  // steps before this one
+};
+
+class CachePolicy {
+public:
+    virtual ~CachePolicy() = default;
+    // Graph inputs shared by all layers (index lists, masks).
+    virtual void begin(GraphBuilder& g, const Batch& b) = 0;
+    // Attention output [head_dim * n_head, n] of one layer. The batch's keys/values (RoPE
+    // applied; q: [head_dim, n_head, n], k/v: [head_dim, n_head_kv, n]) are already written to
+    // D; a policy that carries its own state updates it here, inside the graph.
+    virtual ggml_tensor* attend(GraphBuilder& g, int layer, const Batch& b, ggml_tensor* q, ggml_tensor* k,
+                                ggml_tensor* v) = 0;
+    // Host bookkeeping once the graph has run.
+    virtual void commit(const Batch& b) = 0;
+    // Kept token indices of a layer: n_head_kv rows of *n_kept indices, ascending.
+    virtual std::vector<int32_t> carried(int layer, int* n_kept) const = 0;
+    virtual int64_t carried_tokens() const = 0;
+    virtual size_t carried_bytes() const = 0;
+    // An independent copy reading the given (forked) detailed cache.
+    virtual std::unique_ptr<CachePolicy> fork(const DetailedCache& d) const = 0;
+};
+
+std::unique_ptr<CachePolicy> make_cache_policy(const SessionOptions& o, const TextHParams& hp, const Backend& backend,
+                                               const DetailedCache& d);
+
+}  // namespace statekv

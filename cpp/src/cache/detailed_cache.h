@@ -1,0 +1,70 @@
+// D, the detailed cache: keys and values of every token of the session, in entry order, per
+// layer. It grows chunk by chunk; a chunk never moves once allocated, so growing never copies
+// what D holds. Forks share the chunks they have in common (append-only storage): a chunk is
+// written only while a single session owns it.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "../backend.h"
+#include "../graph.h"
+#include "../models/text_model.h"
+
+namespace statekv {
+
+// A contiguous range of D inside one chunk, as views in fused-attention layout
+// [head_dim, n, n_head_kv].
+struct KVSegment {
+    ggml_tensor* k = nullptr;
+    ggml_tensor* v = nullptr;
+    int64_t begin = 0;  // token index of the first key
+    int64_t n = 0;
+};
+
+class DetailedCache {
+public:
+    DetailedCache(const TextHParams& hp, const Backend& backend, ggml_type type, int chunk_tokens);
+
+    // Room for n more tokens, all in one writable chunk (a step never straddles chunks).
+    void reserve(int n);
+    // In-graph write of a batch's keys/values (tokens [size(), size() + n)) for one layer.
+    // Reads through the returned view order themselves after the write.
+    void write(GraphBuilder& g, int layer, ggml_tensor* k, ggml_tensor* v, ggml_tensor* slots);
+    // Slot indices (inside the writable chunk) of the next n tokens, for write().
+    std::vector<int32_t> next_slots(int n) const;
+    // Views of tokens [begin, end) of one layer, chunk by chunk. Tokens written in this graph are
+    // read through their write.
+    std::vector<KVSegment> view(GraphBuilder& g, int layer, int64_t begin, int64_t end) const;
+    // Host bookkeeping after a graph that wrote n tokens has run.
+    void commit(int n);
+    // A new graph starts: forget the write nodes of the previous one.
+    void begin_graph() { written_.assign(written_.size(), {nullptr, nullptr}); }
+
+    int64_t size() const { return n_tokens_; }
+    size_t bytes() const;
+    ggml_type type() const { return type_; }
+    // Shares the chunks; both sides then write only to chunks of their own.
+    std::unique_ptr<DetailedCache> fork() const;
+
+private:
+    struct Chunk {
+        Chunk(const TextHParams& hp, const Backend& backend, ggml_type type, int capacity);
+        ~Chunk();
+        int capacity;
+        int used = 0;
+        ggml_context* ctx = nullptr;
+        ggml_backend_buffer_t buffer = nullptr;
+        std::vector<ggml_tensor*> k, v;  // per layer [head_dim * n_head_kv, capacity]
+    };
+    const TextHParams& hp_;
+    const Backend& backend_;
+    ggml_type type_;
+    int chunk_tokens_;
+    int64_t n_tokens_ = 0;
+    std::vector<std::shared_ptr<Chunk>> chunks_;
+    bool last_shared_ = false;  // the last chunk is shared with a fork: do not write into it
+    std::vector<std::pair<ggml_tensor*, ggml_tensor*>> written_;  // per layer, this graph
+};
+
+}  // namespace statekv

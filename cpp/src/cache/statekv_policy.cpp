@@ -1,0 +1,161 @@
+// `statekv`: the carried state C holds, per layer and KV head, at most B (key, value) pairs,
+// re-selected after every step as the B keys with the largest attention mass from the step's
+// queries (DESIGN.md section 1). Scores, top-B selection, re-ordering and gathering all run as
+// ggml ops on the device: the host never sees scores.
+#include <cmath>
+#include <numeric>
+
+#include "../attention.h"
+#include "cache_policy.h"
+#include "ggml-alloc.h"
+
+namespace statekv {
+
+namespace {
+
+// Storage of C: per layer keys/values [head_dim, capacity, n_head_kv] and the entry index of
+// each kept token [1, capacity, n_head_kv] (F32: exact up to 2^24 tokens).
+struct CarriedState {
+    CarriedState(const TextHParams& hp, const Backend& backend, ggml_type type, int capacity) : capacity(capacity) {
+        ggml_init_params ip{ggml_tensor_overhead() * (3 * hp.n_layer + 1), nullptr, true};
+        ctx = ggml_init(ip);
+        for (int il = 0; il < hp.n_layer; ++il) {
+            k.push_back(ggml_new_tensor_3d(ctx, type, hp.head_dim, capacity, hp.n_head_kv));
+            v.push_back(ggml_new_tensor_3d(ctx, type, hp.head_dim, capacity, hp.n_head_kv));
+            ids.push_back(ggml_new_tensor_3d(ctx, GGML_TYPE_F32, 1, capacity, hp.n_head_kv));
+        }
+        buffer = ggml_backend_alloc_ctx_tensors_from_buft(ctx, backend.default_buffer_type());
+        if (!buffer) {
+            ggml_free(ctx);
+            throw InputError("out of memory allocating the carried state (" + std::to_string(capacity) + " tokens)");
+        }
+        ggml_backend_buffer_clear(buffer, 0);
+    }
+    ~CarriedState() {
+        ggml_backend_buffer_free(buffer);
+        ggml_free(ctx);
+    }
+    int capacity;
+    ggml_context* ctx = nullptr;
+    ggml_backend_buffer_t buffer = nullptr;
+    std::vector<ggml_tensor*> k, v, ids;
+};
+
+// First n slots of a [x, capacity, heads] tensor.
+ggml_tensor* first_slots(ggml_context* ctx, ggml_tensor* t, int64_t n) {
+    return ggml_view_3d(ctx, t, t->ne[0], n, t->ne[2], t->nb[1], t->nb[2], 0);
+}
+ggml_tensor* slots_from(ggml_context* ctx, ggml_tensor* t, int64_t first, int64_t n) {
+    return ggml_view_3d(ctx, t, t->ne[0], n, t->ne[2], t->nb[1], t->nb[2], first * t->nb[1]);
+}
+
+class StateKVPolicy final : public CachePolicy {
+public:
+    StateKVPolicy(const TextHParams& hp, const Backend& backend, const DetailedCache& d, int budget, ggml_type type)
+        : hp_(hp), backend_(backend), d_(d), budget_(budget), type_(type),
+          c_(std::make_shared<CarriedState>(hp, backend, type, budget)) {}
+
+    void begin(GraphBuilder& g, const Batch& b) override {
+        if (!b.is_step && n_kept_ + b.n > budget_) {
+            throw InputError("the prefix (" + std::to_string(n_kept_ + b.n) + " tokens) exceeds the budget B = " +
+                             std::to_string(budget_) + "; use a larger budget");
+        }
+        // Entry indices of the batch's tokens, the same for every KV head.
+        std::vector<float> ids(static_cast<size_t>(b.n * hp_.n_head_kv));
+        for (int h = 0; h < hp_.n_head_kv; ++h) {
+            for (int64_t i = 0; i < b.n; ++i) ids[h * b.n + i] = static_cast<float>(b.n_past + i);
+        }
+        batch_ids_ = g.input_f32(ids, {1, b.n, hp_.n_head_kv}, "batch_ids");
+    }
+
+    ggml_tensor* attend(GraphBuilder& g, int layer, const Batch& b, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v) override {
+        ggml_context* ctx = g.ctx();
+        const float scale = 1.0f / std::sqrt(float(hp_.head_dim));
+        ggml_tensor* kb = ggml_permute(ctx, k, 0, 2, 1, 3);  // [d, n, H_kv]
+        ggml_tensor* vb = ggml_permute(ctx, v, 0, 2, 1, 3);
+        if (!b.is_step) {
+            // The prefix: ordinary causal attention over D (which, before any step, is all of
+            // C), then its keys/values join C unselected.
+            ggml_tensor* out = segmented_attention(g, q, d_.view(g, layer, 0, b.n_past + b.n), b.n_past, scale);
+            store(g, layer, kb, vb, batch_ids_, n_kept_);
+            return out;
+        }
+        // [C ; step]: keys of C are visible to every query of the step; the step is causal.
+        ggml_tensor* c_k = ggml_cast(ctx, first_slots(ctx, c_->k[layer], n_kept_), GGML_TYPE_F32);
+        ggml_tensor* c_v = ggml_cast(ctx, first_slots(ctx, c_->v[layer], n_kept_), GGML_TYPE_F32);
+        ggml_tensor* k_all = n_kept_ ? ggml_concat(ctx, c_k, kb, 1) : ggml_cont(ctx, kb);
+        ggml_tensor* v_all = n_kept_ ? ggml_concat(ctx, c_v, vb, 1) : ggml_cont(ctx, vb);
+        ggml_tensor* ids_all = n_kept_ ? ggml_concat(ctx, first_slots(ctx, c_->ids[layer], n_kept_), batch_ids_, 1)
+                                       : batch_ids_;
+        ScoredAttention a = scored_attention(g, q, k_all, v_all, n_kept_, scale);
+        const int64_t n_all = n_kept_ + b.n;
+        if (n_all <= budget_) {
+            store(g, layer, k_all, v_all, ids_all, 0);
+            return a.out;
+        }
+        // Top-B per KV head (unordered), then back into entry order by sorting the kept ids.
+        ggml_tensor* top = ggml_top_k(ctx, a.scores, budget_);                       // [B, H_kv] I32
+        ggml_tensor* k_sel = ggml_get_rows(ctx, k_all, top);                          // [d, B, H_kv]
+        ggml_tensor* v_sel = ggml_get_rows(ctx, v_all, top);
+        ggml_tensor* id_sel = ggml_get_rows(ctx, ids_all, top);                       // [1, B, H_kv]
+        ggml_tensor* order = ggml_argsort(ctx, ggml_reshape_2d(ctx, id_sel, budget_, hp_.n_head_kv), GGML_SORT_ORDER_ASC);
+        store(g, layer, ggml_get_rows(ctx, k_sel, order), ggml_get_rows(ctx, v_sel, order),
+              ggml_get_rows(ctx, id_sel, order), 0);
+        return a.out;
+    }
+
+    void commit(const Batch& b) override { n_kept_ = std::min<int64_t>(budget_, n_kept_ + b.n); }
+
+    std::vector<int32_t> carried(int layer, int* n_kept) const override {
+        *n_kept = static_cast<int>(n_kept_);
+        std::vector<float> ids(static_cast<size_t>(c_->capacity) * hp_.n_head_kv);
+        ggml_backend_tensor_get(c_->ids[layer], ids.data(), 0, ids.size() * sizeof(float));
+        std::vector<int32_t> out;
+        for (int h = 0; h < hp_.n_head_kv; ++h) {
+            for (int64_t i = 0; i < n_kept_; ++i) out.push_back(static_cast<int32_t>(ids[h * c_->capacity + i]));
+        }
+        return out;
+    }
+    int64_t carried_tokens() const override { return n_kept_; }
+    size_t carried_bytes() const override { return ggml_backend_buffer_get_size(c_->buffer); }
+
+    std::unique_ptr<CachePolicy> fork(const DetailedCache& d) const override {
+        auto p = std::make_unique<StateKVPolicy>(hp_, backend_, d, budget_, type_);
+        for (size_t il = 0; il < c_->k.size(); ++il) {
+            for (auto pair : {std::make_pair(c_->k[il], p->c_->k[il]), std::make_pair(c_->v[il], p->c_->v[il]),
+                              std::make_pair(c_->ids[il], p->c_->ids[il])}) {
+                ggml_backend_tensor_copy(pair.first, pair.second);
+            }
+        }
+        p->n_kept_ = n_kept_;
+        return p;
+    }
+
+private:
+    // C[first : first + n] <- (k, v, ids) of shape [d, n, H_kv], [1, n, H_kv].
+    void store(GraphBuilder& g, int layer, ggml_tensor* k, ggml_tensor* v, ggml_tensor* ids, int64_t first) {
+        ggml_context* ctx = g.ctx();
+        const int64_t n = k->ne[1];
+        g.expand(ggml_cpy(ctx, k, slots_from(ctx, c_->k[layer], first, n)));
+        g.expand(ggml_cpy(ctx, v, slots_from(ctx, c_->v[layer], first, n)));
+        g.expand(ggml_cpy(ctx, ids, slots_from(ctx, c_->ids[layer], first, n)));
+    }
+
+    const TextHParams& hp_;
+    const Backend& backend_;
+    const DetailedCache& d_;
+    int budget_;
+    ggml_type type_;
+    std::shared_ptr<CarriedState> c_;
+    int64_t n_kept_ = 0;
+    ggml_tensor* batch_ids_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<CachePolicy> make_statekv_policy(const TextHParams& hp, const Backend& backend, const DetailedCache& d,
+                                                 int budget, ggml_type type) {
+    return std::make_unique<StateKVPolicy>(hp, backend, d, budget, type);
+}
+
+}  // namespace statekv

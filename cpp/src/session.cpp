@@ -1,0 +1,316 @@
+// A StateKV session: the prefix, frame steps against the cache policy, and questions over the
+// detailed cache. The session holds positions and bookkeeping; what a step attends to is the
+// policy's business (full, window, statekv), and the session never asks which one it has.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include <set>
+
+#include "attention.h"
+#include "cache/cache_policy.h"
+#include "cache/detailed_cache.h"
+#include "cache/kv_cache.h"
+#include "model_impl.h"
+#include "sampling.h"
+
+namespace statekv {
+
+std::unique_ptr<CachePolicy> make_full_policy(const TextHParams& hp, const DetailedCache& d);
+std::unique_ptr<CachePolicy> make_window_policy(const TextHParams& hp, const DetailedCache& d, int window);
+std::unique_ptr<CachePolicy> make_statekv_policy(const TextHParams& hp, const Backend& backend, const DetailedCache& d,
+                                                 int budget, ggml_type type);
+
+std::unique_ptr<CachePolicy> make_cache_policy(const SessionOptions& o, const TextHParams& hp, const Backend& backend,
+                                               const DetailedCache& d) {
+    if (o.mode == "full") return make_full_policy(hp, d);
+    if (o.mode == "window") return make_window_policy(hp, d, o.window);
+    if (o.mode == "statekv") {
+        // The carried state is small (B per head): keep it exact when D is f32, else f16
+        // (quantized types cannot be concatenated and re-gathered in place).
+        const ggml_type c_type = d.type() == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
+        return make_statekv_policy(hp, backend, d, o.budget, c_type);
+    }
+    throw InputError("unknown mode '" + o.mode + "' (expected full, window or statekv)");
+}
+
+namespace {
+
+// Writes each layer's keys/values to D, then lets the policy attend.
+class StepAttention final : public LayerAttention {
+public:
+    StepAttention(DetailedCache& d, CachePolicy& policy, const Batch& b, ggml_tensor* slots)
+        : d_(d), policy_(policy), b_(b), slots_(slots) {}
+    ggml_tensor* attend(GraphBuilder& g, int layer, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v) override {
+        d_.write(g, layer, k, v, slots_);
+        return policy_.attend(g, layer, b_, q, k, v);
+    }
+
+private:
+    DetailedCache& d_;
+    CachePolicy& policy_;
+    const Batch& b_;
+    ggml_tensor* slots_;
+};
+
+// Question and answer tokens: attend over all of D plus themselves, kept in a separate tail
+// cache so D and C are never touched.
+class QuestionAttention final : public LayerAttention {
+public:
+    QuestionAttention(const TextHParams& hp, const DetailedCache& d, KVCache& tail, int n_tail_past, const RopeSpec&)
+        : hp_(hp), d_(d), tail_(tail), n_tail_past_(n_tail_past) {}
+    ggml_tensor* attend(GraphBuilder& g, int layer, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v) override {
+        ggml_context* ctx = g.ctx();
+        const int n = static_cast<int>(q->ne[2]);
+        if (!slots_) {
+            std::vector<int32_t> s(n);
+            std::iota(s.begin(), s.end(), n_tail_past_);
+            slots_ = g.input_i32(s, "tail_slots");
+        }
+        const int64_t row = int64_t(hp_.head_dim) * hp_.n_head_kv;
+        ggml_tensor* ks = ggml_set_rows(ctx, tail_.keys(layer), ggml_reshape_2d(ctx, k, row, n), slots_);
+        ggml_tensor* vs = ggml_set_rows(ctx, tail_.values(layer), ggml_reshape_2d(ctx, v, row, n), slots_);
+        std::vector<KVSegment> segs = d_.view(g, layer, 0, d_.size());
+        KVSegment t;
+        t.begin = d_.size();
+        t.n = n_tail_past_ + n;
+        t.k = kv_view(ctx, ks, hp_.head_dim, hp_.n_head_kv, static_cast<int>(t.n));
+        t.v = kv_view(ctx, vs, hp_.head_dim, hp_.n_head_kv, static_cast<int>(t.n));
+        segs.push_back(t);
+        return segmented_attention(g, q, segs, d_.size() + n_tail_past_, 1.0f / std::sqrt(float(hp_.head_dim)));
+    }
+
+private:
+    const TextHParams& hp_;
+    const DetailedCache& d_;
+    KVCache& tail_;
+    int n_tail_past_;
+    ggml_tensor* slots_ = nullptr;
+};
+
+}  // namespace
+
+struct Session::Impl {
+    Impl(std::shared_ptr<Model::Impl> m, const SessionOptions& o) : model(std::move(m)), options(o) {
+        const auto& hp = model->text->hp;
+        if (o.mode == "statekv" && o.budget <= 0) throw InputError("budget must be a positive number of tokens, got " + std::to_string(o.budget));
+        if (o.mode == "window" && o.window <= 0) throw InputError("window must be a positive number of steps, got " + std::to_string(o.window));
+        if (o.expected_length < 0) throw InputError("expected_length must be >= 0");
+        if (o.rope_scale != 0.0f && !(o.rope_scale >= 1.0f)) throw InputError("rope_scale must be >= 1 (or 0 for none)");
+        if (o.expected_length > 0 && o.rope_scale > 0.0f) throw InputError("give either expected_length or rope_scale, not both");
+        if (o.detailed_chunk < 0) throw InputError("detailed_chunk must be >= 0");
+        rope = hp.rope;
+        n_ctx = hp.n_ctx_train;
+        // Dynamic NTK (as the StateKV authors scale for long videos): a larger rotary base so
+        // that the expected length maps into the trained range. d / (d - 2) with d = rotary dims.
+        const double dims = rope.n_dims;
+        if (o.expected_length > hp.n_ctx_train) {
+            const double f = model->file.get_f32_or(hp.arch + ".rope.scaling.factor", 1.0f);
+            rope.freq_base = static_cast<float>(rope.freq_base *
+                std::pow(f * o.expected_length / hp.n_ctx_train - (f - 1.0), dims / (dims - 2.0)));
+            n_ctx = o.expected_length;
+        } else if (o.rope_scale > 1.0f) {
+            rope.freq_base = static_cast<float>(rope.freq_base * std::pow(double(o.rope_scale), dims / (dims - 2.0)));
+            n_ctx = static_cast<int64_t>(std::llround(double(hp.n_ctx_train) * o.rope_scale));
+        } else if (o.expected_length > 0) {
+            n_ctx = std::max<int64_t>(n_ctx, o.expected_length);
+        }
+        const int chunk = o.detailed_chunk > 0 ? o.detailed_chunk : std::max(65536, o.expected_length);
+        d = std::make_unique<DetailedCache>(hp, model->backend, parse_kv_type(o.kv_type), chunk);
+        policy = make_cache_policy(o, hp, model->backend, *d);
+        sched = model->backend.new_scheduler(Model::Impl::kMaxNodes);
+    }
+    ~Impl() {
+        if (sched) ggml_backend_sched_free(sched);
+    }
+
+    // Positions must continue after everything entered so far.
+    void check_positions(const Tokens& t) const {
+        if (t.positions.empty()) return;
+        const int n = static_cast<int>(t.ids.size());
+        const int32_t first = *std::min_element(t.positions.begin(), t.positions.begin() + n);
+        if (first < next_pos) {
+            throw InputError("positions must continue after the last position " + std::to_string(next_pos - 1) +
+                             " of the session, got " + std::to_string(first));
+        }
+    }
+
+    void check_context(int64_t last_pos) const {
+        if (last_pos >= n_ctx) {
+            throw InputError("positions up to " + std::to_string(last_pos) + " do not fit the context of " +
+                             std::to_string(n_ctx) + " tokens (" + model->text->hp.arch +
+                             " trained context; pass expected_length or rope_scale for longer videos)");
+        }
+    }
+
+    // One prefix or step batch through the policy.
+    void run_batch(const Tokens& t, bool is_step) {
+        model->validate(t);
+        check_positions(t);
+        check_context(model->last_position(t, next_pos));
+        Batch b;
+        b.is_step = is_step;
+        b.n_past = d->size();
+        b.n = static_cast<int64_t>(t.ids.size());
+        b.step_index = n_steps;
+        d->reserve(static_cast<int>(b.n));
+        d->begin_graph();
+        GraphBuilder g(Model::Impl::kMaxNodes);
+        DecoderInputs in = model->make_inputs(g, t, next_pos, {});
+        in.no_logits = true;
+        in.rope = &rope;
+        ggml_tensor* slots = g.input_i32(d->next_slots(static_cast<int>(b.n)), "d_slots");
+        policy->begin(g, b);
+        StepAttention attn(*d, *policy, b, slots);
+        model->text->build(g, in, attn);
+        run_graph(sched, g, nullptr, model->backend);
+        d->commit(static_cast<int>(b.n));
+        policy->commit(b);
+        next_pos = model->last_position(t, next_pos) + 1;
+        if (is_step) ++n_steps;
+    }
+
+    // Logits of the given rows of a question batch over D + tail (tail slots from n_tail_past).
+    std::vector<float> question_batch(const Tokens& t, KVCache& tail, int n_tail_past, int pos0,
+                                      const std::vector<int32_t>& rows) {
+        d->begin_graph();
+        GraphBuilder g(Model::Impl::kMaxNodes);
+        DecoderInputs in = model->make_inputs(g, t, pos0, rows);
+        in.rope = &rope;
+        QuestionAttention attn(model->text->hp, *d, tail, n_tail_past, rope);
+        return run_graph(sched, g, model->text->build(g, in, attn), model->backend);
+    }
+
+    std::shared_ptr<Model::Impl> model;
+    SessionOptions options;
+    RopeSpec rope;
+    int64_t n_ctx = 0;
+    std::unique_ptr<DetailedCache> d;
+    std::unique_ptr<CachePolicy> policy;
+    ggml_backend_sched_t sched = nullptr;
+    int n_steps = 0;
+    int next_pos = 0;
+    std::vector<double> step_seconds;
+};
+
+std::unique_ptr<Session> Model::session(const SessionOptions& options) {
+    return std::unique_ptr<Session>(new Session(std::make_unique<Session::Impl>(impl, options)));
+}
+
+Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Session::~Session() = default;
+
+void Session::prefill(const Tokens& tokens) {
+    if (impl_->n_steps > 0) throw InputError("prefill is for the prefix, before the first step; add_step continues the video");
+    impl_->run_batch(tokens, false);
+}
+
+void Session::add_step(const Tokens& tokens) {
+    const auto t0 = std::chrono::steady_clock::now();
+    impl_->run_batch(tokens, true);
+    impl_->step_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+}
+
+namespace {
+
+constexpr int kQuestionUbatch = 512;
+
+}  // namespace
+
+std::vector<float> Session::question_logits(const Tokens& question) {
+    Impl& s = *impl_;
+    s.model->validate(question);
+    s.check_positions(question);
+    s.check_context(s.model->last_position(question, s.next_pos));
+    const int n = static_cast<int>(question.ids.size());
+    const int n_vocab = s.model->text->hp.n_vocab;
+    if (!question.embedding_rows.empty() && n > kQuestionUbatch) throw InputError("question embeddings are limited to 512 tokens");
+    KVCache tail(s.model->text->hp, s.model->backend, n, s.d->type() == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16);
+    std::vector<float> out;
+    out.reserve(static_cast<size_t>(n) * n_vocab);
+    for (int b = 0; b < n; b += kQuestionUbatch) {
+        const int e = std::min(n, b + kQuestionUbatch);
+        Tokens part;
+        part.ids.assign(question.ids.begin() + b, question.ids.begin() + e);
+        part.n_position_axes = question.n_position_axes;
+        for (int a = 0; a < (question.positions.empty() ? 0 : question.n_position_axes); ++a) {
+            part.positions.insert(part.positions.end(), question.positions.begin() + a * n + b, question.positions.begin() + a * n + e);
+        }
+        if (b == 0) {
+            part.embeddings = question.embeddings;
+            part.embedding_rows = question.embedding_rows;
+        }
+        std::vector<float> l = s.question_batch(part, tail, b, s.next_pos + b, {});
+        out.insert(out.end(), l.begin(), l.end());
+    }
+    return out;
+}
+
+std::vector<int32_t> Session::generate(const Tokens& question, int max_tokens, const SamplingOptions& options,
+                                       const TokenCallback& on_token) {
+    Impl& s = *impl_;
+    const auto& hp = s.model->text->hp;
+    s.model->validate(question);
+    s.check_positions(question);
+    validate_sampling(options);
+    if (max_tokens < 0) throw InputError("max_tokens must be >= 0");
+    const int n = static_cast<int>(question.ids.size());
+    if (n > kQuestionUbatch) throw InputError("questions are limited to 512 tokens per call");
+    const int last_q = s.model->last_position(question, s.next_pos);
+    s.check_context(last_q + max_tokens);
+    KVCache tail(hp, s.model->backend, n + std::max(1, max_tokens),
+                 s.d->type() == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16);
+    Sampler sampler(options);
+    std::vector<int32_t> history(question.ids.begin(), question.ids.end());
+    std::set<int32_t> stop(options.stop.begin(), options.stop.end());
+    if (!options.ignore_eos) stop.insert(hp.eos_ids.begin(), hp.eos_ids.end());
+    std::vector<float> logits = s.question_batch(question, tail, 0, s.next_pos, {n - 1});
+    std::vector<int32_t> out;
+    int pos = last_q + 1;
+    for (int i = 0; i < max_tokens; ++i) {
+        const int32_t tok = sampler.sample(logits, history);
+        out.push_back(tok);
+        history.push_back(tok);
+        if (on_token && !on_token(tok)) break;
+        if (stop.count(tok) || i + 1 == max_tokens) break;
+        Tokens next;
+        next.ids = {tok};
+        logits = s.question_batch(next, tail, n + i, pos++, {});
+    }
+    return out;
+}
+
+std::vector<int32_t> Session::carried(int layer, int* n_kept) {
+    const int n_layer = impl_->model->text->hp.n_layer;
+    if (layer < 0 || layer >= n_layer) {
+        throw InputError("layer " + std::to_string(layer) + " is out of range [0, " + std::to_string(n_layer) + ")");
+    }
+    return impl_->policy->carried(layer, n_kept);
+}
+
+std::unique_ptr<Session> Session::fork() const {
+    const Impl& s = *impl_;
+    auto copy = std::make_unique<Impl>(s.model, s.options);
+    copy->d = s.d->fork();
+    copy->policy = s.policy->fork(*copy->d);
+    copy->n_steps = s.n_steps;
+    copy->next_pos = s.next_pos;
+    copy->step_seconds = s.step_seconds;
+    return std::unique_ptr<Session>(new Session(std::move(copy)));
+}
+
+SessionStats Session::stats() const {
+    SessionStats st;
+    st.tokens_detailed = impl_->d->size();
+    st.tokens_carried = impl_->policy->carried_tokens();
+    st.steps = impl_->n_steps;
+    st.bytes_detailed = impl_->d->bytes();
+    st.bytes_carried = impl_->policy->carried_bytes();
+    st.step_seconds = impl_->step_seconds;
+    return st;
+}
+
+int64_t Session::n_tokens() const { return impl_->d->size(); }
+int Session::next_position() const { return impl_->next_pos; }
+
+}  // namespace statekv
