@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ._core import ModelError
+    from . import ModelError
 
     args = build_parser().parse_args(argv)
     try:
