@@ -24,7 +24,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import convert
-    from .bench import make_model, text
+    from .bench import frames, make_model, text
 
     p = argparse.ArgumentParser(prog="statekv", description="Linear-time long-video VLM inference on ggml.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt = bsub.add_parser("text", help="prompt tokens/s at KV depths (comparable with llama-bench -fa 1)")
     text.add_arguments(bt)
     bt.set_defaults(func=text.run)
+    bf = bsub.add_parser("frames", help="per-step latency, FLOPs and memory of frame steps per mode")
+    frames.add_arguments(bf)
+    bf.set_defaults(func=frames.run)
     bm = bsub.add_parser("make-model", help="write a random-weight GGUF at a real model's shapes")
     make_model.add_arguments(bm)
     bm.set_defaults(func=make_model.run)
