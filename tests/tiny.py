@@ -1,0 +1,260 @@
+"""Tiny seeded random-weight transformers checkpoints for tests.
+
+Each ``make_*`` function builds a small model of a supported family with transformers, gives it
+non-degenerate random weights (seeded), and saves it with ``save_pretrained`` into a directory,
+together with a real Qwen tokenizer and chat template, so that the directory looks like a
+checkpoint downloaded from the Hub.
+
+Tokenizer: the Qwen2 byte-level BPE vocabulary of ``<shared>/data/vocab/ggml-vocab-qwen2.gguf``
+(151643 normal tokens + ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``), wrapped in a
+``PreTrainedTokenizerFast`` with eos ``<|im_end|>`` (151645), pad ``<|endoftext|>`` (151643), no
+BOS, ``add_bos_token: false`` and the family's chat template.  ``make_qwen3``/``make_qwen3vl``
+also carry the added tokens of the real Qwen2.5/Qwen3 tokenizers (ids 151646..151668:
+``<|vision_start|>`` 151652, ``<|image_pad|>`` 151655, ``<|video_pad|>`` 151656, ``<think>``
+151667, ...), with the same special/non-special flags as the released tokenizers.  The models'
+``vocab_size`` is 151936 (the real Qwen config value), larger than the tokenizer, so converters
+pad the GGUF vocabulary with ``[PAD{id}]`` entries as they do for real checkpoints.
+
+Weights: float32, initialized by the model's own init under ``torch.manual_seed(seed)`` with
+``initializer_range`` 0.15 (text) / 0.05 (vision) instead of 0.02, then every norm weight is
+redrawn around 1 (N(1, 0.1^2)) and every bias as N(0, 0.1^2), so that layers, norms and biases
+all matter and logits differ by O(1) between tokens.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_dir() -> Path:
+    """The shared data directory: ``$STATEKV_SHARED`` or ``<repo>/../shared``."""
+    env = os.environ.get("STATEKV_SHARED")
+    return Path(env) if env else REPO_ROOT.parent / "shared"
+
+
+def qwen2_vocab_path() -> Path:
+    return shared_dir() / "data" / "vocab" / "ggml-vocab-qwen2.gguf"
+
+
+def template_path(family: str) -> Path:
+    names = {
+        "qwen2": "Qwen-Qwen2.5-7B-Instruct.jinja",
+        "qwen3": "Qwen-Qwen3-0.6B.jinja",
+        "qwen3vl": "Qwen-Qwen3-0.6B.jinja",
+    }
+    return shared_dir() / "data" / "templates" / names[family]
+
+
+VOCAB_SIZE = 151936       # config.vocab_size of the real Qwen2/Qwen2.5(<=7B)/Qwen3/Qwen3-VL models
+N_BASE_TOKENS = 151646    # tokens of the Qwen2 tokenizer (151643 BPE + 3 control)
+BOS_ID = 151643           # config.json bos_token_id of the real checkpoints (<|endoftext|>)
+EOS_ID = 151645           # <|im_end|>
+PAD_ID = 151643           # <|endoftext|>
+
+# Added tokens of the released Qwen2.5 (up to 151664) and Qwen3 (up to 151668) tokenizers:
+# (id, content, special) as in their tokenizer_config.json.
+QWEN3_EXTRA_TOKENS = [
+    (151646, "<|object_ref_start|>", True),
+    (151647, "<|object_ref_end|>", True),
+    (151648, "<|box_start|>", True),
+    (151649, "<|box_end|>", True),
+    (151650, "<|quad_start|>", True),
+    (151651, "<|quad_end|>", True),
+    (151652, "<|vision_start|>", True),
+    (151653, "<|vision_end|>", True),
+    (151654, "<|vision_pad|>", True),
+    (151655, "<|image_pad|>", True),
+    (151656, "<|video_pad|>", True),
+    (151657, "<tool_call>", False),
+    (151658, "</tool_call>", False),
+    (151659, "<|fim_prefix|>", False),
+    (151660, "<|fim_middle|>", False),
+    (151661, "<|fim_suffix|>", False),
+    (151662, "<|fim_pad|>", False),
+    (151663, "<|repo_name|>", False),
+    (151664, "<|file_sep|>", False),
+    (151665, "<tool_response>", False),
+    (151666, "</tool_response>", False),
+    (151667, "<think>", False),
+    (151668, "</think>", False),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _base_vocab():
+    from statekv.tokenizer import read_tokenizer_metadata
+
+    meta = read_tokenizer_metadata(qwen2_vocab_path())
+    tokens = meta["tokens"][:N_BASE_TOKENS]
+    types = meta["token_type"][:N_BASE_TOKENS]
+    assert tokens[EOS_ID] == "<|im_end|>" and tokens[PAD_ID] == "<|endoftext|>", "unexpected Qwen2 vocab"
+    return tuple(tokens), tuple(types), tuple(meta["merges"])
+
+
+def make_tokenizer(family: str = "qwen2", extra_tokens=None):
+    """A ``PreTrainedTokenizerFast`` with the Qwen vocabulary and ``family``'s chat template."""
+    from transformers import PreTrainedTokenizerFast
+
+    from statekv.tokenizer import TokenType, build_tokenizer
+
+    if extra_tokens is None:
+        extra_tokens = [] if family == "qwen2" else QWEN3_EXTRA_TOKENS
+    tokens, types, merges = _base_vocab()
+    tokens, types = list(tokens), list(types)
+    for i, content, special in extra_tokens:
+        assert i == len(tokens), f"extra token {content!r}: id {i}, expected {len(tokens)}"
+        tokens.append(content)
+        types.append(TokenType.CONTROL if special else TokenType.USER_DEFINED)
+    tok = build_tokenizer(tokens, types, merges, pre="qwen2", where=str(qwen2_vocab_path()))
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        clean_up_tokenization_spaces=False,
+        model_max_length=131072,
+    )
+    hf.chat_template = template_path(family).read_text(encoding="utf-8")
+    return hf
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_tokenizer(with_qwen3_tokens: bool):
+    return make_tokenizer("qwen3" if with_qwen3_tokens else "qwen2")
+
+
+def save_tokenizer(out_dir: str | os.PathLike, family: str, extra_tokens=None):
+    """Save the family's tokenizer (with ``add_bos_token: false``) into ``out_dir``."""
+    out_dir = Path(out_dir)
+    if extra_tokens is None:  # reuse the tokenizer built for the same vocabulary
+        hf = _shared_tokenizer(family != "qwen2")
+        hf.chat_template = template_path(family).read_text(encoding="utf-8")
+    else:
+        hf = make_tokenizer(family, extra_tokens)
+    hf.save_pretrained(out_dir)
+    # transformers 5 drops add_bos_token when saving; the released Qwen files state it
+    cfg_path = out_dir / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg.setdefault("add_bos_token", False)
+    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
+    return hf
+
+
+def _randomize_(model, seed: int) -> None:
+    """Norm weights ~ N(1, 0.1^2), biases ~ N(0, 0.1^2) (the HF init makes them 1 and 0)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed + 7919)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim != 1:
+                continue
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
+            if name.endswith(".bias"):
+                p.copy_(0.1 * noise)
+            else:  # 1-D weights are RMSNorm/LayerNorm scales
+                p.copy_(1.0 + 0.1 * noise)
+
+
+def _text_kwargs(tied: bool, **over):
+    kw = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        initializer_range=0.15,
+        tie_word_embeddings=tied,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+    )
+    kw.update(over)
+    return kw
+
+
+def _build(model_cls, config, seed: int):
+    import torch
+
+    torch.manual_seed(seed)
+    model = model_cls(config).to(torch.float32).eval()
+    _randomize_(model, seed)
+    return model
+
+
+def _save(model, out_dir: Path, family: str):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    save_tokenizer(out_dir, family)
+    return out_dir
+
+
+def make_qwen2(out_dir: str | os.PathLike, seed: int = 0, tied: bool = False, **overrides) -> Path:
+    """``Qwen2ForCausalLM``: hidden 64, 3 layers, 4 heads / 2 kv heads (head_dim 16), ffn 128,
+    rope_theta 1e6, q/k/v biases; untied by default (``output.weight`` exists).
+    ``overrides`` replace config fields (e.g. ``hidden_size=48``)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(**_text_kwargs(tied, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+                                     **overrides))
+    model = _build(Qwen2ForCausalLM, cfg, seed)
+    return _save(model, Path(out_dir), "qwen2")
+
+
+def make_qwen3(out_dir: str | os.PathLike, seed: int = 0, tied: bool = True, **overrides) -> Path:
+    """``Qwen3ForCausalLM``: as qwen2 but head_dim 16 explicit, q/k RMSNorm, no biases, tied."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    kw = dict(head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    kw.update(overrides)
+    cfg = Qwen3Config(**_text_kwargs(tied, **kw))
+    model = _build(Qwen3ForCausalLM, cfg, seed)
+    return _save(model, Path(out_dir), "qwen3")
+
+
+QWEN3VL_VISION = dict(
+    depth=3,
+    hidden_size=32,
+    intermediate_size=64,
+    num_heads=2,
+    in_channels=3,
+    patch_size=16,
+    temporal_patch_size=2,
+    spatial_merge_size=2,
+    out_hidden_size=64,          # = text hidden size
+    num_position_embeddings=144,  # a 12x12 learned grid (the real models: 48x48)
+    deepstack_visual_indexes=[0, 1],
+    initializer_range=0.05,
+)
+
+
+def make_qwen3vl(out_dir: str | os.PathLike, seed: int = 0, tied: bool = True,
+                 vision_overrides: dict | None = None, **overrides) -> Path:
+    """``Qwen3VLForConditionalGeneration``: the qwen3 text model above with interleaved M-RoPE
+    (mrope_section [4, 2, 2] rotary pairs, rope_theta 5e6) and a 3-layer vision tower (width 32,
+    real patch 16 / temporal patch 2 / merge 2, DeepStack after vision layers 0 and 1)."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    kw = dict(head_dim=16, rope_parameters={
+        "rope_type": "default", "rope_theta": 5e6, "mrope_section": [4, 2, 2], "mrope_interleaved": True})
+    kw.update(overrides)
+    vision = dict(QWEN3VL_VISION, **(vision_overrides or {}))
+    cfg = Qwen3VLConfig(text_config=_text_kwargs(tied, **kw), vision_config=vision, tie_word_embeddings=tied)
+    model = _build(Qwen3VLForConditionalGeneration, cfg, seed)
+    return _save(model, Path(out_dir), "qwen3vl")
+
+
+BUILDERS = {"qwen2": make_qwen2, "qwen3": make_qwen3, "qwen3vl": make_qwen3vl}
+
+
+def make(arch: str, out_dir: str | os.PathLike, seed: int = 0, tied: bool | None = None, **overrides) -> Path:
+    """``make_<arch>(out_dir, seed, tied, **overrides)`` with the family's default ``tied`` when None."""
+    kw = {} if tied is None else {"tied": tied}
+    return BUILDERS[arch](out_dir, seed=seed, **kw, **overrides)
