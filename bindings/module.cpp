@@ -169,11 +169,37 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("next_position", &Session::next_position);
 
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")
-        .def(py::init([](const std::string& path, const std::string& device, int threads) {
+        .def(py::init([](const std::string& path, const std::string& device, int threads, const std::string& mmproj) {
                  py::gil_scoped_release release;
-                 return std::make_shared<Model>(path, ModelOptions{device, threads});
+                 return std::make_shared<Model>(path, ModelOptions{device, threads, mmproj});
              }),
-             py::arg("path"), py::arg("device") = "", py::arg("threads") = 0)
+             py::arg("path"), py::arg("device") = "", py::arg("threads") = 0, py::arg("mmproj") = "")
+        .def_property_readonly("has_vision", &Model::has_vision)
+        .def("vision_tokens_per_patch", &Model::vision_tokens_per_patch)
+        .def_property_readonly("vision_row_width", &Model::vision_row_width)
+        .def_property_readonly("vision_frames_per_patch", &Model::vision_frames_per_patch)
+        .def("encode_frames",
+             [](Model& self, const py::array& pixels) {
+                 auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(pixels);
+                 if (!a || a.ndim() != 4 || a.shape(1) != 3) {
+                     throw InputError("pixels must be a float32 array of shape (n_frames, 3, height, width)");
+                 }
+                 const int n = static_cast<int>(a.shape(0)), h = static_cast<int>(a.shape(2)), w = static_cast<int>(a.shape(3));
+                 std::vector<float> out;
+                 int per = 0, width = 0, fpp = 1;
+                 {
+                     py::gil_scoped_release release;
+                     out = self.encode_frames(a.data(), n, h, w);
+                     per = self.vision_tokens_per_patch(h, w);
+                     width = self.vision_row_width();
+                     fpp = self.vision_frames_per_patch();
+                 }
+                 py::array_t<float> arr({static_cast<py::ssize_t>(n / fpp), static_cast<py::ssize_t>(per),
+                                         static_cast<py::ssize_t>(width)});
+                 std::copy(out.begin(), out.end(), arr.mutable_data());
+                 return arr;
+             },
+             py::arg("pixels"))
         .def_property_readonly("n_vocab", &Model::n_vocab)
         .def_property_readonly("n_embd", &Model::n_embd)
         .def("info", &Model::info)

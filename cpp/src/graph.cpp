@@ -44,6 +44,16 @@ void GraphBuilder::upload_inputs() {
     }
 }
 
+void GraphBuilder::set_input(ggml_tensor* input, const void* bytes) {
+    for (auto& p : inputs_) {
+        if (p.tensor == input) {
+            std::memcpy(p.bytes.data(), bytes, p.bytes.size());
+            return;
+        }
+    }
+    throw std::logic_error("set_input: not an input of this graph");
+}
+
 ggml_tensor* rope(ggml_context* ctx, ggml_tensor* x, ggml_tensor* positions, const RopeSpec& s) {
     if (s.multi_axis()) {
         int sections[GGML_MROPE_SECTIONS] = {s.sections[0], s.sections[1], s.sections[2], s.sections[3]};

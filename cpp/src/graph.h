@@ -27,6 +27,8 @@ public:
     ggml_tensor* input_i32(const std::vector<int32_t>& v, const char* name);
     ggml_tensor* input_f32(const std::vector<float>& v, std::vector<int64_t> shape, const char* name);
     void upload_inputs();
+    // Replace the host data of an input (for a graph that is run again with new values).
+    void set_input(ggml_tensor* input, const void* bytes);
 
     void expand(ggml_tensor* t) { ggml_build_forward_expand(gf_, t); }
 

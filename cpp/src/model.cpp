@@ -16,10 +16,34 @@ Model::Impl::Impl(const std::string& p, const ModelOptions& options)
     text = load_text_model(file, weights);
     weights.load();
     sched = backend.new_scheduler(kMaxNodes);
+    if (!options.mmproj.empty()) {
+        mmproj_file = std::make_unique<GgufFile>(options.mmproj);
+        mmproj_weights = std::make_unique<WeightStore>(*mmproj_file, backend);
+        vision = load_vision_model(*mmproj_file, *mmproj_weights);
+        if (vision->n_embd_out != text->hp.n_embd) {
+            throw ModelError(options.mmproj + ": the projector's output width " + std::to_string(vision->n_embd_out) +
+                             " does not match the embedding width " + std::to_string(text->hp.n_embd) + " of " + p +
+                             " (" + text->hp.arch + "): these two files are not a pair");
+        }
+        if (vision->n_deepstack != text->hp.n_deepstack) {
+            throw ModelError(options.mmproj + ": the projector gives " + std::to_string(vision->n_deepstack) +
+                             " DeepStack feature slices but " + p + " expects " + std::to_string(text->hp.n_deepstack) +
+                             ": these two files are not a pair");
+        }
+        mmproj_weights->load();
+        vision_sched = backend.new_scheduler(kMaxNodes);
+    }
 }
 
 Model::Impl::~Impl() {
+    vision_graph.g.reset();
+    if (vision_sched) ggml_backend_sched_free(vision_sched);
     if (sched) ggml_backend_sched_free(sched);
+}
+
+const VisionModel& Model::Impl::require_vision() const {
+    if (!vision) throw InputError(path + " was loaded without an mmproj file: no vision encoder to encode frames");
+    return *vision;
 }
 
 void Model::Impl::validate(const Tokens& in) const {
@@ -141,6 +165,49 @@ Model::Model(const std::string& text_gguf, const ModelOptions& options)
     : impl(std::make_shared<Impl>(text_gguf, options)) {}
 
 Model::~Model() = default;
+
+bool Model::has_vision() const { return impl->vision != nullptr; }
+int Model::vision_tokens_per_patch(int height, int width) const { return impl->require_vision().tokens_per_patch(height, width); }
+int Model::vision_row_width() const {
+    const VisionModel& v = impl->require_vision();
+    return v.n_embd_out * (1 + v.n_deepstack);
+}
+int Model::vision_frames_per_patch() const { return impl->require_vision().frames_per_patch; }
+
+std::vector<float> Model::encode_frames(const float* pixels, int n, int h, int w) {
+    Impl& m = *impl;
+    const VisionModel& v = m.require_vision();
+    if (n <= 0) throw InputError("encode_frames needs at least one frame");
+    v.check_input(n, h, w);
+    auto& vg = m.vision_graph;
+    const size_t n_values = static_cast<size_t>(n) * 3 * h * w;
+    if (vg.n != n || vg.h != h || vg.w != w) {
+        // The encoder graph depends only on the batch shape: build it once per shape.
+        vg.g.reset();
+        vg.n = -1;
+        vg.g = std::make_unique<GraphBuilder>(Impl::kMaxNodes);
+        std::vector<float> zeros(n_values, 0.0f);
+        vg.pixels = vg.g->input_f32(zeros, {w, h, 3, n}, "pixels");
+        vg.out = v.build(*vg.g, vg.pixels, n, h, w);
+        ggml_set_output(vg.out);
+        vg.g->expand(vg.out);
+        ggml_backend_sched_reset(m.vision_sched);
+        if (!ggml_backend_sched_alloc_graph(m.vision_sched, vg.g->graph())) {
+            throw InputError("not enough device memory to encode " + std::to_string(n) + " frames at once; use smaller batches");
+        }
+        vg.n = n;
+        vg.h = h;
+        vg.w = w;
+    }
+    vg.g->set_input(vg.pixels, pixels);
+    vg.g->upload_inputs();
+    if (ggml_backend_sched_graph_compute(m.vision_sched, vg.g->graph()) != GGML_STATUS_SUCCESS) {
+        throw ModelError("vision encoder computation failed on device " + m.backend.device_name());
+    }
+    std::vector<float> out(ggml_nelements(vg.out));
+    ggml_backend_tensor_get(vg.out, out.data(), 0, out.size() * sizeof(float));
+    return out;
+}
 
 int Model::n_vocab() const { return impl->text->hp.n_vocab; }
 int Model::n_embd() const { return impl->text->hp.n_embd; }
@@ -277,6 +344,22 @@ std::map<std::string, std::string> Model::info() const {
         {"threads", std::to_string(impl->backend.threads())},
         {"weights_bytes", std::to_string(impl->weights.bytes())},
     };
+    if (const VisionModel* v = impl->vision.get()) {
+        out["mmproj"] = impl->mmproj_file->path();
+        out["vision.projector"] = v->projector;
+        out["vision.patch_size"] = std::to_string(v->patch_size);
+        out["vision.image_size"] = std::to_string(v->image_size);
+        out["vision.frames_per_patch"] = std::to_string(v->frames_per_patch);
+        out["vision.n_deepstack"] = std::to_string(v->n_deepstack);
+        out["vision.weights_bytes"] = std::to_string(impl->mmproj_weights->bytes());
+        auto join = [](const std::vector<float>& xs) {
+            std::string s;
+            for (float x : xs) s += (s.empty() ? "" : ",") + std::to_string(x);
+            return s;
+        };
+        out["vision.image_mean"] = join(v->image_mean);
+        out["vision.image_std"] = join(v->image_std);
+    }
     std::string types;
     for (const auto& [t, c] : impl->weights.type_counts()) types += (types.empty() ? "" : ",") + t + ":" + std::to_string(c);
     out["tensor_types"] = types;

@@ -9,6 +9,7 @@
 #include "gguf_file.h"
 #include "graph.h"
 #include "models/text_model.h"
+#include "models/vision_model.h"
 #include "statekv/statekv.h"
 #include "weights.h"
 
@@ -25,6 +26,20 @@ struct Model::Impl {
     std::unique_ptr<TextModel> text;
     ggml_backend_sched_t sched = nullptr;
     static constexpr size_t kMaxNodes = 32768;
+
+    // Vision (optional): the mmproj file, its weights, the encoder, and the last encoder graph
+    // (rebuilt only when the batch shape changes).
+    std::unique_ptr<GgufFile> mmproj_file;
+    std::unique_ptr<WeightStore> mmproj_weights;
+    std::unique_ptr<VisionModel> vision;
+    ggml_backend_sched_t vision_sched = nullptr;
+    struct VisionGraph {
+        int n = -1, h = -1, w = -1;
+        std::unique_ptr<GraphBuilder> g;
+        ggml_tensor* pixels = nullptr;
+        ggml_tensor* out = nullptr;
+    } vision_graph;
+    const VisionModel& require_vision() const;
 
     // Checks a batch against the model (ids, positions, embeddings, rows); InputError if bad.
     void validate(const Tokens& in) const;

@@ -34,23 +34,6 @@ def _optional_array(x, dtype, name: str):
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
-def _check_mmproj(path: str) -> None:
-    # Vision encoders arrive family by family; until one is supported, say which projector the
-    # file holds rather than ignoring it.
-    from gguf import GGUFReader
-
-    if not os.path.exists(path):
-        raise ModelError(f"{path}: cannot open file (missing or unreadable)")
-    try:
-        reader = GGUFReader(path)
-    except Exception as exc:  # gguf-py raises various types for corrupt files
-        raise ModelError(f"{path}: not a readable GGUF file ({exc})") from None
-    field = reader.fields.get("clip.projector_type")
-    kind = field.contents() if field is not None else "<none>"
-    raise ModelError(f"{path}: mmproj with clip.projector_type '{kind}' is not supported by this "
-                     "version of statekv (text decoders only); load the text model without mmproj")
-
-
 class Model:
     """A text decoder (qwen2, qwen3, qwen3vl) loaded from a GGUF file.
 
@@ -61,9 +44,8 @@ class Model:
     def __init__(self, text_gguf: str | os.PathLike, mmproj: Optional[str | os.PathLike] = None,
                  device: Optional[str] = None, threads: Optional[int] = None):
         self.path = os.fspath(text_gguf)
-        if mmproj is not None:
-            _check_mmproj(os.fspath(mmproj))
-        self._m = _core.Model(self.path, device or "", int(threads or 0))
+        self.mmproj = os.fspath(mmproj) if mmproj is not None else None
+        self._m = _core.Model(self.path, device or "", int(threads or 0), self.mmproj or "")
         self._info = None
 
     @property
@@ -95,6 +77,17 @@ class Model:
         if isinstance(types, str):
             out["tensor_types"] = {t.split(":")[0]: int(t.split(":")[1]) for t in types.split(",") if t}
         return out
+
+    @property
+    def has_vision(self) -> bool:
+        return self._m.has_vision
+
+    def encode_frames(self, pixels) -> np.ndarray:
+        """Visual rows of preprocessed frames: ``pixels`` float32 ``(n_frames, 3, H, W)`` ->
+        ``(n_patches, tokens_per_patch, row_width)``, where a patch is one frame (InternVL) or a
+        temporal pair of frames (Qwen3-VL) and ``row_width`` is ``n_embd`` or, with DeepStack,
+        ``n_embd * (1 + n_deepstack)`` (llama.cpp's layout; pass rows as ``embeddings``)."""
+        return self._m.encode_frames(np.ascontiguousarray(pixels, dtype=np.float32))
 
     def logits(self, tokens: Sequence[int], positions=None, embeddings=None, embedding_rows=None) -> np.ndarray:
         """One stateless full-attention prefill of a single sequence.

@@ -53,7 +53,8 @@ std::vector<DeviceInfo> backends();
 
 struct ModelOptions {
     std::string device;  // device name from backends(); empty: best GPU, else CPU
-    int threads = 0;     // CPU threads; 0: number of physical-ish cores (hardware_concurrency)
+    int threads = 0;     // CPU threads; 0: all hardware threads
+    std::string mmproj;  // optional vision encoder + projector GGUF (llama.cpp's mmproj file)
 };
 
 // One sequence of tokens to feed the decoder.
@@ -118,6 +119,16 @@ public:
 
     int n_vocab() const;
     int n_embd() const;
+
+    // Vision (needs ModelOptions::mmproj). pixels: n_frames x 3 x height x width floats,
+    // preprocessed as the family's processor does. Returns the visual rows of each temporal
+    // patch, row-major: n_patches x tokens_per_patch x row_width, where row_width is n_embd, or
+    // n_embd * (1 + n_deepstack) with DeepStack features (llama.cpp's layout).
+    std::vector<float> encode_frames(const float* pixels, int n_frames, int height, int width);
+    bool has_vision() const;
+    int vision_tokens_per_patch(int height, int width) const;
+    int vision_row_width() const;
+    int vision_frames_per_patch() const;
 
     struct Impl;
     std::shared_ptr<Impl> impl;  // shared with sessions that outlive the handle

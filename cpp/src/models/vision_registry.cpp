@@ -1,0 +1,28 @@
+// Vision families by clip.projector_type.
+#include <utility>
+#include <vector>
+
+#include "vision_model.h"
+
+namespace statekv {
+
+std::unique_ptr<VisionModel> load_vision_model(const GgufFile& file, WeightStore& weights) {
+    using Factory = std::unique_ptr<VisionModel> (*)(const GgufFile&, WeightStore&);
+    // One row per family file (models/<family>_vision.cpp).
+    static const std::vector<std::pair<const char*, Factory>> families = {
+    };
+    const std::string arch = file.get_str("general.architecture");
+    if (arch != "clip") {
+        file.fail("general.architecture is '" + arch + "', expected 'clip' for an mmproj (vision) file");
+    }
+    const std::string projector = file.get_str("clip.projector_type");
+    std::string known;
+    for (const auto& [name, make] : families) {
+        if (projector == name) return make(file, weights);
+        known += (known.empty() ? "" : ", ") + std::string(name);
+    }
+    file.fail("clip.projector_type '" + projector + "' is not supported (supported: " +
+              (known.empty() ? std::string("none yet") : known) + ")");
+}
+
+}  // namespace statekv
