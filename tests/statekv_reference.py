@@ -1,0 +1,283 @@
+"""A short, readable PyTorch reference of StateKV (DESIGN.md section 1).
+
+Written over transformers' own modules of a (tiny) ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM`` or
+``Qwen3VLForConditionalGeneration`` (text model: 3-axis M-RoPE positions and DeepStack rows), in
+float32 with eager attention math, so that the attention probabilities that give the key scores
+are explicit.
+
+State, per layer l:
+  * D: keys (after RoPE) and values of every token so far, in entry order; token index i = the
+    order in which the token entered the session (0, 1, ...).
+  * C: per KV head g, the indices (into D) of the carried tokens, ascending. Keys/values of C are
+    D's (rotary is applied before caching, so a carried key is exactly its D entry).
+
+Modes: ``full`` (C = all of D), ``window`` (C = prefix + tokens of the last ``window`` steps),
+``statekv`` (C = at most ``budget`` tokens per layer and KV head, chosen by key scores).
+
+A step's queries attend over [C_l ; step keys] (C: no mask; step: causal). Key scores for the
+statekv selection: s[g, j] = sum over the step's queries i and the query heads h of group g
+(heads g*rep .. g*rep+rep-1, transformers' ``repeat_kv`` grouping) of softmax P_h[i, j]; masked
+entries are exactly 0. The new C_l[g] is the ``budget`` candidates of [C_l[g] ; step] with the
+largest scores (``torch.topk(sorted=False)`` then sorted indices, as the authors' release does),
+kept in entry order. Prefix tokens and questions attend causally over ALL of D plus themselves.
+Questions leave C, D and the position counter unchanged.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+__all__ = ["StateKVReference", "load_hf", "plain_logits"]
+
+
+def load_hf(hf_dir):
+    """The transformers model of a tiny checkpoint directory, float32, eval mode."""
+    import json
+    from pathlib import Path
+
+    import transformers
+
+    arch = json.loads((Path(hf_dir) / "config.json").read_text())["architectures"][0]
+    cls = getattr(transformers, arch)
+    return cls.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+def _text_parts(hf):
+    """(text model, lm_head) of a causal LM or of Qwen3-VL's conditional-generation model."""
+    inner = hf.model
+    if hasattr(inner, "language_model"):
+        inner = inner.language_model
+    return inner, hf.lm_head
+
+
+def _as_positions(positions, n, start, multi_axis):
+    """(n,) or (3, n) int64 positions; default: start, start+1, ... on every axis."""
+    if positions is None:
+        p = torch.arange(start, start + n, dtype=torch.int64)
+        return p.expand(3, n).clone() if multi_axis else p
+    p = torch.as_tensor(np.asarray(positions), dtype=torch.int64)
+    if multi_axis and p.ndim == 1:
+        p = p.expand(3, n).clone()
+    if p.shape[-1] != n or p.ndim != (2 if multi_axis else 1):
+        raise ValueError(f"positions of shape {tuple(p.shape)} for {n} tokens")
+    return p
+
+
+class StateKVReference:
+    """The StateKV state machine over a transformers model (see the module docstring).
+
+    ``mode``: ``full`` | ``window`` | ``statekv``; ``budget`` B (statekv); ``window`` R (window).
+    """
+
+    def __init__(self, hf, mode: str = "statekv", budget: int | None = None, window: int | None = None):
+        if mode not in ("full", "window", "statekv"):
+            raise ValueError(f"unknown mode {mode!r}")
+        if mode == "statekv" and (budget is None or budget <= 0):
+            raise ValueError("statekv needs budget > 0")
+        if mode == "window" and (window is None or window <= 0):
+            raise ValueError("window needs window > 0")
+        self.hf = hf
+        self.text, self.lm_head = _text_parts(hf)
+        self.cfg = self.text.config
+        layer0 = self.text.layers[0]
+        self.apply_rope = sys.modules[type(layer0.self_attn).__module__].apply_rotary_pos_emb
+        self.multi_axis = "mrope_section" in (getattr(self.cfg, "rope_parameters", None) or {})
+        self.n_layer = len(self.text.layers)
+        self.n_head = self.cfg.num_attention_heads
+        self.n_kv = self.cfg.num_key_value_heads
+        self.rep = self.n_head // self.n_kv
+        self.head_dim = layer0.self_attn.head_dim
+        self.hidden = self.cfg.hidden_size
+        self.mode, self.budget, self.window = mode, budget, window
+
+        e = torch.empty(self.n_kv, 0, self.head_dim)
+        self.K = [e.clone() for _ in range(self.n_layer)]   # D keys   (n_kv, N, d), after RoPE
+        self.V = [e.clone() for _ in range(self.n_layer)]   # D values (n_kv, N, d)
+        self.C = [torch.empty(self.n_kv, 0, dtype=torch.int64) for _ in range(self.n_layer)]
+        self.n_prefix = 0
+        self.steps: list[tuple[int, int]] = []   # [start, end) token indices of each step
+        self.last_pos = -1                        # largest position so far (any axis)
+        self.last_scores = None                   # per layer (n_kv, n_candidates) of the last step
+        self.last_candidates = None               # per layer (n_kv, n_candidates) token indices
+
+    # ----------------------------------------------------------------- building blocks
+    @property
+    def n_tokens(self) -> int:
+        return self.K[0].shape[1]
+
+    def _embed(self, tokens, embeddings, rows):
+        tok = torch.as_tensor(np.asarray(tokens), dtype=torch.int64)
+        x = self.text.embed_tokens(tok).clone()
+        deepstack = None
+        if embeddings is not None:
+            emb = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+            rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.int64)
+            if emb.ndim != 2 or emb.shape[1] % self.hidden or emb.shape[0] != rows_t.numel():
+                raise ValueError(f"embeddings of shape {tuple(emb.shape)} for {rows_t.numel()} rows")
+            if rows_t.numel() and (rows_t.min() < 0 or rows_t.max() >= len(tok)):
+                raise ValueError("embedding rows out of range")
+            x[rows_t] = emb[:, : self.hidden]
+            if emb.shape[1] > self.hidden:   # DeepStack slices, added after text layers 0, 1, ...
+                deepstack = (rows_t, emb[:, self.hidden:].reshape(len(rows_t), -1, self.hidden))
+        return x, deepstack
+
+    def _qkv(self, layer, h, cos, sin):
+        a, n = layer.self_attn, h.shape[0]
+        q = a.q_proj(h).view(n, self.n_head, self.head_dim)
+        k = a.k_proj(h).view(n, self.n_kv, self.head_dim)
+        v = a.v_proj(h).view(n, self.n_kv, self.head_dim)
+        if hasattr(a, "q_norm"):
+            q, k = a.q_norm(q), a.k_norm(k)
+        q, k = self.apply_rope(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos, sin)
+        return q[0], k[0], v.transpose(0, 1)   # (H, n, d), (G, n, d), (G, n, d)
+
+    def _attend(self, a, q, Kc, Vc, Ks, Vs):
+        """Queries q (H, n, d) over context (G, m, d) unmasked + own keys (G, n, d) causal.
+        Returns the attention output (n, H*d) before o_proj and P (H, n, m + n)."""
+        n, m = q.shape[1], Kc.shape[1]
+        K = torch.cat([Kc, Ks], dim=1).repeat_interleave(self.rep, dim=0)   # = repeat_kv
+        V = torch.cat([Vc, Vs], dim=1).repeat_interleave(self.rep, dim=0)
+        logits = (q @ K.transpose(1, 2)) * a.scaling
+        causal = torch.ones(n, n, dtype=torch.bool).triu(1)
+        mask = torch.cat([torch.zeros(n, m, dtype=torch.bool), causal], dim=1)
+        P = torch.softmax(logits.masked_fill(mask, float("-inf")), dim=-1, dtype=torch.float32)
+        return (P @ V).transpose(0, 1).reshape(n, -1), P
+
+    @torch.no_grad()
+    def _run(self, tokens, embeddings, rows, positions, context):
+        """Run ``tokens`` through every layer; ``context(l)`` = (G, m) indices of D that they see
+        unmasked. Returns (hidden after the final norm, new K, new V, key scores per layer)."""
+        n = len(tokens)
+        pos = _as_positions(positions, n, self.last_pos + 1, self.multi_axis)
+        x, deepstack = self._embed(tokens, embeddings, rows)
+        pid = pos[:, None, :] if self.multi_axis else pos[None, :]
+        cos, sin = self.text.rotary_emb(x[None], pid)
+        newK, newV, scores = [], [], []
+        for l, layer in enumerate(self.text.layers):
+            idx = context(l)
+            g = torch.arange(self.n_kv)[:, None]
+            Kc, Vc = self.K[l][g, idx], self.V[l][g, idx]
+            q, k, v = self._qkv(layer, layer.input_layernorm(x), cos, sin)
+            out, P = self._attend(layer.self_attn, q, Kc, Vc, k, v)
+            x = x + layer.self_attn.o_proj(out)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            if deepstack is not None and l < deepstack[1].shape[1]:
+                x[deepstack[0]] += deepstack[1][:, l]
+            newK.append(k)
+            newV.append(v)
+            scores.append(P.view(self.n_kv, self.rep, n, -1).sum(dim=(1, 2)))   # (G, m + n)
+        return self.text.norm(x), newK, newV, scores, pos
+
+    def _all_of_D(self, l):
+        return torch.arange(self.n_tokens).expand(self.n_kv, -1)
+
+    def _commit(self, newK, newV, pos):
+        for l in range(self.n_layer):
+            self.K[l] = torch.cat([self.K[l], newK[l]], dim=1)
+            self.V[l] = torch.cat([self.V[l], newV[l]], dim=1)
+        self.last_pos = max(self.last_pos, int(pos.max()))
+
+    def _check_positions(self, positions):
+        if positions is not None and int(np.min(np.asarray(positions))) <= self.last_pos:
+            raise ValueError("positions must continue after the previous ones")
+
+    # ----------------------------------------------------------------- the API
+    def prefill(self, tokens, embeddings=None, rows=None, positions=None):
+        """Prefix tokens (before the first step): causal over all of D; into D and into C."""
+        if self.steps:
+            raise ValueError("prefill after the first step")
+        if self.mode == "statekv" and self.n_tokens + len(tokens) > self.budget:
+            raise ValueError("prefix longer than the budget")
+        self._check_positions(positions)
+        start = self.n_tokens
+        _, newK, newV, _, pos = self._run(tokens, embeddings, rows, positions, self._all_of_D)
+        self._commit(newK, newV, pos)
+        new = torch.arange(start, self.n_tokens).expand(self.n_kv, -1)
+        self.C = [torch.cat([c, new], dim=1) for c in self.C]
+        self.n_prefix = self.n_tokens
+
+    def add_step(self, tokens, embeddings=None, rows=None, positions=None):
+        """One frame step: attention over [C ; step], then D grows and C is updated."""
+        self._check_positions(positions)
+        n, start = len(tokens), self.n_tokens
+        _, newK, newV, scores, pos = self._run(tokens, embeddings, rows, positions, lambda l: self.C[l])
+        self._commit(newK, newV, pos)
+        self.steps.append((start, start + n))
+        step_idx = torch.arange(start, start + n).expand(self.n_kv, -1)
+        self.last_scores, self.last_candidates = scores, []
+        for l in range(self.n_layer):
+            cand = torch.cat([self.C[l], step_idx], dim=1)   # (G, m + n), ascending
+            self.last_candidates.append(cand)
+            if self.mode == "full":
+                self.C[l] = cand
+            elif self.mode == "window":
+                kept = [torch.arange(0, self.n_prefix)] + [torch.arange(a, b) for a, b in self.steps[-self.window:]]
+                self.C[l] = torch.cat(kept).expand(self.n_kv, -1).clone()
+            elif cand.shape[1] <= self.budget:
+                self.C[l] = cand
+            else:
+                top = torch.topk(scores[l], self.budget, dim=1, sorted=False).indices
+                self.C[l] = torch.gather(cand, 1, top.sort(dim=1).values)
+
+    def question_logits(self, tokens, positions=None, embeddings=None, rows=None):
+        """Logits (n, vocab) of question tokens attending causally over all of D; no state change."""
+        self._check_positions(positions)
+        h, *_ = self._run(tokens, embeddings, rows, positions, self._all_of_D)
+        with torch.no_grad():
+            return self.lm_head(h).numpy()
+
+    def greedy(self, tokens, max_tokens):
+        """Greedy continuation of a question over all of D: (tokens, top-2 margins)."""
+        seq, out, margins = list(tokens), [], []
+        for _ in range(max_tokens):
+            last = self.question_logits(seq)[-1]
+            top2 = np.sort(last)[-2:]
+            out.append(int(np.argmax(last)))
+            margins.append(float(top2[1] - top2[0]))
+            seq.append(out[-1])
+        return out, margins
+
+    def carried(self, layer: int) -> np.ndarray:
+        """(n_kv_heads, n_kept) ascending token indices of C_layer."""
+        return self.C[layer].numpy().astype(np.int32)
+
+    def selection_margin(self, layer: int) -> np.ndarray:
+        """Per KV head, the gap between the smallest kept and the largest dropped key score of the
+        last statekv step (inf when nothing was dropped): how close the selection was to a tie."""
+        s, cand = self.last_scores[layer], self.last_candidates[layer]
+        out = np.full(self.n_kv, np.inf)
+        for g in range(self.n_kv):
+            keep = torch.isin(cand[g], self.C[layer][g])
+            if (~keep).any():
+                out[g] = float(s[g][keep].min() - s[g][~keep].max())
+        return out
+
+
+@torch.no_grad()
+def plain_logits(hf, tokens, embeddings=None, rows=None, positions=None):
+    """transformers' own forward over one whole sequence, logits (n, vocab). ``positions``: None
+    (0, 1, ...), (n,) or for Qwen3-VL (3, n); ``embeddings`` (k, hidden) or, for Qwen3-VL,
+    (k, hidden * (1 + n_deepstack)) (DeepStack slices passed as ``deepstack_visual_embeds``)."""
+    text, lm_head = _text_parts(hf)
+    hidden = text.config.hidden_size
+    tok = torch.as_tensor(np.asarray(tokens), dtype=torch.int64)[None]
+    x = text.embed_tokens(tok).clone()
+    kw = {}
+    if embeddings is not None:
+        emb = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+        rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.int64)
+        x[0, rows_t] = emb[:, :hidden]
+        if emb.shape[1] > hidden:
+            mask = torch.zeros(1, tok.shape[1], dtype=torch.bool)
+            mask[0, rows_t] = True
+            order = torch.argsort(rows_t)   # transformers takes the rows in sequence order
+            ds = emb[order, hidden:].reshape(len(rows_t), -1, hidden)
+            kw = dict(visual_pos_masks=mask, deepstack_visual_embeds=list(ds.unbind(1)))
+    if positions is not None:
+        p = torch.as_tensor(np.asarray(positions), dtype=torch.int64)
+        kw["position_ids"] = p[:, None, :] if p.ndim == 2 else p[None, :]
+    # an explicit all-ones mask: otherwise transformers reads position jumps as packed sequences
+    out = text(inputs_embeds=x, attention_mask=torch.ones(tok.shape, dtype=torch.long), use_cache=False, **kw)
+    return lm_head(out.last_hidden_state)[0].numpy()
