@@ -53,6 +53,16 @@ Tokens make_tokens(const py::array& ids, const py::object& positions, const py::
     return t;
 }
 
+// A Python callable(token) -> bool|None as a TokenCallback (called with the GIL re-acquired).
+TokenCallback wrap_callback(const py::object& callback) {
+    if (callback.is_none()) return nullptr;
+    return [callback](int32_t tok) {
+        py::gil_scoped_acquire acquire;
+        py::object r = callback(tok);
+        return r.is_none() || r.cast<bool>();
+    };
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -130,14 +140,7 @@ PYBIND11_MODULE(_core, m) {
                  o.seed = seed;
                  o.stop = stop;
                  o.ignore_eos = ignore_eos;
-                 TokenCallback cb;
-                 if (!callback.is_none()) {
-                     cb = [callback](int32_t tok) {
-                         py::gil_scoped_acquire acquire;
-                         py::object r = callback(tok);
-                         return r.is_none() || r.cast<bool>();
-                     };
-                 }
+                 TokenCallback cb = wrap_callback(callback);
                  py::gil_scoped_release release;
                  return self.generate(t, max_tokens, o, cb);
              },
@@ -245,14 +248,7 @@ PYBIND11_MODULE(_core, m) {
                 o.kv_type = kv_type;
                 o.stop = stop;
                 o.ignore_eos = ignore_eos;
-                TokenCallback cb;
-                if (!callback.is_none()) {
-                    cb = [callback](int32_t tok) {
-                        py::gil_scoped_acquire acquire;
-                        py::object r = callback(tok);
-                        return r.is_none() || r.cast<bool>();
-                    };
-                }
+                TokenCallback cb = wrap_callback(callback);
                 py::gil_scoped_release release;
                 return self.generate(t, max_tokens, o, cb);
             },

@@ -30,13 +30,8 @@ private:
     const TextHParams& hp_;
     KVCache& cache_;
     int n_past_;
-    ggml_tensor* mask_ = nullptr;
     ggml_tensor* slots_ = nullptr;
 };
-
-// View of slots [0, n) of a per-layer cache tensor [head_dim * n_head_kv, capacity] as
-// [head_dim, n, n_head_kv], the layout fused attention reads.
-ggml_tensor* kv_view(ggml_context* ctx, ggml_tensor* cache, int head_dim, int n_head_kv, int n);
 
 }  // namespace statekv
 

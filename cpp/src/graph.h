@@ -42,6 +42,15 @@ private:
     std::vector<PendingInput> inputs_;
 };
 
+// Keys/values of a contiguous run of tokens, as views in fused-attention layout
+// [head_dim, n, n_head_kv] (any strides).
+struct KVSegment {
+    ggml_tensor* k = nullptr;
+    ggml_tensor* v = nullptr;
+    int64_t begin = 0;  // absolute index of the first key
+    int64_t n = 0;
+};
+
 // How a family rotates queries and keys.
 struct RopeSpec {
     int mode = 2;                        // GGML_ROPE_TYPE_NEOX or GGML_ROPE_TYPE_IMROPE
@@ -68,6 +77,15 @@ ggml_tensor* swiglu_ffn(ggml_context* ctx, ggml_tensor* x, ggml_tensor* gate, gg
 // (any strides), with an additive F16 mask [n_kv, n_q] (0 or -inf). Returns [d * n_head, n_q].
 ggml_tensor* flash_attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v,
                              ggml_tensor* mask, float scale);
+
+// LayerNorm over ne0: (x - mean) / sqrt(var + eps) * w + b (w, b may be nullptr).
+ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, float eps);
+
+// Non-causal multi-head attention of vision encoders, within independent sequences: q, k, v
+// [d, n_head, n_tokens, n_seq] (any strides, rows of d contiguous); every token attends to every
+// token of its own sequence. Fused (ggml_flash_attn_ext, f32 precision), no mask.
+// Returns [d * n_head, n_tokens * n_seq].
+ggml_tensor* vision_attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, float scale);
 
 // Host-side F16 mask rows: query i (absolute index q0 + i in a sequence of keys 0..n_kv-1)
 // sees keys j <= q0 + i.

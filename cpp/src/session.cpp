@@ -57,26 +57,17 @@ private:
 // cache so D and C are never touched.
 class QuestionAttention final : public LayerAttention {
 public:
-    QuestionAttention(const TextHParams& hp, const DetailedCache& d, KVCache& tail, int n_tail_past, const RopeSpec&)
+    QuestionAttention(const TextHParams& hp, const DetailedCache& d, KVCache& tail, int n_tail_past)
         : hp_(hp), d_(d), tail_(tail), n_tail_past_(n_tail_past) {}
     ggml_tensor* attend(GraphBuilder& g, int layer, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v) override {
-        ggml_context* ctx = g.ctx();
         const int n = static_cast<int>(q->ne[2]);
         if (!slots_) {
             std::vector<int32_t> s(n);
             std::iota(s.begin(), s.end(), n_tail_past_);
             slots_ = g.input_i32(s, "tail_slots");
         }
-        const int64_t row = int64_t(hp_.head_dim) * hp_.n_head_kv;
-        ggml_tensor* ks = ggml_set_rows(ctx, tail_.keys(layer), ggml_reshape_2d(ctx, k, row, n), slots_);
-        ggml_tensor* vs = ggml_set_rows(ctx, tail_.values(layer), ggml_reshape_2d(ctx, v, row, n), slots_);
         std::vector<KVSegment> segs = d_.view(g, layer, 0, d_.size());
-        KVSegment t;
-        t.begin = d_.size();
-        t.n = n_tail_past_ + n;
-        t.k = kv_view(ctx, ks, hp_.head_dim, hp_.n_head_kv, static_cast<int>(t.n));
-        t.v = kv_view(ctx, vs, hp_.head_dim, hp_.n_head_kv, static_cast<int>(t.n));
-        segs.push_back(t);
+        segs.push_back(tail_.write_and_view(g.ctx(), layer, k, v, slots_, n_tail_past_ + n, d_.size()));
         return segmented_attention(g, q, segs, d_.size() + n_tail_past_, 1.0f / std::sqrt(float(hp_.head_dim)));
     }
 
@@ -177,7 +168,7 @@ struct Session::Impl {
         GraphBuilder g(Model::Impl::kMaxNodes);
         DecoderInputs in = model->make_inputs(g, t, pos0, rows);
         in.rope = &rope;
-        QuestionAttention attn(model->text->hp, *d, tail, n_tail_past, rope);
+        QuestionAttention attn(model->text->hp, *d, tail, n_tail_past);
         return run_graph(sched, g, model->text->build(g, in, attn), model->backend);
     }
 

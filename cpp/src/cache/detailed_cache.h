@@ -13,15 +13,6 @@
 
 namespace statekv {
 
-// A contiguous range of D inside one chunk, as views in fused-attention layout
-// [head_dim, n, n_head_kv].
-struct KVSegment {
-    ggml_tensor* k = nullptr;
-    ggml_tensor* v = nullptr;
-    int64_t begin = 0;  // token index of the first key
-    int64_t n = 0;
-};
-
 class DetailedCache {
 public:
     DetailedCache(const TextHParams& hp, const Backend& backend, ggml_type type, int chunk_tokens);

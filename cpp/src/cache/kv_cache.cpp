@@ -39,4 +39,17 @@ KVCache::~KVCache() {
 
 size_t KVCache::bytes() const { return ggml_backend_buffer_get_size(buffer_); }
 
+KVSegment KVCache::write_and_view(ggml_context* ctx, int layer, ggml_tensor* k, ggml_tensor* v, ggml_tensor* slots,
+                                  int64_t n_valid, int64_t begin) {
+    const int64_t head_dim = k->ne[0], n_head_kv = k->ne[1], n = k->ne[2];
+    ggml_tensor* ks = ggml_set_rows(ctx, k_[layer], ggml_reshape_2d(ctx, k, head_dim * n_head_kv, n), slots);
+    ggml_tensor* vs = ggml_set_rows(ctx, v_[layer], ggml_reshape_2d(ctx, v, head_dim * n_head_kv, n), slots);
+    KVSegment s;
+    s.begin = begin;
+    s.n = n_valid;
+    s.k = ggml_view_3d(ctx, ks, head_dim, n_valid, n_head_kv, ks->nb[1], ggml_row_size(ks->type, head_dim), 0);
+    s.v = ggml_view_3d(ctx, vs, head_dim, n_valid, n_head_kv, vs->nb[1], ggml_row_size(vs->type, head_dim), 0);
+    return s;
+}
+
 }  // namespace statekv

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "../backend.h"
+#include "../graph.h"
 #include "../models/text_model.h"
 
 namespace statekv {
@@ -24,6 +25,12 @@ public:
     ggml_tensor* keys(int layer) const { return k_[layer]; }      // [head_dim * n_head_kv, capacity]
     ggml_tensor* values(int layer) const { return v_[layer]; }
     size_t bytes() const;
+
+    // In-graph write of a batch's keys/values k, v [head_dim, n_head_kv, n] into `slots`, then
+    // the view of slots [0, n_valid) read through that write (so it is ordered after it), as a
+    // segment whose first key has absolute index `begin`.
+    KVSegment write_and_view(ggml_context* ctx, int layer, ggml_tensor* k, ggml_tensor* v, ggml_tensor* slots,
+                             int64_t n_valid, int64_t begin);
 
 private:
     int capacity_;
