@@ -45,7 +45,7 @@ namespace statekv {
 ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vector<KVSegment>& segments,
                                  int64_t q0, float scale);
 
-// Attention with key scores (the StateKV step). k, v: [head_dim, n_kv, n_head_kv] F32, the
+// Attention with key scores (the StateKV step). k, v: [head_dim, n_kv, n_head_kv] (F32 or F16), the
 // first n_visible keys visible to every query, the last n_q keys the queries' own (causal).
 // Returns the output [head_dim * n_head, n_q] and scores [n_kv, n_head_kv]: per key, the
 // softmax mass summed over queries and over the query heads of its KV group. Queries are

@@ -80,11 +80,14 @@ public:
             store(g, layer, kb, vb, batch_ids_, n_kept_);
             return out;
         }
-        // [C ; step]: keys of C are visible to every query of the step; the step is causal.
-        ggml_tensor* c_k = ggml_cast(ctx, first_slots(ctx, c_->k[layer], n_kept_), GGML_TYPE_F32);
-        ggml_tensor* c_v = ggml_cast(ctx, first_slots(ctx, c_->v[layer], n_kept_), GGML_TYPE_F32);
-        ggml_tensor* k_all = n_kept_ ? ggml_concat(ctx, c_k, kb, 1) : ggml_cont(ctx, kb);
-        ggml_tensor* v_all = n_kept_ ? ggml_concat(ctx, c_v, vb, 1) : ggml_cont(ctx, vb);
+        // [C ; step] in C's type (f16 unless the session is all f32: the scores then run on
+        // the same f16 dot products fused attention uses). Keys of C are visible to every query
+        // of the step; the step is causal.
+        const ggml_type t = c_->k[layer]->type;
+        ggml_tensor* ks = ggml_cast(ctx, kb, t);
+        ggml_tensor* vs = ggml_cast(ctx, vb, t);
+        ggml_tensor* k_all = n_kept_ ? ggml_concat(ctx, first_slots(ctx, c_->k[layer], n_kept_), ks, 1) : ks;
+        ggml_tensor* v_all = n_kept_ ? ggml_concat(ctx, first_slots(ctx, c_->v[layer], n_kept_), vs, 1) : vs;
         ggml_tensor* ids_all = n_kept_ ? ggml_concat(ctx, first_slots(ctx, c_->ids[layer], n_kept_), batch_ids_, 1)
                                        : batch_ids_;
         ScoredAttention a = scored_attention(g, q, k_all, v_all, n_kept_, scale);
