@@ -156,6 +156,11 @@ PYBIND11_MODULE(_core, m) {
                  return arr;
              })
         .def("fork", [](const Session& self) { return self.fork(); })
+        .def("save",
+             [](const Session& self, const std::string& path) {
+                 py::gil_scoped_release release;
+                 self.save(path);
+             })
         .def("stats",
              [](const Session& self) {
                  SessionStats st = self.stats();
@@ -206,6 +211,11 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_vocab", &Model::n_vocab)
         .def_property_readonly("n_embd", &Model::n_embd)
         .def("info", &Model::info)
+        .def("load_session",
+             [](Model& self, const std::string& path) {
+                 py::gil_scoped_release release;
+                 return self.load_session(path);
+             })
         .def("session",
              [](Model& self, const std::string& mode, int budget, int window, const std::string& kv_type,
                 int expected_length, float rope_scale, int detailed_chunk) {

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cstdio>
 #include <chrono>
 #include <numeric>
 #include <random>
@@ -88,6 +89,21 @@ void Model::Impl::validate(const Tokens& in) const {
             if (!seen.insert(r).second) throw InputError("embedding row " + std::to_string(r) + " appears twice");
         }
     }
+}
+
+std::string Model::Impl::fingerprint() const {
+    const auto& hp = text->hp;
+    uint64_t h = 1469598103934665603ull;  // FNV-1a
+    for (const ggml_tensor* t : {text->tok_embd, text->output_norm}) {
+        std::vector<uint8_t> bytes(std::min<size_t>(ggml_nbytes(t), size_t(1) << 20));
+        ggml_backend_tensor_get(t, bytes.data(), 0, bytes.size());
+        for (uint8_t b : bytes) h = (h ^ b) * 1099511628211ull;
+    }
+    char hex[17];
+    std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
+    return hp.arch + " n_layer=" + std::to_string(hp.n_layer) + " n_embd=" + std::to_string(hp.n_embd) +
+           " n_head_kv=" + std::to_string(hp.n_head_kv) + " head_dim=" + std::to_string(hp.head_dim) +
+           " n_vocab=" + std::to_string(hp.n_vocab) + " weights=" + hex;
 }
 
 int Model::Impl::last_position(const Tokens& in, int default_pos0) const {

@@ -47,6 +47,10 @@ struct Model::Impl {
     // output_rows: rows whose logits are wanted (empty: all).
     DecoderInputs make_inputs(GraphBuilder& g, const Tokens& in, int default_pos0,
                               const std::vector<int32_t>& output_rows) const;
+    // Identifies the model a session file belongs to: architecture, sizes, and a hash of the
+    // first bytes of the embedding table and of the output norm.
+    std::string fingerprint() const;
+
     // Largest position over all axes of a batch (default positions included).
     int last_position(const Tokens& in, int default_pos0) const;
 

@@ -13,6 +13,8 @@
 #include "cache/kv_cache.h"
 #include "model_impl.h"
 #include "sampling.h"
+#include "session_state.h"
+#include "gguf.h"
 
 namespace statekv {
 
@@ -288,6 +290,67 @@ std::unique_ptr<Session> Session::fork() const {
     copy->next_pos = s.next_pos;
     copy->step_seconds = s.step_seconds;
     return std::unique_ptr<Session>(new Session(std::move(copy)));
+}
+
+namespace {
+
+constexpr const char* kSessionArch = "statekv.session";
+constexpr uint32_t kSessionVersion = 1;
+
+}  // namespace
+
+void Session::save(const std::string& path) const {
+    const Impl& s = *impl_;
+    StateWriter w;
+    gguf_context* kv = w.kv();
+    gguf_set_val_str(kv, "general.architecture", kSessionArch);
+    gguf_set_val_u32(kv, "statekv.session.version", kSessionVersion);
+    gguf_set_val_str(kv, "statekv.model.fingerprint", s.model->fingerprint().c_str());
+    gguf_set_val_str(kv, "statekv.model.path", s.model->path.c_str());
+    gguf_set_val_str(kv, "statekv.options.mode", s.options.mode.c_str());
+    gguf_set_val_i64(kv, "statekv.options.budget", s.options.budget);
+    gguf_set_val_i64(kv, "statekv.options.window", s.options.window);
+    gguf_set_val_str(kv, "statekv.options.kv_type", s.options.kv_type.c_str());
+    gguf_set_val_i64(kv, "statekv.options.expected_length", s.options.expected_length);
+    gguf_set_val_f32(kv, "statekv.options.rope_scale", s.options.rope_scale);
+    gguf_set_val_i64(kv, "statekv.options.detailed_chunk", s.options.detailed_chunk);
+    gguf_set_val_i64(kv, "statekv.n_tokens", s.d->size());
+    gguf_set_val_i64(kv, "statekv.n_steps", s.n_steps);
+    gguf_set_val_i64(kv, "statekv.next_position", s.next_pos);
+    s.d->save(w);
+    s.policy->save(w);
+    w.write(path);
+}
+
+std::unique_ptr<Session> Model::load_session(const std::string& path) {
+    StateReader r(path);
+    const GgufFile& f = r.file();
+    if (!f.has("general.architecture") || f.get_str("general.architecture") != kSessionArch) {
+        f.fail("not a statekv session file (general.architecture is not '" + std::string(kSessionArch) + "')");
+    }
+    if (f.get_u32("statekv.session.version") != kSessionVersion) {
+        f.fail("statekv.session.version " + std::to_string(f.get_u32("statekv.session.version")) +
+               " is not supported (expected " + std::to_string(kSessionVersion) + ")");
+    }
+    const std::string saved = f.get_str("statekv.model.fingerprint");
+    const std::string mine = impl->fingerprint();
+    if (saved != mine) {
+        f.fail("saved from another model (" + saved + ") than " + impl->path + " (" + mine + ")");
+    }
+    SessionOptions o;
+    o.mode = f.get_str("statekv.options.mode");
+    o.budget = static_cast<int>(f.get_u32("statekv.options.budget"));
+    o.window = static_cast<int>(f.get_u32("statekv.options.window"));
+    o.kv_type = f.get_str("statekv.options.kv_type");
+    o.expected_length = static_cast<int>(f.get_u32("statekv.options.expected_length"));
+    o.rope_scale = f.get_f32("statekv.options.rope_scale");
+    o.detailed_chunk = static_cast<int>(f.get_u32("statekv.options.detailed_chunk"));
+    auto s = std::make_unique<Session::Impl>(impl, o);
+    s->d->load(r);
+    s->policy->load(r);
+    s->n_steps = static_cast<int>(f.get_u32("statekv.n_steps"));
+    s->next_pos = static_cast<int>(f.get_u32("statekv.next_position"));
+    return std::unique_ptr<Session>(new Session(std::move(s)));
 }
 
 SessionStats Session::stats() const {

@@ -129,6 +129,12 @@ class Model:
         return Session(self, self._m.session(mode, int(budget), int(window), kv_type, int(expected_length or 0),
                                              float(rope_scale or 0.0), int(detailed_chunk or 0)))
 
+    def load_session(self, path: str | os.PathLike) -> "Session":
+        """A session saved with :meth:`Session.save` (same options, positions, caches). A file that
+        is not a session file, is truncated, or was saved from another model raises
+        :class:`statekv.ModelError`."""
+        return Session(self, self._m.load_session(os.fspath(path)))
+
     def bench_prompt(self, n_prompt: int, n_depth: int = 0, repetitions: int = 3, kv_type: str = "f16",
                      n_ubatch: int = 512) -> list[float]:
         """Seconds to prefill ``n_prompt`` tokens over a KV cache already holding ``n_depth``
@@ -234,6 +240,11 @@ class Session:
     def fork(self) -> "Session":
         """An independent copy (shares the detailed cache's storage until either side grows it)."""
         return Session(self.model, self._s.fork())
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the session (options, positions, detailed cache, carried state) to ``path``, so
+        a video indexed once can be asked about later without decoding it again."""
+        self._s.save(os.fspath(path))
 
     def stats(self) -> dict:
         """Tokens and bytes of the detailed cache (D) and carried state (C), per-step seconds."""

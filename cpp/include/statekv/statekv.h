@@ -113,6 +113,9 @@ public:
 
     // A StateKV session (video state) over this model; see Session.
     std::unique_ptr<Session> session(const SessionOptions& options);
+    // A session saved with Session::save. Refuses (ModelError) a file that is not a session
+    // file, is truncated or corrupt, or was saved from another model.
+    std::unique_ptr<Session> load_session(const std::string& path);
 
     // Architecture, sizes, types, device, as strings/numbers.
     std::map<std::string, std::string> info() const;
@@ -198,6 +201,9 @@ public:
     // Kept token indices of one layer: n_head_kv rows of n_kept indices (entry order, from 0).
     std::vector<int32_t> carried(int layer, int* n_kept);
     std::unique_ptr<Session> fork() const;
+    // Everything needed to continue or ask later (options, positions, D, C) to one file,
+    // written to a temporary name and renamed when complete.
+    void save(const std::string& path) const;
     SessionStats stats() const;
     int64_t n_tokens() const;     // tokens entered (prefix + steps)
     int next_position() const;    // first position after everything entered

@@ -41,6 +41,9 @@ public:
     virtual size_t carried_bytes() const = 0;
     // An independent copy reading the given (forked) detailed cache.
     virtual std::unique_ptr<CachePolicy> fork(const DetailedCache& d) const = 0;
+    // Session files: what the policy carries besides D.
+    virtual void save(StateWriter& w) const = 0;
+    virtual void load(const StateReader& r) = 0;
 };
 
 std::unique_ptr<CachePolicy> make_cache_policy(const SessionOptions& o, const TextHParams& hp, const Backend& backend,

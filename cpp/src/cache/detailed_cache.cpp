@@ -1,8 +1,10 @@
 #include "detailed_cache.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "ggml-alloc.h"
+#include "gguf.h"
 
 namespace statekv {
 
@@ -99,6 +101,65 @@ size_t DetailedCache::bytes() const {
     size_t b = 0;
     for (const auto& c : chunks_) b += ggml_backend_buffer_get_size(c->buffer);
     return b;
+}
+
+void DetailedCache::save(StateWriter& w) const {
+    std::vector<int64_t> layout;  // (capacity, used) per chunk
+    for (const auto& c : chunks_) {
+        layout.push_back(c->capacity);
+        layout.push_back(c->used);
+    }
+    gguf_set_arr_data(w.kv(), "statekv.detailed.chunks", GGUF_TYPE_INT64, layout.data(), layout.size());
+    gguf_set_val_bool(w.kv(), "statekv.detailed.last_shared", last_shared_);
+    if (n_tokens_ == 0) return;
+    const int64_t row = int64_t(hp_.head_dim) * hp_.n_head_kv;
+    for (int il = 0; il < hp_.n_layer; ++il) {
+        for (const bool keys : {true, false}) {
+            std::vector<StateWriter::Piece> pieces;
+            for (const auto& c : chunks_) {
+                const ggml_tensor* t = keys ? c->k[il] : c->v[il];
+                if (c->used > 0) pieces.push_back({t, 0, static_cast<size_t>(c->used) * t->nb[1]});
+            }
+            w.add_tensor(std::string(keys ? "d.k." : "d.v.") + std::to_string(il), type_, {row, n_tokens_}, pieces);
+        }
+    }
+}
+
+void DetailedCache::load(const StateReader& r) {
+    const GgufFile& f = r.file();
+    const int64_t id = gguf_find_key(f.ctx(), "statekv.detailed.chunks");
+    if (id < 0 || gguf_get_arr_type(f.ctx(), id) != GGUF_TYPE_INT64 || gguf_get_arr_n(f.ctx(), id) % 2 != 0) {
+        f.fail("missing or malformed statekv.detailed.chunks");
+    }
+    const auto* layout = static_cast<const int64_t*>(gguf_get_arr_data(f.ctx(), id));
+    const size_t n_chunks = gguf_get_arr_n(f.ctx(), id) / 2;
+    int64_t total = 0;
+    for (size_t i = 0; i < n_chunks; ++i) {
+        const int64_t cap = layout[2 * i], used = layout[2 * i + 1];
+        if (cap <= 0 || used < 0 || used > cap || cap > std::numeric_limits<int>::max()) {
+            f.fail("statekv.detailed.chunks holds an impossible chunk (" + std::to_string(used) + " of " + std::to_string(cap) + ")");
+        }
+        total += used;
+    }
+    const int64_t row = int64_t(hp_.head_dim) * hp_.n_head_kv;
+    for (int il = 0; il < hp_.n_layer && total > 0; ++il) {
+        r.tensor("d.k." + std::to_string(il), type_, {row, total});
+        r.tensor("d.v." + std::to_string(il), type_, {row, total});
+    }
+    size_t src = 0;  // byte offset of the chunk's rows in the stored tensors
+    for (size_t i = 0; i < n_chunks; ++i) {
+        auto c = std::make_shared<Chunk>(hp_, backend_, type_, static_cast<int>(layout[2 * i]));
+        c->used = static_cast<int>(layout[2 * i + 1]);
+        const size_t nbytes = static_cast<size_t>(c->used) * c->k[0]->nb[1];
+        for (int il = 0; il < hp_.n_layer && nbytes > 0; ++il) {
+            r.read("d.k." + std::to_string(il), src, c->k[il], 0, nbytes);
+            r.read("d.v." + std::to_string(il), src, c->v[il], 0, nbytes);
+        }
+        src += nbytes;
+        chunks_.push_back(std::move(c));
+    }
+    n_tokens_ = total;
+    last_shared_ = f.get_bool_or("statekv.detailed.last_shared", false);
 }
 
 std::unique_ptr<DetailedCache> DetailedCache::fork() const {

@@ -10,6 +10,7 @@
 #include "../backend.h"
 #include "../graph.h"
 #include "../models/text_model.h"
+#include "../session_state.h"
 
 namespace statekv {
 
@@ -37,6 +38,12 @@ public:
     ggml_type type() const { return type_; }
     // Shares the chunks; both sides then write only to chunks of their own.
     std::unique_ptr<DetailedCache> fork() const;
+
+    // Session files: tensors d.k.<layer>, d.v.<layer> of shape [head_dim * n_head_kv, size()],
+    // and the chunk layout, which load() rebuilds exactly (same segments, same numbers).
+    void save(StateWriter& w) const;
+    // Into an empty cache.
+    void load(const StateReader& r);
 
 private:
     struct Chunk {

@@ -37,6 +37,8 @@ public:
     std::unique_ptr<CachePolicy> fork(const DetailedCache& d) const override {
         return std::make_unique<FullPolicy>(hp_, d);
     }
+    void save(StateWriter&) const override {}  // all of it is D
+    void load(const StateReader&) override {}
 
 private:
     const TextHParams& hp_;

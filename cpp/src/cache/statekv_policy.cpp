@@ -8,6 +8,7 @@
 #include "../attention.h"
 #include "cache_policy.h"
 #include "ggml-alloc.h"
+#include "gguf.h"
 
 namespace statekv {
 
@@ -119,6 +120,33 @@ public:
         }
         return out;
     }
+    void save(StateWriter& w) const override {
+        gguf_set_val_i64(w.kv(), "statekv.carried.n_kept", n_kept_);
+        if (n_kept_ == 0) return;
+        for (int il = 0; il < hp_.n_layer; ++il) {
+            for (ggml_tensor* t : {c_->k[il], c_->v[il], c_->ids[il]}) {
+                // Slots [0, n_kept) of each head.
+                std::vector<StateWriter::Piece> pieces;
+                for (int h = 0; h < hp_.n_head_kv; ++h) pieces.push_back({t, h * t->nb[2], static_cast<size_t>(n_kept_) * t->nb[1]});
+                w.add_tensor(name_of(t, il), t->type, {t->ne[0], n_kept_, t->ne[2]}, pieces);
+            }
+        }
+    }
+    void load(const StateReader& r) override {
+        const GgufFile& f = r.file();
+        const int64_t n = f.get_u32("statekv.carried.n_kept");
+        if (n > budget_) f.fail("statekv.carried.n_kept exceeds the session's budget");
+        for (int il = 0; il < hp_.n_layer && n > 0; ++il) {
+            for (ggml_tensor* t : {c_->k[il], c_->v[il], c_->ids[il]}) {
+                const std::string name = name_of(t, il);
+                r.tensor(name, t->type, {t->ne[0], n, t->ne[2]});
+                const size_t per_head = static_cast<size_t>(n) * t->nb[1];
+                for (int h = 0; h < hp_.n_head_kv; ++h) r.read(name, h * per_head, t, h * t->nb[2], per_head);
+            }
+        }
+        n_kept_ = n;
+    }
+
     int64_t carried_tokens() const override { return n_kept_; }
     size_t carried_bytes() const override { return ggml_backend_buffer_get_size(c_->buffer); }
 
@@ -135,6 +163,11 @@ public:
     }
 
 private:
+    std::string name_of(const ggml_tensor* t, int il) const {
+        const char* kind = t == c_->k[il] ? "c.k." : t == c_->v[il] ? "c.v." : "c.ids.";
+        return kind + std::to_string(il);
+    }
+
     // C[first : first + n] <- (k, v, ids) of shape [d, n, H_kv], [1, n, H_kv].
     void store(GraphBuilder& g, int layer, ggml_tensor* k, ggml_tensor* v, ggml_tensor* ids, int64_t first) {
         ggml_context* ctx = g.ctx();

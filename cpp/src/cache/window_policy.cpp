@@ -3,6 +3,8 @@
 // are ranges of D, so the policy holds no storage: a step attends to views of D.
 #include <cmath>
 
+#include "gguf.h"
+
 #include "../attention.h"
 #include "cache_policy.h"
 
@@ -42,6 +44,19 @@ public:
         for (int h = 0; h < hp_.n_head_kv; ++h) out.insert(out.end(), row.begin(), row.end());
         return out;
     }
+    void save(StateWriter& w) const override {
+        gguf_set_val_i64(w.kv(), "statekv.window.n_prefix", n_prefix_);
+        gguf_set_arr_data(w.kv(), "statekv.window.step_begin", GGUF_TYPE_INT64, step_begin_.data(), step_begin_.size());
+    }
+    void load(const StateReader& r) override {
+        const GgufFile& f = r.file();
+        n_prefix_ = f.get_u32("statekv.window.n_prefix");
+        const int64_t id = gguf_find_key(f.ctx(), "statekv.window.step_begin");
+        if (id < 0 || gguf_get_arr_type(f.ctx(), id) != GGUF_TYPE_INT64) f.fail("missing statekv.window.step_begin");
+        const auto* data = static_cast<const int64_t*>(gguf_get_arr_data(f.ctx(), id));
+        step_begin_.assign(data, data + gguf_get_arr_n(f.ctx(), id));
+    }
+
     int64_t carried_tokens() const override { return n_prefix_ + (d_.size() - std::max(n_prefix_, window_start())); }
     size_t carried_bytes() const override { return 0; }  // views of D
 
