@@ -89,6 +89,23 @@ ggml_tensor* flash_attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, 
     return ggml_reshape_2d(ctx, out, out->ne[0] * out->ne[1], out->ne[2]);
 }
 
+ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, float eps) {
+    ggml_tensor* y = ggml_norm(ctx, x, eps);
+    if (w) y = ggml_mul(ctx, y, w);
+    if (b) y = ggml_add(ctx, y, b);
+    return y;
+}
+
+ggml_tensor* vision_attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, float scale) {
+    // flash_attn_ext wants [d, n_tokens, n_head, n_seq] and returns [d, n_head, n_tokens, n_seq].
+    ggml_tensor* qp = ggml_permute(ctx, q, 0, 2, 1, 3);
+    ggml_tensor* kp = ggml_permute(ctx, k, 0, 2, 1, 3);
+    ggml_tensor* vp = ggml_permute(ctx, v, 0, 2, 1, 3);
+    ggml_tensor* out = ggml_flash_attn_ext(ctx, qp, kp, vp, nullptr, scale, 0.0f, 0.0f);
+    ggml_flash_attn_ext_set_prec(out, GGML_PREC_F32);
+    return ggml_reshape_2d(ctx, out, out->ne[0] * out->ne[1], out->ne[2] * out->ne[3]);
+}
+
 std::vector<uint16_t> causal_mask_f16(int n_kv, int n_q, int q0) {
     const uint16_t zero = ggml_fp32_to_fp16(0.0f);
     const uint16_t ninf = ggml_fp32_to_fp16(-INFINITY);

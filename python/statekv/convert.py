@@ -370,6 +370,7 @@ TEXT_FAMILIES: dict[str, TextFamily] = {
 # HF architecture -> function(hf_dir, config, tensors, out_path, outtype) writing the mmproj GGUF.
 # Empty for now: vision projectors are added per family.
 MMPROJ_WRITERS: dict[str, Callable[..., Path]] = {}
+MMPROJ_WRITERS["Qwen3VLForConditionalGeneration"] = lambda *a, **k: __import__(f"{__package__}.convert_qwen3vl", fromlist=["_"]).write_qwen3vl_mmproj(*a, **k)  # noqa: E501
 
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")
 

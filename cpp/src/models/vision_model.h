@@ -39,4 +39,7 @@ public:
 // naming the file and the supported projectors.
 std::unique_ptr<VisionModel> load_vision_model(const GgufFile& file, WeightStore& weights);
 
+// Family factories (one per models/<family>_vision.cpp), listed in vision_registry.cpp.
+std::unique_ptr<VisionModel> make_qwen3vl_vision(const GgufFile& file, WeightStore& weights);
+
 }  // namespace statekv

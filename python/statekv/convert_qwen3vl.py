@@ -1,0 +1,414 @@
+"""Qwen3-VL vision tower -> mmproj GGUF, in llama.cpp's layout.
+
+    statekv convert HF_DIR OUT.gguf --mmproj MMPROJ.gguf     (Qwen3VLForConditionalGeneration)
+
+What llama.cpp's converter (``Qwen3VLVisionModel`` / ``MmprojModel``) writes, and so what this
+module writes for the same checkpoint:
+
+Metadata (``general.architecture = "clip"``, ``general.type = "mmproj"``, then the model card
+keys, then): ``general.file_type``, ``clip.has_vision_encoder = true``,
+``clip.vision.projection_dim`` (the text hidden size), ``clip.vision.image_size``
+(``sqrt(num_position_embeddings) * patch_size``: the learned position grid), ``patch_size``,
+``embedding_length``, ``feed_forward_length``, ``block_count``, ``attention.head_count``,
+``image_mean`` / ``image_std`` (from ``preprocessor_config.json``), ``clip.projector_type =
+"qwen3vl_merger"``, ``clip.use_gelu = true``, ``clip.vision.spatial_merge_size``,
+``clip.vision.attention.layer_norm_epsilon`` (llama.cpp takes the *text* config's
+``rms_norm_eps``), ``clip.vision.is_deepstack_layers`` (one bool per vision layer),
+``general.quantization_version``. No min/max pixel keys.
+
+Tensors (HF ``model.visual.*`` -> GGUF):
+
+=========================================== ==================================================
+``patch_embed.proj.weight`` [C, 3, 2, P, P]  ``v.patch_embd.weight`` (t = 0) and
+                                            ``v.patch_embd.weight.1`` (t = 1), each [C, 3, P, P]
+``patch_embed.proj.bias``                    ``v.patch_embd.bias``
+``pos_embed.weight``                         ``v.position_embd.weight`` (always F32)
+``blocks.N.norm1`` / ``norm2``               ``v.blk.N.ln1`` / ``v.blk.N.ln2``
+``blocks.N.attn.qkv`` / ``attn.proj``        ``v.blk.N.attn_qkv`` / ``v.blk.N.attn_out``
+``blocks.N.mlp.linear_fc1`` / ``linear_fc2`` ``v.blk.N.ffn_up`` / ``v.blk.N.ffn_down``
+``merger.norm``                              ``v.post_ln``
+``merger.linear_fc1`` / ``linear_fc2``       ``mm.0`` / ``mm.2``
+``deepstack_merger_list.I.norm`` / ``fc1`` / ``v.deepstack.L.norm`` / ``fc1`` / ``fc2`` with
+``fc2``                                      L = ``deepstack_visual_indexes[I]`` (absolute layer)
+=========================================== ==================================================
+
+Types: 1-D tensors (norms, biases) and the position table are F32; the patch kernels are F16
+for ``--outtype f16`` and F32 otherwise; other matrices take the output type (Q8_0 falls back to
+F16 for rows that are not a multiple of 32), as llama.cpp does.
+
+``preprocessor_config.json`` is optional here: without it, ``image_mean`` / ``image_std`` take the
+values of Qwen3-VL's released processors ([0.5, 0.5, 0.5]) and a warning is logged (llama.cpp's
+converter requires the file).
+
+:func:`make_random_qwen3vl_mmproj` writes a random-weight mmproj of a real model's vision tower
+shape (Qwen3-VL 2B / 4B / 8B) for benchmarks.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .convert import OUTTYPES, ConversionError, SafetensorsIndex, _gguf
+
+__all__ = [
+    "QWEN3VL_VISION_SHAPES",
+    "VisionHParams",
+    "write_qwen3vl_mmproj",
+    "make_random_qwen3vl_mmproj",
+]
+
+logger = logging.getLogger("statekv.convert")
+
+PROJECTOR_TYPE = "qwen3vl_merger"
+QWEN3VL_IMAGE_MEAN = (0.5, 0.5, 0.5)   # preprocessor_config.json of the released Qwen3-VL models
+QWEN3VL_IMAGE_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class VisionHParams:
+    """The vision tower hyper-parameters the mmproj records (HF ``vision_config`` names)."""
+
+    depth: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    out_hidden_size: int           # = the text model's hidden size (clip.vision.projection_dim)
+    num_position_embeddings: int
+    deepstack_visual_indexes: tuple[int, ...]
+    patch_size: int = 16
+    temporal_patch_size: int = 2
+    spatial_merge_size: int = 2
+    in_channels: int = 3
+    layer_norm_eps: float = 1e-6   # written from the text config's rms_norm_eps, as llama.cpp does
+
+    @property
+    def grid_side(self) -> int:
+        return int(round(math.sqrt(self.num_position_embeddings)))
+
+    @property
+    def image_size(self) -> int:
+        # llama.cpp: int(num_position_embeddings ** 0.5 * patch_size)
+        return int(self.num_position_embeddings ** 0.5 * self.patch_size)
+
+    @property
+    def merged_size(self) -> int:
+        return self.hidden_size * self.spatial_merge_size ** 2
+
+
+# Vision towers of the released checkpoints (their config.json vision_config; text rms_norm_eps 1e-6).
+QWEN3VL_VISION_SHAPES: dict[str, VisionHParams] = {
+    "qwen3-vl-2b": VisionHParams(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16,
+                                 out_hidden_size=2048, num_position_embeddings=2304,
+                                 deepstack_visual_indexes=(5, 11, 17)),
+    "qwen3-vl-4b": VisionHParams(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16,
+                                 out_hidden_size=2560, num_position_embeddings=2304,
+                                 deepstack_visual_indexes=(5, 11, 17)),
+    "qwen3-vl-8b": VisionHParams(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16,
+                                 out_hidden_size=4096, num_position_embeddings=2304,
+                                 deepstack_visual_indexes=(8, 16, 24)),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Layout
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Tensor:
+    name: str
+    shape: tuple[int, ...]           # numpy order
+    load: Callable[[], np.ndarray]   # float32 data of that shape
+    force: str | None = None         # "f32" or "patch" (F16 for f16 output, else F32)
+
+
+def _tensor_layout(hp: VisionHParams, source: Callable[[str, tuple[int, ...]], Callable[[], np.ndarray]],
+                   patch_kernel: Callable[[int], Callable[[], np.ndarray]]) -> list[_Tensor]:
+    """The mmproj's tensors in file order. ``source(hf_suffix, shape)`` gives a loader of
+    ``model.visual.<hf_suffix>``; ``patch_kernel(t)`` the loader of the t-th temporal slice."""
+    C, F, M, E, P = hp.hidden_size, hp.intermediate_size, hp.merged_size, hp.out_hidden_size, hp.patch_size
+    out: list[_Tensor] = []
+
+    def add(name, hf, shape, force=None):
+        out.append(_Tensor(name, tuple(shape), source(hf, tuple(shape)), force))
+
+    for t, suffix in ((0, ""), (1, ".1")):
+        out.append(_Tensor("v.patch_embd.weight" + suffix, (C, hp.in_channels, P, P), patch_kernel(t), "patch"))
+    add("v.patch_embd.bias", "patch_embed.proj.bias", (C,))
+    add("v.position_embd.weight", "pos_embed.weight", (hp.num_position_embeddings, C), "f32")
+    for i in range(hp.depth):
+        b, h = f"v.blk.{i}.", f"blocks.{i}."
+        for g, n in (("ln1", "norm1"), ("ln2", "norm2")):
+            add(b + g + ".weight", h + n + ".weight", (C,))
+            add(b + g + ".bias", h + n + ".bias", (C,))
+        add(b + "attn_qkv.weight", h + "attn.qkv.weight", (3 * C, C))
+        add(b + "attn_qkv.bias", h + "attn.qkv.bias", (3 * C,))
+        add(b + "attn_out.weight", h + "attn.proj.weight", (C, C))
+        add(b + "attn_out.bias", h + "attn.proj.bias", (C,))
+        add(b + "ffn_up.weight", h + "mlp.linear_fc1.weight", (F, C))
+        add(b + "ffn_up.bias", h + "mlp.linear_fc1.bias", (F,))
+        add(b + "ffn_down.weight", h + "mlp.linear_fc2.weight", (C, F))
+        add(b + "ffn_down.bias", h + "mlp.linear_fc2.bias", (C,))
+    for j, layer in enumerate(hp.deepstack_visual_indexes):
+        b, h = f"v.deepstack.{layer}.", f"deepstack_merger_list.{j}."
+        add(b + "norm.weight", h + "norm.weight", (M,))
+        add(b + "norm.bias", h + "norm.bias", (M,))
+        add(b + "fc1.weight", h + "linear_fc1.weight", (M, M))
+        add(b + "fc1.bias", h + "linear_fc1.bias", (M,))
+        add(b + "fc2.weight", h + "linear_fc2.weight", (E, M))
+        add(b + "fc2.bias", h + "linear_fc2.bias", (E,))
+    add("v.post_ln.weight", "merger.norm.weight", (C,))
+    add("v.post_ln.bias", "merger.norm.bias", (C,))
+    add("mm.0.weight", "merger.linear_fc1.weight", (M, M))
+    add("mm.0.bias", "merger.linear_fc1.bias", (M,))
+    add("mm.2.weight", "merger.linear_fc2.weight", (E, M))
+    add("mm.2.bias", "merger.linear_fc2.bias", (E,))
+    return out
+
+
+def _qtype_for(t: _Tensor, outtype: str):
+    """The GGML type llama.cpp's converter gives this mmproj tensor for ``outtype``."""
+    Q = _gguf().GGMLQuantizationType
+    if t.force == "patch":
+        return Q.F16 if outtype == "f16" else Q.F32
+    if len(t.shape) <= 1 or t.force == "f32" or not t.name.endswith(".weight"):
+        return Q.F32
+    want = Q[OUTTYPES[outtype][0]]
+    if want == Q.Q8_0 and t.shape[-1] % 32 != 0:
+        logger.warning("%s: row length %d is not a multiple of 32, falling back to F16", t.name, t.shape[-1])
+        return Q.F16
+    return want
+
+
+def _write(out_path: Path, hp: VisionHParams, tensors: list[_Tensor], outtype: str, image_mean: Sequence[float],
+           image_std: Sequence[float], name: str, hf_dir: Path | None) -> Path:
+    gguf = _gguf()
+    Q = gguf.GGMLQuantizationType
+    if outtype not in OUTTYPES:
+        raise ValueError(f"outtype {outtype!r} is not supported (expected one of {sorted(OUTTYPES)})")
+    writer = gguf.GGUFWriter(path=None, arch="clip")
+    qtypes = [_qtype_for(t, outtype) for t in tensors]
+    for t, q in zip(tensors, qtypes):
+        if q in (Q.F32, Q.F16):
+            dt = np.dtype(np.float32 if q == Q.F32 else np.float16)
+            writer.add_tensor_info(t.name, t.shape, dt, math.prod(t.shape) * dt.itemsize, raw_dtype=q)
+        else:
+            bshape = gguf.quant_shape_to_byte_shape(t.shape, q)
+            writer.add_tensor_info(t.name, bshape, np.dtype(np.uint8), math.prod(bshape), raw_dtype=q)
+
+    writer.add_type(gguf.GGUFType.MMPROJ)
+    total_params, shared, expert, n_expert = writer.get_total_parameter_count()
+    meta = gguf.Metadata.load(None, hf_dir, None, total_params)
+    if meta.name is None:
+        meta.name = name
+    if meta.size_label is None and total_params > 0:
+        meta.size_label = gguf.size_label(total_params, shared, expert, n_expert)
+    meta.set_gguf_meta_model(writer)
+
+    writer.add_file_type(int(gguf.LlamaFileType[OUTTYPES[outtype][1]]))
+    writer.add_clip_has_vision_encoder(True)
+    writer.add_vision_projection_dim(hp.out_hidden_size)
+    writer.add_vision_image_size(hp.image_size)
+    writer.add_vision_patch_size(hp.patch_size)
+    writer.add_vision_embedding_length(hp.hidden_size)
+    writer.add_vision_feed_forward_length(hp.intermediate_size)
+    writer.add_vision_block_count(hp.depth)
+    writer.add_vision_head_count(hp.num_heads)
+    writer.add_vision_image_mean([float(v) for v in image_mean])
+    writer.add_vision_image_std([float(v) for v in image_std])
+    writer.add_clip_projector_type(PROJECTOR_TYPE)
+    writer.add_vision_use_gelu(True)
+    writer.add_vision_spatial_merge_size(hp.spatial_merge_size)
+    writer.add_vision_attention_layernorm_eps(float(hp.layer_norm_eps))
+    flags = [False] * hp.depth
+    for i in hp.deepstack_visual_indexes:
+        flags[i] = True
+    writer.add_vision_is_deepstack_layers(flags)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        writer.write_header_to_file(path=tmp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for t, q in zip(tensors, qtypes):
+            data = np.ascontiguousarray(t.load(), dtype=np.float32)
+            if data.shape != t.shape:  # pragma: no cover - guarded by the loaders
+                raise ConversionError(f"{t.name}: data of shape {data.shape}, expected {t.shape}")
+            if q == Q.F32:
+                pass
+            elif q == Q.F16:
+                data = data.astype(np.float16)
+            else:
+                data = gguf.quants.quantize(data, q)
+            writer.write_tensor_data(data)
+        writer.close()
+        os.replace(tmp, out_path)
+    except BaseException:
+        try:
+            writer.close()
+        except Exception:
+            pass
+        tmp.unlink(missing_ok=True)
+        raise
+    logger.info("wrote %s (clip/%s, %s, %d tensors)", out_path, PROJECTOR_TYPE, outtype, len(tensors))
+    return out_path
+
+
+# --------------------------------------------------------------------------------------------
+# From a Hugging Face checkpoint
+# --------------------------------------------------------------------------------------------
+
+
+def _preprocessor_norm(hf_dir: Path) -> tuple[list[float], list[float]]:
+    # llama.cpp: preprocessor_config.json, then processor_config.json (its image_processor) over it
+    cfg: dict[str, Any] = {}
+    for fname, sub in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+        p = hf_dir / fname
+        if p.is_file():
+            try:
+                d = json.loads(p.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise ConversionError(f"{p}: not valid JSON ({e})") from None
+            if sub and isinstance(d.get(sub), dict):
+                d = {**d, **d[sub]}
+            cfg.update(d)
+    mean, std = cfg.get("image_mean"), cfg.get("image_std")
+    if mean is None or std is None:
+        logger.warning("%s: no image_mean/image_std in preprocessor_config.json; using Qwen3-VL's [0.5, 0.5, 0.5]",
+                       hf_dir)
+        return list(QWEN3VL_IMAGE_MEAN), list(QWEN3VL_IMAGE_STD)
+    if len(mean) != 3 or len(std) != 3:
+        raise ConversionError(f"{hf_dir}: image_mean / image_std must have 3 values, got {mean} / {std}")
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def _hparams_from_config(config: dict, where: Path) -> VisionHParams:
+    v = config.get("vision_config")
+    if not isinstance(v, dict):
+        raise ConversionError(f"{where}: no 'vision_config' (expected Qwen3-VL's vision tower configuration)")
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+
+    def need(key, src=v, name="vision_config"):
+        if src.get(key) is None:
+            raise ConversionError(f"{where}: '{name}.{key}' missing")
+        return src[key]
+
+    n_embd_text = text.get("hidden_size", config.get("hidden_size"))
+    if n_embd_text is None:
+        raise ConversionError(f"{where}: 'text_config.hidden_size' missing")
+    hp = VisionHParams(
+        depth=int(need("depth")),
+        hidden_size=int(need("hidden_size")),
+        intermediate_size=int(need("intermediate_size")),
+        num_heads=int(need("num_heads")),
+        out_hidden_size=int(n_embd_text),
+        num_position_embeddings=int(v.get("num_position_embeddings", 2304)),
+        deepstack_visual_indexes=tuple(int(i) for i in v.get("deepstack_visual_indexes") or ()),
+        patch_size=int(v.get("patch_size", 16)),
+        temporal_patch_size=int(v.get("temporal_patch_size", 2)),
+        spatial_merge_size=int(v.get("spatial_merge_size", 2)),
+        in_channels=int(v.get("in_channels", 3)),
+        layer_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
+    )
+    if hp.temporal_patch_size != 2:
+        raise ConversionError(f"{where}: vision_config.temporal_patch_size is {hp.temporal_patch_size}; the "
+                              "mmproj layout splits the patch kernel into exactly 2 temporal slices")
+    if int(v.get("out_hidden_size", hp.out_hidden_size)) != hp.out_hidden_size:
+        raise ConversionError(f"{where}: vision_config.out_hidden_size {v.get('out_hidden_size')} differs from the "
+                              f"text hidden_size {hp.out_hidden_size}")
+    if hp.grid_side ** 2 != hp.num_position_embeddings:
+        raise ConversionError(f"{where}: vision_config.num_position_embeddings {hp.num_position_embeddings} is not a "
+                              "square (expected a side x side learned grid)")
+    if any(i < 0 or i >= hp.depth for i in hp.deepstack_visual_indexes):
+        raise ConversionError(f"{where}: deepstack_visual_indexes {list(hp.deepstack_visual_indexes)} must be vision "
+                              f"layers in [0, {hp.depth})")
+    return hp
+
+
+def write_qwen3vl_mmproj(hf_dir: str | os.PathLike, config: dict, st: SafetensorsIndex | None,
+                         out_path: str | os.PathLike, outtype: str = "f16") -> Path:
+    """Write the mmproj GGUF of the Qwen3-VL checkpoint in ``hf_dir`` (registered in
+    ``statekv.convert.MMPROJ_WRITERS``). ``st``: the checkpoint's tensors (opened if None)."""
+    hf_dir, out_path = Path(hf_dir), Path(out_path)
+    hp = _hparams_from_config(config, hf_dir / "config.json")
+    st = st if st is not None else SafetensorsIndex(hf_dir)
+    prefix = next((p for p in ("model.visual.", "visual.") if f"{p}patch_embed.proj.weight" in st.entries), None)
+    if prefix is None:
+        raise ConversionError(f"{hf_dir}: no vision tower tensors (expected model.visual.patch_embed.proj.weight)")
+
+    def source(hf: str, shape: tuple[int, ...]):
+        name = prefix + hf
+        if name not in st.entries:
+            raise ConversionError(f"{hf_dir}: tensor {name!r} is missing (expected shape {list(shape)})")
+        if tuple(st.shape(name)) != shape:
+            raise ConversionError(f"{st.entries[name].file}: tensor {name!r} has shape {list(st.shape(name))}, "
+                                  f"expected {list(shape)}")
+        return lambda: st.load(name)
+
+    kname = prefix + "patch_embed.proj.weight"
+    kshape = (hp.hidden_size, hp.in_channels, hp.temporal_patch_size, hp.patch_size, hp.patch_size)
+    if tuple(st.shape(kname)) != kshape:
+        raise ConversionError(f"{st.entries[kname].file}: tensor {kname!r} has shape {list(st.shape(kname))}, "
+                              f"expected {list(kshape)}")
+
+    def patch_kernel(t: int):
+        return lambda: np.ascontiguousarray(st.load(kname)[:, :, t])
+
+    tensors = _tensor_layout(hp, source, patch_kernel)
+    mean, std = _preprocessor_norm(hf_dir)
+    return _write(out_path, hp, tensors, outtype, mean, std, hf_dir.name, hf_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# Random weights at a real shape (benchmarks)
+# --------------------------------------------------------------------------------------------
+
+
+def make_random_qwen3vl_mmproj(out_path: str | os.PathLike, shape: str | VisionHParams = "qwen3-vl-2b",
+                               qtype: str = "f16", seed: int = 0) -> Path:
+    """A Qwen3-VL mmproj GGUF with random weights at a real vision tower's shape.
+
+    ``shape``: a key of :data:`QWEN3VL_VISION_SHAPES` (``qwen3-vl-2b``, ``-4b``, ``-8b``) or a
+    :class:`VisionHParams`; ``qtype``: f32, f16, bf16 or q8_0 (types per tensor as llama.cpp's
+    converter gives them). Weights ~ N(0, 0.02^2), norm scales ~ 1 + N(0, 0.02^2), biases
+    ~ N(0, 0.02^2), deterministic in ``seed``. Pairs with ``statekv bench make-model``'s
+    Qwen3-VL LLM of the same size (projection_dim = its hidden size, one DeepStack slice per
+    flagged layer). Returns ``out_path``.
+    """
+    if isinstance(shape, str):
+        if shape not in QWEN3VL_VISION_SHAPES:
+            raise ValueError(f"unknown Qwen3-VL vision shape {shape!r} (expected one of {sorted(QWEN3VL_VISION_SHAPES)})")
+        hp = QWEN3VL_VISION_SHAPES[shape]
+        name = f"{shape}-random-vision"
+    else:
+        hp, name = shape, "qwen3-vl-random-vision"
+    counter = [0]
+
+    def gen(shape_: tuple[int, ...], norm: bool) -> Callable[[], np.ndarray]:
+        counter[0] += 1
+        ss = np.random.SeedSequence([seed, counter[0]])
+
+        def load():
+            rng = np.random.default_rng(ss)
+            x = rng.standard_normal(shape_, dtype=np.float32) * np.float32(0.02)
+            return x + np.float32(1.0) if norm else x
+        return load
+
+    def source(hf: str, shape_: tuple[int, ...]):
+        return gen(shape_, norm=hf.endswith(("norm1.weight", "norm2.weight", "norm.weight")))
+
+    def patch_kernel(t: int):
+        return gen((hp.hidden_size, hp.in_channels, hp.patch_size, hp.patch_size), norm=False)
+
+    tensors = _tensor_layout(hp, source, patch_kernel)
+    return _write(Path(out_path), hp, tensors, qtype, QWEN3VL_IMAGE_MEAN, QWEN3VL_IMAGE_STD, name, None)
