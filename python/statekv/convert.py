@@ -365,11 +365,27 @@ TEXT_FAMILIES: dict[str, TextFamily] = {
         skip_prefixes=("model.visual.", "visual."),
         extra_params=_qwen3vl_params,
     ),
+    # transformers' InternVL (the -hf InternVL3 checkpoints): a Qwen2 LLM saved as
+    # "model.language_model.*" (or "language_model.model.*"); vision tensors go to the mmproj
+    "InternVLForConditionalGeneration": TextFamily(
+        "QWEN2",
+        rename=(("model.language_model.", "model."), ("language_model.model.", "model."),
+                ("language_model.lm_head.", "lm_head.")),
+        skip_prefixes=("model.vision_tower.", "model.multi_modal_projector.", "vision_tower.", "multi_modal_projector."),
+        extra_params=lambda writer, h, config: _internvl().check_text_config(config),
+    ),
 }
 
+
+def _internvl():
+    from . import convert_internvl  # imported lazily: it imports this module
+    return convert_internvl
+
+
 # HF architecture -> function(hf_dir, config, tensors, out_path, outtype) writing the mmproj GGUF.
-# Empty for now: vision projectors are added per family.
-MMPROJ_WRITERS: dict[str, Callable[..., Path]] = {}
+MMPROJ_WRITERS: dict[str, Callable[..., Path]] = {
+    "InternVLForConditionalGeneration": lambda *args: _internvl().write_mmproj(*args),
+}
 MMPROJ_WRITERS["Qwen3VLForConditionalGeneration"] = lambda *a, **k: __import__(f"{__package__}.convert_qwen3vl", fromlist=["_"]).write_qwen3vl_mmproj(*a, **k)  # noqa: E501
 
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")

@@ -41,5 +41,6 @@ std::unique_ptr<VisionModel> load_vision_model(const GgufFile& file, WeightStore
 
 // Family factories (one per models/<family>_vision.cpp), listed in vision_registry.cpp.
 std::unique_ptr<VisionModel> make_qwen3vl_vision(const GgufFile& file, WeightStore& weights);
+std::unique_ptr<VisionModel> make_internvl_vision(const GgufFile& file, WeightStore& weights);
 
 }  // namespace statekv

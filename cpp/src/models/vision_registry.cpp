@@ -11,6 +11,7 @@ std::unique_ptr<VisionModel> load_vision_model(const GgufFile& file, WeightStore
     // One row per family file (models/<family>_vision.cpp).
     static const std::vector<std::pair<const char*, Factory>> families = {
         {"qwen3vl_merger", make_qwen3vl_vision},
+        {"internvl", make_internvl_vision},
     };
     const std::string arch = file.get_str("general.architecture");
     if (arch != "clip") {

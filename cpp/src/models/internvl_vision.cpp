@@ -1,0 +1,254 @@
+// InternVL vision tower (InternViT) and its pixel-shuffle projector, as llama.cpp's mmproj stores
+// it (clip.projector_type "internvl", written by llama.cpp's converter from the OpenGVLab
+// checkpoint; statekv's converter writes the same layout from transformers' checkpoints).
+//
+// Computation (transformers' InternVLModel.get_image_features, single 448 x 448 tile per frame):
+//   14 x 14 patch embedding (conv with bias) -> [CLS ; patches] + learned position table ->
+//   pre-norm blocks: x += ls1 * attn(norm1(x)); x += ls2 * mlp(norm2(x)), attention non-causal
+//   with q/k/v biases and, for the 6B tower, RMS q/k norms over the whole width; MLP fc1 -> GELU
+//   (erf) -> fc2 -> drop CLS -> pixel shuffle (scale s: each s x s block of patches becomes one
+//   row of s*s*C features ordered (dy, dx, c)) -> LayerNorm (eps 1e-5) -> Linear -> GELU -> Linear.
+// Norms: LayerNorm, except RMSNorm for the 6B tower (width 3200, 45 layers), which is how
+// llama.cpp tells them apart (the file has no norm-type key). The CLS token comes first and takes
+// position 0 of the table, as in transformers (llama.cpp's graph appends CLS last instead, so its
+// patches take table rows shifted by one).
+//
+// Tensors (ggml shapes; C = vision width, F = MLP width, N = (image/patch)^2 + 1,
+// M = C * s^2, E = text width):
+//   v.patch_embd.weight [P, P, 3, C], v.patch_embd.bias [C], v.class_embd [C],
+//   v.position_embd.weight [C, N];
+//   v.blk.L.ln1.{weight,bias} [C], v.blk.L.ln2.{weight,bias} [C] (bias absent with RMSNorm);
+//   v.blk.L.attn_{q,k,v}.weight [C, C] (+ .bias [C]), v.blk.L.attn_out.{weight [C, C], bias [C]};
+//   v.blk.L.attn_{q,k}_norm.weight [C] (optional); v.blk.L.ls1.weight, v.blk.L.ls2.weight [C];
+//   v.blk.L.ffn_up.{weight [C, F], bias [F]}, v.blk.L.ffn_down.{weight [F, C], bias [C]};
+//   mm.model.mlp.0.{weight,bias} [M], mm.model.mlp.1.{weight [M, E], bias [E]},
+//   mm.model.mlp.3.{weight [E, E], bias [E]}.
+// Metadata: clip.vision.{image_size, patch_size, embedding_length, feed_forward_length,
+// block_count, attention.head_count, attention.layer_norm_epsilon, projection_dim (optional,
+// checked), image_mean, image_std, projector.scale_factor}, clip.use_gelu / clip.use_silu.
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "gguf.h"
+#include "vision_model.h"
+
+namespace statekv {
+
+namespace {
+
+std::vector<float> read_rgb(const GgufFile& f, const std::string& key) {
+    const int64_t id = gguf_find_key(f.ctx(), key.c_str());
+    if (id < 0) f.fail("missing metadata key '" + key + "' (3 per-channel values for pixel normalization)");
+    if (gguf_get_kv_type(f.ctx(), id) != GGUF_TYPE_ARRAY || gguf_get_arr_n(f.ctx(), id) != 3) {
+        f.fail("metadata key '" + key + "' must be an array of 3 numbers (R, G, B)");
+    }
+    std::vector<float> out(3);
+    const enum gguf_type t = gguf_get_arr_type(f.ctx(), id);
+    const void* d = gguf_get_arr_data(f.ctx(), id);
+    for (int i = 0; i < 3; ++i) {
+        if (t == GGUF_TYPE_FLOAT32) {
+            out[i] = static_cast<const float*>(d)[i];
+        } else if (t == GGUF_TYPE_FLOAT64) {
+            out[i] = static_cast<float>(static_cast<const double*>(d)[i]);
+        } else {
+            f.fail("metadata key '" + key + "' must be an array of 3 float32 values");
+        }
+    }
+    return out;
+}
+
+class InternVLVision final : public VisionModel {
+public:
+    InternVLVision(const GgufFile& f, WeightStore& w) {
+        projector = "internvl";
+        image_size = static_cast<int>(f.get_u32("clip.vision.image_size"));
+        patch_size = static_cast<int>(f.get_u32("clip.vision.patch_size"));
+        n_embd_ = static_cast<int>(f.get_u32("clip.vision.embedding_length"));
+        n_ff_ = static_cast<int>(f.get_u32("clip.vision.feed_forward_length"));
+        n_layer_ = static_cast<int>(f.get_u32("clip.vision.block_count"));
+        n_head_ = static_cast<int>(f.get_u32("clip.vision.attention.head_count"));
+        eps_ = f.get_f32_or("clip.vision.attention.layer_norm_epsilon", 1e-6f);
+        scale_ = static_cast<int>(f.get_u32("clip.vision.projector.scale_factor"));
+        image_mean = read_rgb(f, "clip.vision.image_mean");
+        image_std = read_rgb(f, "clip.vision.image_std");
+        if (f.get_bool_or("clip.use_silu", false)) {
+            f.fail("clip.use_silu is set: this InternViT uses SiLU in its MLP, statekv supports GELU (clip.use_gelu)");
+        }
+        if (image_size <= 0 || patch_size <= 0 || n_embd_ <= 0 || n_ff_ <= 0 || n_layer_ <= 0 || n_head_ <= 0 ||
+            scale_ <= 0) {
+            f.fail("clip.vision.{image_size, patch_size, embedding_length, feed_forward_length, block_count, "
+                   "attention.head_count, projector.scale_factor} must all be positive");
+        }
+        if (n_embd_ % n_head_ != 0) {
+            f.fail("clip.vision.embedding_length " + std::to_string(n_embd_) + " is not a multiple of "
+                   "clip.vision.attention.head_count " + std::to_string(n_head_));
+        }
+        if (image_size % patch_size != 0 || (image_size / patch_size) % scale_ != 0) {
+            f.fail("clip.vision.image_size " + std::to_string(image_size) + " must be a multiple of patch_size " +
+                   std::to_string(patch_size) + " x projector.scale_factor " + std::to_string(scale_));
+        }
+        for (float s : image_std) {
+            if (!(s > 0.0f)) f.fail("clip.vision.image_std must be positive");
+        }
+        grid_ = image_size / patch_size;
+        rms_ = n_embd_ == 3200 && n_layer_ == 45;  // InternViT-6B (llama.cpp's rule)
+
+        const int64_t C = n_embd_, F = n_ff_, P = patch_size, N = int64_t(grid_) * grid_ + 1;
+        const int64_t M = C * scale_ * scale_;
+        patch_w_ = w.require("v.patch_embd.weight", {P, P, 3, C}, false);
+        if (patch_w_->type != GGML_TYPE_F32 && patch_w_->type != GGML_TYPE_F16) {
+            f.fail("tensor 'v.patch_embd.weight' has type " + std::string(ggml_type_name(patch_w_->type)) +
+                   ", expected f32 or f16");
+        }
+        patch_b_ = w.require("v.patch_embd.bias", {C}, false);
+        cls_ = w.require("v.class_embd", {C}, false);
+        pos_ = w.require("v.position_embd.weight", {C, N}, false);
+        layers_.resize(n_layer_);
+        for (int il = 0; il < n_layer_; ++il) {
+            Layer& L = layers_[il];
+            const std::string p = "v.blk." + std::to_string(il) + ".";
+            L.ln1_w = w.require(p + "ln1.weight", {C}, false);
+            L.ln1_b = w.optional(p + "ln1.bias", {C}, false);
+            L.ln2_w = w.require(p + "ln2.weight", {C}, false);
+            L.ln2_b = w.optional(p + "ln2.bias", {C}, false);
+            L.wq = w.require(p + "attn_q.weight", {C, C});
+            L.wk = w.require(p + "attn_k.weight", {C, C});
+            L.wv = w.require(p + "attn_v.weight", {C, C});
+            L.bq = w.optional(p + "attn_q.bias", {C}, false);
+            L.bk = w.optional(p + "attn_k.bias", {C}, false);
+            L.bv = w.optional(p + "attn_v.bias", {C}, false);
+            L.q_norm = w.optional(p + "attn_q_norm.weight", {C}, false);
+            L.k_norm = w.optional(p + "attn_k_norm.weight", {C}, false);
+            if (!L.q_norm != !L.k_norm) f.fail("layer " + std::to_string(il) + " has only one of attn_q_norm / attn_k_norm");
+            L.wo = w.require(p + "attn_out.weight", {C, C});
+            L.bo = w.optional(p + "attn_out.bias", {C}, false);
+            L.ls1 = w.require(p + "ls1.weight", {C}, false);
+            L.ls2 = w.require(p + "ls2.weight", {C}, false);
+            L.up_w = w.require(p + "ffn_up.weight", {C, F});
+            L.up_b = w.require(p + "ffn_up.bias", {F}, false);
+            L.down_w = w.require(p + "ffn_down.weight", {F, C});
+            L.down_b = w.require(p + "ffn_down.bias", {C}, false);
+        }
+        mm0_w_ = w.require("mm.model.mlp.0.weight", {M}, false);
+        mm0_b_ = w.require("mm.model.mlp.0.bias", {M}, false);
+        mm1_w_ = w.require("mm.model.mlp.1.weight", {M, -1});
+        n_embd_out = static_cast<int>(mm1_w_->ne[1]);
+        const int64_t E = n_embd_out;
+        mm1_b_ = w.require("mm.model.mlp.1.bias", {E}, false);
+        mm3_w_ = w.require("mm.model.mlp.3.weight", {E, E});
+        mm3_b_ = w.require("mm.model.mlp.3.bias", {E}, false);
+        if (f.has("clip.vision.projection_dim") && static_cast<int>(f.get_u32("clip.vision.projection_dim")) != n_embd_out) {
+            f.fail("clip.vision.projection_dim " + std::to_string(f.get_u32("clip.vision.projection_dim")) +
+                   " does not match the projector's output width " + std::to_string(n_embd_out) +
+                   " (tensor 'mm.model.mlp.3.weight')");
+        }
+    }
+
+    void check_input(int n_frames, int height, int width) const override {
+        if (n_frames <= 0) throw InputError("encode_frames needs at least one frame");
+        if (height != image_size || width != image_size) {
+            throw InputError("InternVL frames must be " + std::to_string(image_size) + " x " + std::to_string(image_size) +
+                             " pixels (one tile per frame; resize with statekv.vision.internvl.preprocess_frames), got " +
+                             std::to_string(height) + " x " + std::to_string(width));
+        }
+    }
+
+    int tokens_per_patch(int height, int width) const override {
+        return (height / patch_size / scale_) * (width / patch_size / scale_);
+    }
+
+    ggml_tensor* build(GraphBuilder& g, ggml_tensor* pixels, int n, int height, int width) const override {
+        check_input(n, height, width);
+        ggml_context* ctx = g.ctx();
+        const int64_t C = n_embd_, D = n_embd_ / n_head_, G = grid_, Np = G * G, T = Np + 1;
+
+        // Patch embedding as im2col + one matrix product: [C, Np * n], patches row-major.
+        ggml_tensor* cols = ggml_im2col(ctx, patch_w_, pixels, patch_size, patch_size, 0, 0, 1, 1, true, GGML_TYPE_F32);
+        cols = ggml_reshape_2d(ctx, cols, cols->ne[0], cols->ne[1] * cols->ne[2] * cols->ne[3]);
+        ggml_tensor* kernel = ggml_reshape_2d(ctx, patch_w_, patch_w_->ne[0] * patch_w_->ne[1] * patch_w_->ne[2], C);
+        ggml_tensor* x = ggml_add(ctx, ggml_mul_mat(ctx, kernel, cols), patch_b_);
+        x = ggml_reshape_3d(ctx, x, C, Np, n);
+
+        // [CLS ; patches] per frame, plus the position table.
+        ggml_tensor* cls = ggml_reshape_3d(ctx, as_f32(ctx, cls_), C, 1, 1);
+        cls = ggml_repeat_4d(ctx, cls, C, 1, n, 1);
+        x = ggml_concat(ctx, cls, x, 1);
+        x = ggml_add(ctx, x, ggml_reshape_2d(ctx, as_f32(ctx, pos_), C, T));
+        x = ggml_reshape_2d(ctx, x, C, T * n);
+
+        const float kq_scale = 1.0f / std::sqrt(static_cast<float>(D));
+        for (const Layer& L : layers_) {
+            ggml_tensor* h = norm(ctx, x, L.ln1_w, L.ln1_b);
+            ggml_tensor* q = linear(ctx, h, L.wq, L.bq);
+            ggml_tensor* k = linear(ctx, h, L.wk, L.bk);
+            ggml_tensor* v = linear(ctx, h, L.wv, L.bv);
+            if (L.q_norm) {
+                q = rms_norm(ctx, q, L.q_norm, eps_);
+                k = rms_norm(ctx, k, L.k_norm, eps_);
+            }
+            q = ggml_reshape_4d(ctx, q, D, n_head_, T, n);
+            k = ggml_reshape_4d(ctx, k, D, n_head_, T, n);
+            v = ggml_reshape_4d(ctx, v, D, n_head_, T, n);
+            ggml_tensor* a = linear(ctx, vision_attention(ctx, q, k, v, kq_scale), L.wo, L.bo);
+            x = ggml_add(ctx, x, ggml_mul(ctx, a, L.ls1));
+
+            h = norm(ctx, x, L.ln2_w, L.ln2_b);
+            h = ggml_gelu_erf(ctx, linear(ctx, h, L.up_w, L.up_b));
+            h = linear(ctx, h, L.down_w, L.down_b);
+            x = ggml_add(ctx, x, ggml_mul(ctx, h, L.ls2));
+        }
+
+        // Drop CLS: [C, Np, n].
+        x = ggml_reshape_3d(ctx, x, C, T, n);
+        x = ggml_cont(ctx, ggml_view_3d(ctx, x, C, Np, n, x->nb[1], x->nb[2], x->nb[1]));
+
+        // Pixel shuffle: patch (y, x) = (s*i + r, s*j + c') goes to row (i, j), feature (r*s + c')*C + ch.
+        const int64_t s = scale_;
+        x = ggml_reshape_4d(ctx, x, s * C, G / s, s, (G / s) * n);  // [(c', ch), j, r, (i, frame)]
+        x = ggml_cont(ctx, ggml_permute(ctx, x, 0, 2, 1, 3));        // [(c', ch), r, j, (i, frame)]
+        x = ggml_reshape_2d(ctx, x, s * s * C, (G / s) * (G / s) * n);
+
+        // Projector.
+        x = layer_norm(ctx, x, mm0_w_, mm0_b_, 1e-5f);
+        x = ggml_gelu_erf(ctx, linear(ctx, x, mm1_w_, mm1_b_));
+        return linear(ctx, x, mm3_w_, mm3_b_);
+    }
+
+private:
+    struct Layer {
+        ggml_tensor *ln1_w = nullptr, *ln1_b = nullptr, *ln2_w = nullptr, *ln2_b = nullptr;
+        ggml_tensor *wq = nullptr, *wk = nullptr, *wv = nullptr, *bq = nullptr, *bk = nullptr, *bv = nullptr;
+        ggml_tensor *q_norm = nullptr, *k_norm = nullptr, *wo = nullptr, *bo = nullptr;
+        ggml_tensor *ls1 = nullptr, *ls2 = nullptr;
+        ggml_tensor *up_w = nullptr, *up_b = nullptr, *down_w = nullptr, *down_b = nullptr;
+    };
+
+    static ggml_tensor* as_f32(ggml_context* ctx, ggml_tensor* t) {
+        return t->type == GGML_TYPE_F32 ? t : ggml_cast(ctx, t, GGML_TYPE_F32);
+    }
+
+    ggml_tensor* norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b) const {
+        if (rms_) {
+            ggml_tensor* y = rms_norm(ctx, x, w, eps_);
+            return b ? ggml_add(ctx, y, b) : y;
+        }
+        return layer_norm(ctx, x, w, b, eps_);
+    }
+
+    int n_embd_ = 0, n_ff_ = 0, n_layer_ = 0, n_head_ = 0, scale_ = 0, grid_ = 0;
+    float eps_ = 1e-6f;
+    bool rms_ = false;
+    ggml_tensor *patch_w_ = nullptr, *patch_b_ = nullptr, *cls_ = nullptr, *pos_ = nullptr;
+    std::vector<Layer> layers_;
+    ggml_tensor *mm0_w_ = nullptr, *mm0_b_ = nullptr, *mm1_w_ = nullptr, *mm1_b_ = nullptr;
+    ggml_tensor *mm3_w_ = nullptr, *mm3_b_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<VisionModel> make_internvl_vision(const GgufFile& f, WeightStore& w) {
+    return std::make_unique<InternVLVision>(f, w);
+}
+
+}  // namespace statekv
