@@ -547,7 +547,7 @@ def test_failure_while_writing_leaves_nothing(tiny_hf_dir, tmp_path, monkeypatch
 
 def test_error_mmproj_not_available_yet(tiny_hf_dir, tmp_path):
     with pytest.raises(conv.ConversionError, match="no mmproj writer"):
-        conv.convert(tiny_hf_dir("qwen3vl"), tmp_path / "t.gguf", mmproj_out=tmp_path / "mm.gguf")
+        conv.convert(tiny_hf_dir("qwen2"), tmp_path / "t.gguf", mmproj_out=tmp_path / "mm.gguf")  # text-only family
     assert not (tmp_path / "t.gguf").exists()
 
 
