@@ -518,3 +518,15 @@ def test_random_mmproj_has_the_converted_layout(ivl, tmp_path):
     hp = _Hparams(dict(vision_config=vc, text_config=dict(hidden_size=896), downsample_ratio=0.5), "preset")
     n = sum(int(np.prod(s)) for s in _expected_shapes(hp, True, False, True).values())
     assert 0.30e9 < n < 0.31e9, n
+
+
+def test_internvl_projector_refuses_a_text_model_of_another_family(tmp_path, tiny_gguf):
+    # Same width (64), wrong family: the tiny Qwen3-VL text decoder with an InternVL projector.
+    from statekv.convert_internvl import make_random_internvl_mmproj
+
+    mm = tmp_path / "mm.gguf"
+    make_random_internvl_mmproj(mm, shape=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64), n_embd_out=64, qtype="f32")
+    text = tiny_gguf("qwen3vl", "f32")
+    with pytest.raises(statekv.ModelError) as e:
+        statekv.Model(text, mmproj=mm, threads=1)
+    assert str(mm) in str(e.value) and str(text) in str(e.value) and "qwen3vl" in str(e.value)

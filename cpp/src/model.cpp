@@ -21,6 +21,19 @@ Model::Impl::Impl(const std::string& p, const ModelOptions& options)
         mmproj_file = std::make_unique<GgufFile>(options.mmproj);
         mmproj_weights = std::make_unique<WeightStore>(*mmproj_file, backend);
         vision = load_vision_model(*mmproj_file, *mmproj_weights);
+        // Which text decoders each projector was trained with (InternVL3 pairs with Qwen2.5,
+        // InternVL3.5 with Qwen3; Qwen3-VL's merger with its own decoder).
+        static const std::map<std::string, std::vector<std::string>> pairs = {
+            {"internvl", {"qwen2", "qwen3"}},
+            {"qwen3vl_merger", {"qwen3vl"}},
+        };
+        const auto it = pairs.find(vision->projector);
+        if (it != pairs.end() && std::find(it->second.begin(), it->second.end(), text->hp.arch) == it->second.end()) {
+            std::string archs;
+            for (const auto& a : it->second) archs += (archs.empty() ? "" : " or ") + a;
+            throw ModelError(options.mmproj + ": a '" + vision->projector + "' projector goes with a " + archs +
+                             " text model, but " + p + " is " + text->hp.arch + ": these two files are not a pair");
+        }
         if (vision->n_embd_out != text->hp.n_embd) {
             throw ModelError(options.mmproj + ": the projector's output width " + std::to_string(vision->n_embd_out) +
                              " does not match the embedding width " + std::to_string(text->hp.n_embd) + " of " + p +

@@ -433,7 +433,10 @@ def _write_text_params(writer: Any, h: dict, family: TextFamily, config: dict, c
     if "rope_theta" not in rope and h.get("rope_theta") is not None:
         rope["rope_theta"] = h["rope_theta"]
     rope_type = rope.get("rope_type", rope.get("type"))
-    if rope_type in (None, "default"):
+    if rope_type in (None, "default", "dynamic"):
+        # llama.cpp writes nothing for dynamic NTK (InternVL3's LLM config carries it): the
+        # scaling depends on the length at run time. statekv sessions apply it from
+        # expected_length (see Model.session).
         pass
     elif rope_type == "linear" and rope.get("factor") is not None:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -454,7 +457,7 @@ def _write_text_params(writer: Any, h: dict, family: TextFamily, config: dict, c
             writer.add_rope_scaling_yarn_attn_factor(float(attn))
     else:
         raise ConversionError(f"{config_path}: rope type {rope_type!r} is not supported "
-                              "(expected 'default', 'linear' or 'yarn')")
+                              "(expected 'default', 'dynamic', 'linear' or 'yarn')")
     if "mrope_section" in rope:
         sections = [int(s) for s in rope["mrope_section"]]
         if len(sections) > 4:
