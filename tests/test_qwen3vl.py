@@ -191,6 +191,31 @@ def test_mmproj_types_per_outtype(q3files, tmp_path):
         assert m.encode_frames(np.zeros((2, 3, 32, 32), np.float32)).shape == (1, 1, 192)
 
 
+def test_mmproj_without_deepstack_flags(q3files, q3model, tmp_path):
+    """A file without clip.vision.is_deepstack_layers: the v.deepstack.N mergers present decide."""
+    import gguf
+
+    _, text, mmproj = q3files
+    r = gguf.GGUFReader(mmproj)
+    out = tmp_path / "noflags.gguf"
+    w = gguf.GGUFWriter(out, "clip")
+    for name, fld in r.fields.items():
+        if name.startswith("GGUF.") or name in ("general.architecture", "clip.vision.is_deepstack_layers"):
+            continue
+        vtype = fld.types[0]
+        w.add_key_value(name, fld.contents(), vtype, sub_type=fld.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None)
+    for t in r.tensors:
+        w.add_tensor(t.name, np.asarray(t.data), raw_shape=tuple(int(x) for x in reversed(t.shape)), raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    m = statekv.Model(text, mmproj=out, threads=1)
+    assert m.info()["vision.n_deepstack"] == 2
+    px = np.random.default_rng(7).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    assert np.array_equal(m.encode_frames(px), q3model.encode_frames(px))
+
+
 def test_random_mmproj_shapes(tmp_path, q3files):
     """make_random_qwen3vl_mmproj: the real towers' hyper-parameters, and a small random file of
     the same layout loads and runs (paired with the tiny text model)."""
@@ -499,16 +524,27 @@ def test_statekv_small_budget_matches_reference(q3model, q3hf, hf_tokenizer):
 
 # ----------------------------------------------------------------------------- pairs
 def test_mismatched_pair_names_both_files(q3files, tiny_gguf, tmp_path):
+    """A text model and an mmproj that are not a pair: ModelError naming both files (another
+    family's text model, a projector of another width, another number of DeepStack slices)."""
     from statekv.convert_qwen3vl import VisionHParams, make_random_qwen3vl_mmproj
 
     _, text, mmproj = q3files
-    other = tiny_gguf("qwen3", "f32")   # width 64 but no DeepStack layers
-    with pytest.raises(statekv.ModelError) as e:
-        statekv.Model(other, mmproj=mmproj, threads=1)
-    assert str(mmproj) in str(e.value) and str(other) in str(e.value) and "DeepStack" in str(e.value)
-    wide = make_random_qwen3vl_mmproj(tmp_path / "wide.gguf", VisionHParams(
-        depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=96,
-        num_position_embeddings=16, deepstack_visual_indexes=(0, 1)), "f32")
-    with pytest.raises(statekv.ModelError) as e:
-        statekv.Model(text, mmproj=wide, threads=1)
-    assert str(wide) in str(e.value) and str(text) in str(e.value) and "96" in str(e.value)
+
+    def refused(text_path, mmproj_path, *words):
+        with pytest.raises(statekv.ModelError) as e:
+            statekv.Model(text_path, mmproj=mmproj_path, threads=1)
+        msg = str(e.value)
+        assert str(mmproj_path) in msg and str(text_path) in msg and "not a pair" in msg, msg
+        for w in words:
+            assert w in msg, msg
+
+    refused(tiny_gguf("qwen3", "f32"), mmproj, "qwen3vl")   # same width 64, a Qwen3 text model
+
+    def small(out, ds):
+        return make_random_qwen3vl_mmproj(tmp_path / f"{out}-{len(ds)}.gguf", VisionHParams(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=out,
+            num_position_embeddings=16, deepstack_visual_indexes=ds), "f32")
+
+    refused(text, small(96, (0, 1)), "96")
+    refused(text, small(64, (1,)), "DeepStack")
+    statekv.Model(text, mmproj=small(64, (0, 1)), threads=1)   # and a matching pair loads

@@ -14,7 +14,8 @@
 //   v.blk.N.ffn_down.{weight [F, C], bias}; v.post_ln.{weight,bias} [C] (the merger's norm);
 //   mm.0.{weight [M, M], bias}; mm.2.{weight [M, E], bias};
 //   v.deepstack.N.norm.{weight,bias} [M], v.deepstack.N.fc1.{weight [M, M], bias},
-//   v.deepstack.N.fc2.{weight [M, E], bias} for each flagged layer N (absolute index).
+//   v.deepstack.N.fc2.{weight [M, E], bias} for each layer N flagged in
+//   clip.vision.is_deepstack_layers (absolute index; without the key, the layers that have them).
 #include <cmath>
 #include <string>
 #include <vector>
@@ -39,7 +40,7 @@ std::vector<float> read_f32_array(const GgufFile& f, const std::string& key, siz
 
 std::vector<bool> read_bool_array(const GgufFile& f, const std::string& key) {
     const int64_t id = gguf_find_key(f.ctx(), key.c_str());
-    if (id < 0) f.fail("missing metadata key '" + key + "' (which vision layers feed DeepStack)");
+    if (id < 0) f.fail("missing metadata key '" + key + "'");
     if (gguf_get_kv_type(f.ctx(), id) != GGUF_TYPE_ARRAY || gguf_get_arr_type(f.ctx(), id) != GGUF_TYPE_BOOL) {
         f.fail("metadata key '" + key + "' must be an array of booleans (one per vision layer)");
     }
@@ -84,7 +85,14 @@ public:
             f.fail("clip.vision.embedding_length " + std::to_string(n_embd_) + " / attention.head_count " +
                    std::to_string(n_head_) + " must give a head size divisible by 4 (2-D rotary embedding)");
         }
-        is_deepstack_ = read_bool_array(f, "clip.vision.is_deepstack_layers");
+        if (f.has("clip.vision.is_deepstack_layers")) {
+            is_deepstack_ = read_bool_array(f, "clip.vision.is_deepstack_layers");
+        } else {  // a file without the flags: the DeepStack mergers present say which layers
+            is_deepstack_.assign(n_layer_, false);
+            for (int il = 0; il < n_layer_; ++il) {
+                is_deepstack_[il] = w.has("v.deepstack." + std::to_string(il) + ".fc1.weight");
+            }
+        }
         if (static_cast<int>(is_deepstack_.size()) != n_layer_) {
             f.fail("clip.vision.is_deepstack_layers has " + std::to_string(is_deepstack_.size()) +
                    " entries, expected one per vision layer (" + std::to_string(n_layer_) + ")");
