@@ -27,12 +27,8 @@ SRC = Path(__file__).resolve().parents[1] / "python" / "statekv" / "bench"
 
 
 def _load():
-    """statekv.bench.make_model; by file path when the statekv package (its compiled extension)
-    cannot be imported here: make_model needs only numpy and gguf."""
-    try:
-        return importlib.import_module("statekv.bench.make_model")
-    except ImportError:
-        pass
+    """statekv/bench/make_model.py, loaded by file path: it needs only numpy and gguf, and
+    importing the statekv package would load (in a dev tree, rebuild) the compiled extension."""
     pkg = "_statekv_bench_by_path"
     spec = importlib.util.spec_from_file_location(pkg, SRC / "__init__.py", submodule_search_locations=[str(SRC)])
     mod = importlib.util.module_from_spec(spec)
