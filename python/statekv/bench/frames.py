@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modes", default="full,window,statekv,statekv-all",
                    help="comma-separated: full, window, statekv, statekv-all (statekv with B >= all tokens)")
     p.add_argument("--steps", type=int, default=128)
+    p.add_argument("--growing-steps", type=int, default=None,
+                   help="run the modes whose cost grows with the video (full, statekv-all) for at most this many "
+                        "steps (default: --steps)")
     p.add_argument("--tokens-per-step", type=int, default=256)
     p.add_argument("--budget", type=int, default=1024)
     p.add_argument("--window", type=int, default=16)
@@ -125,7 +128,10 @@ def run(args: argparse.Namespace) -> int:
     results = {}
     for mode in modes:
         q = ctx.Queue()
-        cfg = {"model": model, "device": args.device, "threads": args.threads, "mode": mode, "steps": args.steps,
+        steps = args.steps
+        if mode in ("full", "statekv-all") and args.growing_steps:
+            steps = min(steps, args.growing_steps)
+        cfg = {"model": model, "device": args.device, "threads": args.threads, "mode": mode, "steps": steps,
                "tokens_per_step": args.tokens_per_step, "budget": args.budget, "window": args.window,
                "kv_type": args.kv_type}
         proc = ctx.Process(target=_worker, args=(cfg, q))
@@ -134,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         proc.join()
         if "error" in r:
             raise ValueError(f"bench frames, mode {mode}: {r['error']}")
-        print(f"{mode}: {args.steps} steps in {sum(r['step_seconds']):.1f} s", file=sys.stderr)
+        print(f"{mode}: {len(r['step_seconds'])} steps in {sum(r['step_seconds']):.1f} s", file=sys.stderr)
         results[mode] = r
     info = next(iter(results.values()))["info"]
     n = args.tokens_per_step
@@ -156,16 +162,21 @@ def run(args: argparse.Namespace) -> int:
     def lat(mode, step):
         return _smoothed(report["modes"][mode]["step_seconds"], step - 1, args.smooth)
 
-    if a <= args.steps and b <= args.steps:
-        if "statekv" in results:
-            ratios[f"statekv step {b} / step {a}"] = lat("statekv", b) / lat("statekv", a)
-        if "statekv-all" in results and "full" in results:
-            for s in (a, b):
-                ratios[f"statekv(B>=all) / full at step {s}"] = lat("statekv-all", s) / lat("full", s)
-        if "full" in results:
-            ratios[f"full step {b} / step {a}"] = lat("full", b) / lat("full", a)
-            depth = PREFIX_TOKENS + (a - 1) * n
-            report["full_tokens_per_second_at_step"] = {str(a): n / lat("full", a), "kv_depth": depth}
+    def ran(mode, step):
+        return mode in results and step <= len(results[mode]["step_seconds"])
+
+    if ran("statekv", a) and ran("statekv", b):
+        ratios[f"statekv step {b} / step {a}"] = lat("statekv", b) / lat("statekv", a)
+    for s in (a, b):
+        if ran("statekv-all", s) and ran("full", s):
+            ratios[f"statekv(B>=all) / full at step {s}"] = lat("statekv-all", s) / lat("full", s)
+        if ran("statekv", s) and ran("full", s):
+            ratios[f"statekv / full at step {s}"] = lat("statekv", s) / lat("full", s)
+    if ran("full", a) and ran("full", b):
+        ratios[f"full step {b} / step {a}"] = lat("full", b) / lat("full", a)
+    if ran("full", a):
+        depth = PREFIX_TOKENS + (a - 1) * n
+        report["full_tokens_per_second_at_step"] = {str(a): n / lat("full", a), "kv_depth": depth}
     report["ratios"] = ratios
 
     # Table.
@@ -176,8 +187,8 @@ def run(args: argparse.Namespace) -> int:
     print("| step | " + " | ".join(f"{m} ms" for m in results) + " | " + " | ".join(f"{m} GFLOP" for m in results) + " |")
     print("|" + " ---: |" * (1 + 2 * len(results)))
     for i in shown:
-        lats = [f"{lat(m, i) * 1e3:.1f}" for m in results]
-        fl = [f"{report['modes'][m]['flops_per_step'][i - 1] / 1e9:.3g}" for m in results]
+        lats = [f"{lat(m, i) * 1e3:.1f}" if ran(m, i) else "-" for m in results]
+        fl = [f"{report['modes'][m]['flops_per_step'][i - 1] / 1e9:.3g}" if ran(m, i) else "-" for m in results]
         print(f"| {i} | " + " | ".join(lats) + " | " + " | ".join(fl) + " |")
     print("\n| mode | C tokens | C MiB | D MiB | peak RSS MiB |")
     print("| --- | ---: | ---: | ---: | ---: |")
