@@ -176,7 +176,10 @@ std::vector<float> run_graph(ggml_backend_sched_t sched, GraphBuilder& g, ggml_t
         g.expand(out);
     }
     ggml_backend_sched_reset(sched);
-    if (!ggml_backend_sched_alloc_graph(sched, g.graph())) {
+    // A fresh allocation plan for every graph: ggml reuses the previous plan when the node count
+    // matches and every node still fits, even if in-place decisions made for other shapes no
+    // longer hold (seen with broadcast adds); planning costs microseconds.
+    if (!ggml_backend_sched_reserve(sched, g.graph()) || !ggml_backend_sched_alloc_graph(sched, g.graph())) {
         throw InputError("not enough device memory for the compute graph (" + std::to_string(ggml_graph_n_nodes(g.graph())) +
                          " nodes); use fewer tokens per call");
     }
@@ -221,7 +224,9 @@ std::vector<float> Model::encode_frames(const float* pixels, int n, int h, int w
         ggml_set_output(vg.out);
         vg.g->expand(vg.out);
         ggml_backend_sched_reset(m.vision_sched);
-        if (!ggml_backend_sched_alloc_graph(m.vision_sched, vg.g->graph())) {
+        // A fresh plan for the new shape (see run_graph).
+        if (!ggml_backend_sched_reserve(m.vision_sched, vg.g->graph()) ||
+            !ggml_backend_sched_alloc_graph(m.vision_sched, vg.g->graph())) {
             throw InputError("not enough device memory to encode " + std::to_string(n) + " frames at once; use smaller batches");
         }
         vg.n = n;

@@ -13,7 +13,9 @@ the key or tensor, and what was expected); a bad argument raises :class:`ValueEr
 """
 from ._native import _core
 from ._core import ModelError
+from .chat import ChatTemplate
 from .model import Model, Session, backends
+from .video import Frame, VideoError, VideoReader
 
-__all__ = ["Model", "ModelError", "Session", "backends"]
+__all__ = ["ChatTemplate", "Frame", "Model", "ModelError", "Session", "VideoError", "VideoReader", "backends"]
 __version__ = "0.1.0"

@@ -382,11 +382,16 @@ def _internvl():
     return convert_internvl
 
 
+def _qwen3vl():
+    from . import convert_qwen3vl  # imported lazily: it imports this module
+    return convert_qwen3vl
+
+
 # HF architecture -> function(hf_dir, config, tensors, out_path, outtype) writing the mmproj GGUF.
 MMPROJ_WRITERS: dict[str, Callable[..., Path]] = {
-    "InternVLForConditionalGeneration": lambda *args: _internvl().write_mmproj(*args),
+    "InternVLForConditionalGeneration": lambda *a, **k: _internvl().write_mmproj(*a, **k),
+    "Qwen3VLForConditionalGeneration": lambda *a, **k: _qwen3vl().write_qwen3vl_mmproj(*a, **k),
 }
-MMPROJ_WRITERS["Qwen3VLForConditionalGeneration"] = lambda *a, **k: __import__(f"{__package__}.convert_qwen3vl", fromlist=["_"]).write_qwen3vl_mmproj(*a, **k)  # noqa: E501
 
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")
 
