@@ -63,6 +63,17 @@ TokenCallback wrap_callback(const py::object& callback) {
     };
 }
 
+// A Session method taking one batch of tokens, as a Python method (ids, positions, embeddings,
+// embedding_rows) that runs without the GIL.
+auto feed_tokens(void (Session::*method)(const Tokens&)) {
+    return [method](Session& self, const py::array& ids, const py::object& positions, const py::object& embeddings,
+                    const py::object& rows) {
+        Tokens t = make_tokens(ids, positions, embeddings, rows);
+        py::gil_scoped_release release;
+        (self.*method)(t);
+    };
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -94,24 +105,10 @@ PYBIND11_MODULE(_core, m) {
     });
 
     py::class_<Session>(m, "Session")
-        .def("prefill",
-             [](Session& self, const py::array& ids, const py::object& positions, const py::object& embeddings,
-                const py::object& rows) {
-                 Tokens t = make_tokens(ids, positions, embeddings, rows);
-                 py::gil_scoped_release release;
-                 self.prefill(t);
-             },
-             py::arg("tokens"), py::arg("positions") = py::none(), py::arg("embeddings") = py::none(),
-             py::arg("embedding_rows") = py::none())
-        .def("add_step",
-             [](Session& self, const py::array& ids, const py::object& positions, const py::object& embeddings,
-                const py::object& rows) {
-                 Tokens t = make_tokens(ids, positions, embeddings, rows);
-                 py::gil_scoped_release release;
-                 self.add_step(t);
-             },
-             py::arg("tokens"), py::arg("positions") = py::none(), py::arg("embeddings") = py::none(),
-             py::arg("embedding_rows") = py::none())
+        .def("prefill", feed_tokens(&Session::prefill), py::arg("tokens"), py::arg("positions") = py::none(),
+             py::arg("embeddings") = py::none(), py::arg("embedding_rows") = py::none())
+        .def("add_step", feed_tokens(&Session::add_step), py::arg("tokens"), py::arg("positions") = py::none(),
+             py::arg("embeddings") = py::none(), py::arg("embedding_rows") = py::none())
         .def("question_logits",
              [](Session& self, const py::array& ids, const py::object& positions, int n_vocab) {
                  Tokens t = make_tokens(ids, positions, py::none(), py::none());

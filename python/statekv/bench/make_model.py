@@ -137,7 +137,7 @@ def quantize(x: np.ndarray, qtype: QT) -> np.ndarray:
         return quantize_q8_0(x)
     if qtype == QT.Q4_0:
         return quantize_q4_0(x)
-    raise NotImplementedError(f"no quantizer for {qtype.name}")
+    raise ValueError(f"no quantizer for {qtype.name} (make-model writes f32, f16, q8_0 or q4_0)")
 
 
 def _row_nbytes(ncols: int, qtype: QT) -> int:
