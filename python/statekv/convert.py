@@ -585,6 +585,36 @@ def _family_for(config: dict, config_path: Path) -> tuple[str, TextFamily]:
     return hf_arch, family
 
 
+def write_gguf_atomically(writer: Any, out_path: Path, tensors: Iterable[tuple[np.ndarray, Any]]) -> None:
+    """Write ``writer``'s header, metadata and tensor infos, then each ``(float data, ggml type)``
+    as llama.cpp stores it (F32 as is, F16 cast, quantized types through gguf-py), in the order
+    the infos were added. The file goes to a hidden sibling (same file system, normal
+    permissions) renamed at the end, so a failure leaves nothing behind."""
+    gguf = _gguf()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        writer.write_header_to_file(path=tmp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for data, qtype in tensors:
+            if qtype == gguf.GGMLQuantizationType.F32:
+                out = np.ascontiguousarray(data, dtype=np.float32)
+            else:
+                out = gguf.quants.quantize(np.asarray(data, dtype=np.float32), qtype)
+            writer.write_tensor_data(out)
+        writer.close()
+        os.replace(tmp, out_path)
+    except BaseException:
+        try:
+            writer.close()
+        except Exception:
+            pass
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, outtype: str = "f32", *,
             mmproj_out: str | os.PathLike | None = None) -> Path:
     """Convert the checkpoint in ``hf_dir`` to the text GGUF ``out_path``; returns ``out_path``.
@@ -666,29 +696,7 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, outtype: str
             raise ConversionError(f"{hf_dir}: special token {typ} id {tid} is outside the vocabulary ({len(tokens)})")
     special.add_to_gguf(writer, quiet=True)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # a hidden sibling (same file system, so the final rename is atomic; normal permissions)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        writer.write_header_to_file(path=tmp)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for t in plan:
-            data = st.load(t.hf_name)
-            if t.qtype == gguf.GGMLQuantizationType.F32:
-                data = np.ascontiguousarray(data, dtype=np.float32)
-            else:
-                data = gguf.quants.quantize(data, t.qtype)
-            writer.write_tensor_data(data)
-        writer.close()
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            writer.close()
-        except Exception:
-            pass
-        tmp.unlink(missing_ok=True)
-        raise
+    write_gguf_atomically(writer, out_path, ((st.load(t.hf_name), t.qtype) for t in plan))
     logger.info("wrote %s (%s, %s, %d tensors)", out_path, arch_name, outtype, len(plan))
 
     if mmproj_out is not None:

@@ -46,13 +46,12 @@ import logging
 import math
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .convert import OUTTYPES, ConversionError, SafetensorsIndex, _gguf
+from .convert import OUTTYPES, ConversionError, SafetensorsIndex, _gguf, write_gguf_atomically
 
 __all__ = ["write_mmproj", "make_random_internvl_mmproj", "VISION_SHAPES", "hf_to_gguf_name", "check_text_config"]
 
@@ -263,28 +262,8 @@ def _write_gguf(out_path: Path, writer: Any, plan: list[tuple[str, tuple[int, ..
         else:
             bshape = gguf.quant_shape_to_byte_shape(shape, qtype)
             writer.add_tensor_info(name, bshape, np.dtype(np.uint8), math.prod(bshape), raw_dtype=qtype)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        writer.write_header_to_file(path=tmp)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for (name, shape, qtype), arr in zip(plan, data):
-            arr = np.asarray(arr, dtype=np.float32).reshape(shape)
-            if qtype == Q.F32:
-                out = np.ascontiguousarray(arr)
-            else:
-                out = gguf.quants.quantize(arr, qtype)
-            writer.write_tensor_data(out)
-        writer.close()
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            writer.close()
-        except Exception:
-            pass
-        tmp.unlink(missing_ok=True)
-        raise
+    write_gguf_atomically(writer, out_path, ((np.asarray(arr, dtype=np.float32).reshape(shape), qtype)
+                                             for (name, shape, qtype), arr in zip(plan, data)))
 
 
 def write_mmproj(hf_dir: str | os.PathLike, config: dict, st: SafetensorsIndex, out_path: str | os.PathLike,

@@ -49,14 +49,13 @@ import json
 import logging
 import math
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .convert import OUTTYPES, ConversionError, SafetensorsIndex, _gguf
+from .convert import OUTTYPES, ConversionError, SafetensorsIndex, _gguf, write_gguf_atomically
 
 __all__ = [
     "QWEN3VL_VISION_SHAPES",
@@ -234,32 +233,14 @@ def _write(out_path: Path, hp: VisionHParams, tensors: list[_Tensor], outtype: s
     writer.add_vision_is_deepstack_layers(flags)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        writer.write_header_to_file(path=tmp)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
+    def tensor_data():
         for t, q in zip(tensors, qtypes):
             data = np.ascontiguousarray(t.load(), dtype=np.float32)
             if data.shape != t.shape:  # pragma: no cover - guarded by the loaders
                 raise ConversionError(f"{t.name}: data of shape {data.shape}, expected {t.shape}")
-            if q == Q.F32:
-                pass
-            elif q == Q.F16:
-                data = data.astype(np.float16)
-            else:
-                data = gguf.quants.quantize(data, q)
-            writer.write_tensor_data(data)
-        writer.close()
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            writer.close()
-        except Exception:
-            pass
-        tmp.unlink(missing_ok=True)
-        raise
+            yield data, q
+
+    write_gguf_atomically(writer, out_path, tensor_data())
     logger.info("wrote %s (clip/%s, %s, %d tensors)", out_path, PROJECTOR_TYPE, outtype, len(tensors))
     return out_path
 
