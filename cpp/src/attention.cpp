@@ -90,31 +90,33 @@ ScoredAttention scored_attention(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k
     ggml_context* ctx = g.ctx();
     const int64_t d = q->ne[0], H = q->ne[1], n_q = q->ne[2];
     const int64_t n_kv = k->ne[1], H_kv = k->ne[2], G = H / H_kv;
-    const int64_t per_query = n_kv * H * int64_t(sizeof(float)) * 3;  // scores, probabilities, transposed copy
+    const int64_t per_query = n_kv * H * int64_t(sizeof(float)) * 2;  // scores and probabilities
     const int64_t tile = std::max<int64_t>(1, std::min<int64_t>(n_q, int64_t(max_probability_bytes) / per_query));
-    ggml_tensor* vt = ggml_cont(ctx, ggml_permute(ctx, v, 1, 0, 2, 3));  // [n_kv, d, H_kv]
+    const uint16_t visible = ggml_fp32_to_fp16(0.0f), hidden = ggml_fp32_to_fp16(-INFINITY);
     ggml_tensor* out = nullptr;
     ggml_tensor* scores = nullptr;
     for (int64_t i0 = 0; i0 < n_q; i0 += tile) {
         const int64_t nt = std::min(tile, n_q - i0);
         // Query i (0-based in the step) sees the n_visible carried keys and step keys 0..i.
-        std::vector<float> m(static_cast<size_t>(n_kv * nt));
+        std::vector<uint16_t> m(static_cast<size_t>(n_kv * nt));
         for (int64_t i = 0; i < nt; ++i) {
-            for (int64_t j = 0; j < n_kv; ++j) m[i * n_kv + j] = j < n_visible + i0 + i + 1 ? 0.0f : -INFINITY;
+            for (int64_t j = 0; j < n_kv; ++j) m[i * n_kv + j] = j < n_visible + i0 + i + 1 ? visible : hidden;
         }
-        ggml_tensor* mask = g.input_f32(m, {n_kv, nt}, "step_mask");
+        ggml_tensor* mask = g.input(GGML_TYPE_F16, {n_kv, nt}, m.data(), "step_mask");
         ggml_tensor* qt = ggml_view_3d(ctx, q, d, H, nt, q->nb[1], q->nb[2], i0 * q->nb[2]);
-        ggml_tensor* qp = ggml_permute(ctx, qt, 0, 2, 1, 3);                  // [d, nt, H]
-        ggml_tensor* p = ggml_soft_max_ext(ctx, ggml_mul_mat(ctx, k, qp), mask, scale, 0.0f);  // [n_kv, nt, H]
-        ggml_tensor* o = ggml_mul_mat(ctx, vt, p);                             // [d, nt, H]
-        o = ggml_cont(ctx, ggml_permute(ctx, o, 0, 2, 1, 3));                  // [d, H, nt]
-        o = ggml_reshape_2d(ctx, o, d * H, nt);
+        // The output comes from the fused kernel (one pass, no probability matrix); the explicit
+        // probabilities below exist only to be reduced into the key scores.
+        ggml_tensor* o = flash_attention(ctx, qt, k, v, mask, scale);  // [d * H, nt]
         out = out ? ggml_concat(ctx, out, o, 1) : o;
-        // Sum over the tile's queries and the G heads of each KV group: bring (query, head in
-        // group) to the front, then reduce rows.
-        ggml_tensor* p4 = ggml_reshape_4d(ctx, p, n_kv, nt, G, H_kv);
-        ggml_tensor* pr = ggml_cont(ctx, ggml_permute(ctx, p4, 2, 0, 1, 3));  // [nt, G, n_kv, H_kv]
-        ggml_tensor* s = ggml_sum_rows(ctx, ggml_reshape_3d(ctx, pr, nt * G, n_kv, H_kv));  // [1, n_kv, H_kv]
+        ggml_tensor* qp = ggml_permute(ctx, qt, 0, 2, 1, 3);                                 // [d, nt, H]
+        ggml_tensor* p = ggml_soft_max_ext(ctx, ggml_mul_mat(ctx, k, qp), mask, scale, 0.0f);  // [n_kv, nt, H]
+        // Sum over the tile's queries and the G heads of each KV group. The heads of a group are
+        // adjacent, so p is [n_kv, nt*G, H_kv] as it lies; out_prod with a column of ones
+        // contracts its rows in one streaming pass (no transposed copy of p).
+        ggml_tensor* p3 = ggml_reshape_3d(ctx, p, n_kv, nt * G, H_kv);
+        std::vector<float> one(static_cast<size_t>(nt * G * H_kv), 1.0f);
+        ggml_tensor* ones = g.input_f32(one, {1, nt * G, H_kv}, "ones");
+        ggml_tensor* s = ggml_out_prod(ctx, p3, ones);  // [n_kv, 1, H_kv]
         scores = scores ? ggml_add(ctx, scores, s) : s;
     }
     return {out, ggml_reshape_2d(ctx, scores, n_kv, H_kv)};
