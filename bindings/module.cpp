@@ -154,10 +154,12 @@ PYBIND11_MODULE(_core, m) {
              })
         .def("fork", [](const Session& self) { return self.fork(); })
         .def("save",
-             [](const Session& self, const std::string& path) {
+             [](const Session& self, const std::string& path, const std::string& app_data) {
                  py::gil_scoped_release release;
-                 self.save(path);
-             })
+                 self.save(path, app_data);
+             },
+             py::arg("path"), py::arg("app_data") = std::string())
+        .def_property_readonly("app_data", [](const Session& self) { return py::bytes(self.app_data()); })
         .def("stats",
              [](const Session& self) {
                  SessionStats st = self.stats();
@@ -168,6 +170,18 @@ PYBIND11_MODULE(_core, m) {
                  d["bytes_detailed"] = st.bytes_detailed;
                  d["bytes_carried"] = st.bytes_carried;
                  d["step_seconds"] = st.step_seconds;
+                 return d;
+             })
+        .def("options",
+             [](const Session& self) {
+                 const SessionOptions& o = self.options();
+                 py::dict d;
+                 d["mode"] = o.mode;
+                 d["budget"] = o.budget;
+                 d["window"] = o.window;
+                 d["kv_type"] = o.kv_type;
+                 d["expected_length"] = o.expected_length ? py::object(py::int_(o.expected_length)) : py::none();
+                 d["rope_scale"] = o.rope_scale > 0 ? py::object(py::float_(o.rope_scale)) : py::none();
                  return d;
              })
         .def_property_readonly("n_tokens", &Session::n_tokens)

@@ -374,6 +374,11 @@ std::map<std::string, std::string> Model::info() const {
         {"n_deepstack", std::to_string(hp.n_deepstack)},
         {"n_position_axes", std::to_string(hp.n_position_axes)},
         {"tied_output", hp.tied_output ? "true" : "false"},
+        {"eos_ids", [&] {
+             std::string ids;
+             for (int32_t id : hp.eos_ids) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+             return ids;
+         }()},
         {"device", impl->backend.device_name()},
         {"threads", std::to_string(impl->backend.threads())},
         {"weights_bytes", std::to_string(impl->weights.bytes())},

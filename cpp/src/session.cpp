@@ -183,6 +183,7 @@ struct Session::Impl {
     ggml_backend_sched_t sched = nullptr;
     int n_steps = 0;
     int next_pos = 0;
+    std::string app_data;  // stored verbatim in session files for front ends
     std::vector<double> step_seconds;
 };
 
@@ -288,6 +289,7 @@ std::unique_ptr<Session> Session::fork() const {
     copy->policy = s.policy->fork(*copy->d);
     copy->n_steps = s.n_steps;
     copy->next_pos = s.next_pos;
+    copy->app_data = s.app_data;
     copy->step_seconds = s.step_seconds;
     return std::unique_ptr<Session>(new Session(std::move(copy)));
 }
@@ -299,7 +301,7 @@ constexpr uint32_t kSessionVersion = 1;
 
 }  // namespace
 
-void Session::save(const std::string& path) const {
+void Session::save(const std::string& path, const std::string& app_data) const {
     const Impl& s = *impl_;
     StateWriter w;
     gguf_context* kv = w.kv();
@@ -317,6 +319,7 @@ void Session::save(const std::string& path) const {
     gguf_set_val_i64(kv, "statekv.n_tokens", s.d->size());
     gguf_set_val_i64(kv, "statekv.n_steps", s.n_steps);
     gguf_set_val_i64(kv, "statekv.next_position", s.next_pos);
+    gguf_set_val_str(kv, "statekv.app_data", app_data.c_str());
     s.d->save(w);
     s.policy->save(w);
     w.write(path);
@@ -350,6 +353,7 @@ std::unique_ptr<Session> Model::load_session(const std::string& path) {
     s->policy->load(r);
     s->n_steps = static_cast<int>(f.get_u32("statekv.n_steps"));
     s->next_pos = static_cast<int>(f.get_u32("statekv.next_position"));
+    if (f.has("statekv.app_data")) s->app_data = f.get_str("statekv.app_data");
     return std::unique_ptr<Session>(new Session(std::move(s)));
 }
 
@@ -366,5 +370,7 @@ SessionStats Session::stats() const {
 
 int64_t Session::n_tokens() const { return impl_->d->size(); }
 int Session::next_position() const { return impl_->next_pos; }
+const std::string& Session::app_data() const { return impl_->app_data; }
+const SessionOptions& Session::options() const { return impl_->options; }
 
 }  // namespace statekv

@@ -16,6 +16,8 @@ from ._core import ModelError
 from .chat import ChatTemplate
 from .model import Model, Session, backends
 from .video import Frame, VideoError, VideoReader
+from .vlm import VLM, VideoChat, load, load_chat
 
-__all__ = ["ChatTemplate", "Frame", "Model", "ModelError", "Session", "VideoError", "VideoReader", "backends"]
+__all__ = ["ChatTemplate", "Frame", "Model", "ModelError", "Session", "VLM", "VideoChat", "VideoError", "VideoReader",
+           "backends", "load", "load_chat"]
 __version__ = "0.1.0"

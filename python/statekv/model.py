@@ -241,10 +241,21 @@ class Session:
         """An independent copy (shares the detailed cache's storage until either side grows it)."""
         return Session(self.model, self._s.fork())
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, app_data: bytes | str = b"") -> None:
         """Write the session (options, positions, detailed cache, carried state) to ``path``, so
-        a video indexed once can be asked about later without decoding it again."""
-        self._s.save(os.fspath(path))
+        a video indexed once can be asked about later without decoding it again. ``app_data``
+        is stored verbatim and comes back as :attr:`app_data` after :meth:`Model.load_session`."""
+        self._s.save(os.fspath(path), app_data.decode() if isinstance(app_data, bytes) else str(app_data))
+
+    @property
+    def app_data(self) -> bytes:
+        """The ``app_data`` the session was saved with (empty for a new session)."""
+        return self._s.app_data
+
+    def options(self) -> dict:
+        """The options the session was made with: mode, budget, window, kv_type, expected_length,
+        rope_scale."""
+        return self._s.options()
 
     def stats(self) -> dict:
         """Tokens and bytes of the detailed cache (D) and carried state (C), per-step seconds."""

@@ -202,8 +202,11 @@ public:
     std::vector<int32_t> carried(int layer, int* n_kept);
     std::unique_ptr<Session> fork() const;
     // Everything needed to continue or ask later (options, positions, D, C) to one file,
-    // written to a temporary name and renamed when complete.
-    void save(const std::string& path) const;
+    // written to a temporary name and renamed when complete. `app_data` is stored verbatim
+    // (e.g. a chat front end's own bookkeeping) and comes back from app_data() after loading.
+    void save(const std::string& path, const std::string& app_data = {}) const;
+    const std::string& app_data() const;
+    const SessionOptions& options() const;
     SessionStats stats() const;
     int64_t n_tokens() const;     // tokens entered (prefix + steps)
     int next_position() const;    // first position after everything entered

@@ -1,0 +1,495 @@
+"""The product API: a video VLM you load once, chats over growing videos, questions in text.
+
+Example::
+
+    import statekv
+
+    vlm = statekv.load("InternVL3-1B-Q8_0.gguf", "mmproj-InternVL3-1B-Q8_0.gguf")
+    chat = vlm.video_chat(mode="statekv", budget=4096, fps=1.0)
+    chat.add_video("match.mp4")                      # frame steps, decoded ahead in a thread
+    print(chat.ask("Who scores first?"))              # the video state is not disturbed
+    for piece in chat.stream("And then?"):            # text pieces as they are decoded
+        print(piece, end="", flush=True)
+    chat.add_frames(camera_frames)                    # a stream keeps growing
+    chat.save("match.statekv")                        # later: statekv.load_chat(vlm, "match.statekv")
+
+    print(vlm.ask("clip.mp4", "What happens?"))       # one shot
+
+Each question is asked over the video so far (and the system prompt), on its own: it sees
+neither earlier questions nor their answers, and the frames added after it continue the video
+exactly as if it had not been asked. How a frame becomes a step depends on the family
+(:class:`_InternVLLayout`, :class:`_Qwen3VLLayout`); the numbers are all computed in C++.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from .model import Model
+from .tokenizer import tokenizer_from_gguf
+from .video import Frame, VideoReader, frames_from_arrays, prefetch
+from .vision import internvl as _internvl
+from .vision import qwen3vl as _qwen3vl
+
+__all__ = ["VLM", "VideoChat", "load", "load_chat"]
+
+ProgressCallback = Callable[[int, Optional[int]], None]
+
+# Question and answer tokens assumed when the first video sets the session's expected length.
+_ANSWER_ALLOWANCE = 1024
+_CHAT_FORMAT = "statekv.chat.v1"
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in str(text).split(",") if x.strip())
+
+
+class _InternVLLayout:
+    """InternVL3: one frame per step, ``Frame{i}: <img>`` + 256 visual rows + ``</img>\\n``
+    (transformers' InternVL processor, frames numbered from 1 across the whole chat)."""
+
+    family = "internvl"
+    frames_per_step = 1
+
+    def __init__(self, tokenizer: Any, info: dict):
+        self.tokenizer = tokenizer
+        self.image_size = int(info["vision.image_size"])
+        self.mean = _floats(info["vision.image_mean"]) or _internvl.IMAGE_MEAN
+        self.std = _floats(info["vision.image_std"]) or _internvl.IMAGE_STD
+        self.n_frames = 0
+        # Checks that the vocabulary has the image tokens, once.
+        self.ids_img = [_internvl._token_id(tokenizer, t) for t in
+                        (_internvl.IMG_START, _internvl.IMG_CONTEXT, _internvl.IMG_END)]
+
+    def _encode(self, text: str) -> list[int]:
+        return _internvl._encode(self.tokenizer, text)
+
+    def prefix(self, system: Optional[str]):
+        text = f"<|im_start|>system\n{system}<|im_end|>\n" if system is not None else ""
+        return self._encode(text + "<|im_start|>user\n"), None
+
+    def plan_video(self, reader: VideoReader) -> None:
+        pass
+
+    def plan_stream(self, first: np.ndarray, planned_frames: int) -> None:
+        pass
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        return _internvl.preprocess_frames(rgb[None], self.image_size, self.mean, self.std)[0]
+
+    def steps(self, frames: list[Frame], pixels: list[np.ndarray], model: Model):
+        """(ids, embeddings, rows, positions, n_frames) per step of these frames."""
+        encoded = model.encode_frames(np.stack(pixels))
+        start, ctx, end = self.ids_img
+        out = []
+        for feats in encoded:
+            self.n_frames += 1
+            head = self._encode(f"Frame{self.n_frames}: ")
+            ids = head + [start] + [ctx] * len(feats) + [end] + self._encode("\n")
+            rows = np.arange(len(head) + 1, len(head) + 1 + len(feats), dtype=np.int32)
+            out.append((ids, feats, rows, None, 1))
+        return out
+
+    def question(self, text: str, model: Model):
+        """(pending step or None, question ids, positions): every frame is a complete step."""
+        return None, self._encode(text + "<|im_end|>\n<|im_start|>assistant\n"), None
+
+    def tokens_per_step(self) -> int:
+        return (self.image_size // 28) ** 2 + 16
+
+    def state(self) -> dict:
+        return {"n_frames": self.n_frames}
+
+    def restore(self, state: dict) -> None:
+        self.n_frames = int(state["n_frames"])
+
+
+class _Qwen3VLLayout:
+    """Qwen3-VL: one temporal patch (2 frames) per step, ``<t seconds>`` + ``<|vision_start|>`` +
+    the merged grid's rows + ``<|vision_end|>``, with 3-axis positions (transformers' processor
+    and ``get_rope_index``). The frame size is fixed by the first video (or the first live frame,
+    planned for ``max_frames`` frames); later frames are resized to it. An odd frame waits for its
+    pair; a question asked meanwhile sees it paired with itself (as transformers pads a video)."""
+
+    family = "qwen3vl"
+    frames_per_step = 2
+
+    def __init__(self, tokenizer: Any, info: dict):
+        self.tokenizer = tokenizer
+        self.mean = _floats(info["vision.image_mean"]) or _qwen3vl.IMAGE_MEAN
+        self.std = _floats(info["vision.image_std"]) or _qwen3vl.IMAGE_STD
+        self.builder = _qwen3vl.VideoPromptBuilder(tokenizer, (0, 0))
+        self.size: Optional[tuple[int, int]] = None
+        self.pending: Optional[tuple[Frame, np.ndarray]] = None
+        self.time_offset = 0.0
+        self.last_time = None
+
+    def prefix(self, system: Optional[str]):
+        return self.builder.prefix(system)
+
+    def _fix_size(self, n_frames: int, height: int, width: int) -> None:
+        if self.size is None:
+            self.size = _qwen3vl.target_size(max(n_frames, 1), height, width)
+            self.builder.grid = _qwen3vl.merged_grid(*self.size)
+
+    def plan_video(self, reader: VideoReader) -> None:
+        self._fix_size(len(reader), reader.height, reader.width)
+
+    def plan_stream(self, first: np.ndarray, planned_frames: int) -> None:
+        self._fix_size(planned_frames, first.shape[0], first.shape[1])
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        return _qwen3vl.preprocess_frames([rgb], size=self.size, image_mean=self.mean, image_std=self.std,
+                                          pad_to_pairs=False)[0]
+
+    def _step(self, pair: list[tuple[Frame, np.ndarray]], model: Model):
+        (fa, pa), (fb, pb) = pair
+        rows = model.encode_frames(np.stack([pa, pb]))[0]
+        step = self.builder.step((fa.timestamp + fb.timestamp) / 2)
+        return step.ids, rows, step.rows, step.positions
+
+    def steps(self, frames: list[Frame], pixels: list[np.ndarray], model: Model):
+        items = list(zip(frames, pixels))
+        if self.pending is not None:
+            items.insert(0, self.pending)
+            self.pending = None
+        out = []
+        for i in range(0, len(items) - 1, 2):
+            out.append(self._step(items[i:i + 2], model) + (2,))
+        if len(items) % 2:
+            self.pending = items[-1]
+        if out and self.pending is not None:
+            out[-1] = out[-1][:4] + (out[-1][4] - 1,)  # the pending frame was counted before
+        return out
+
+    def question(self, text: str, model: Model):
+        """(pending step or None, question ids, positions). A waiting odd frame comes paired with
+        itself before the question; the prompt does not advance (its pair may still arrive)."""
+        saved = self.builder.next_position
+        try:
+            pending = self._step([self.pending, self.pending], model) if self.pending is not None else None
+            return (pending,) + tuple(self.builder.question(text))
+        finally:
+            self.builder.next_position = saved
+
+    def tokens_per_step(self) -> int:
+        gh, gw = self.builder.grid
+        return gh * gw + 16
+
+    def state(self) -> dict:
+        if self.pending is not None:
+            raise ValueError("a frame is waiting for its pair (Qwen3-VL encodes frames two by two): add one more "
+                             "frame before saving")
+        return {"size": list(self.size) if self.size else None, "next_position": self.builder.next_position,
+                "time_offset": self.time_offset, "last_time": self.last_time}
+
+    def restore(self, state: dict) -> None:
+        if state.get("size"):
+            self.size = tuple(int(x) for x in state["size"])
+            self.builder.grid = _qwen3vl.merged_grid(*self.size)
+        self.builder.next_position = int(state["next_position"])
+        self.builder._started = True
+        self.time_offset = float(state.get("time_offset", 0.0))
+        self.last_time = state.get("last_time")
+
+
+_LAYOUTS = {"internvl": _InternVLLayout, "qwen3vl_merger": _Qwen3VLLayout}
+
+
+class VLM:
+    """A video VLM: llama.cpp's text GGUF and mmproj GGUF, loaded once (see :func:`load`)."""
+
+    def __init__(self, text_gguf: str | os.PathLike, mmproj_gguf: str | os.PathLike,
+                 device: Optional[str] = None, threads: Optional[int] = None):
+        if mmproj_gguf is None:
+            raise ValueError(f"{os.fspath(text_gguf)}: a video model needs its mmproj GGUF (the vision encoder and "
+                             "projector, llama.cpp's `mmproj-*.gguf`)")
+        self.model = Model(text_gguf, mmproj=mmproj_gguf, device=device, threads=threads)
+        self.info = self.model.info()
+        projector = self.info.get("vision.projector")
+        if projector not in _LAYOUTS:
+            raise ValueError(f"{self.model.mmproj}: projector '{projector}' has no video layout in statekv "
+                             f"(supported: {', '.join(sorted(_LAYOUTS))})")
+        self.family = _LAYOUTS[projector].family  # "internvl" or "qwen3vl"
+        self._layout_class = _LAYOUTS[projector]
+        self.tokenizer = tokenizer_from_gguf(self.model.path)
+        self.end_ids = {int(x) for x in str(self.info.get("eos_ids", "")).split(",") if x.strip()}
+        self._layout_class(self.tokenizer, self.info)  # checks the vocabulary's special tokens now
+
+    def video_chat(self, mode: str = "statekv", budget: int = 4096, window: int = 16, fps: Optional[float] = 1.0,
+                   max_frames: int = 512, kv_type: str = "f16", system: Optional[str] = None, *,
+                   expected_length: Optional[int] = None, rope_scale: Optional[float] = None) -> "VideoChat":
+        """A new chat over a video that can keep growing (see :class:`VideoChat`).
+
+        ``mode``/``budget``/``window``/``kv_type``: the cache policy (:meth:`Model.session`).
+        ``fps``/``max_frames``: frame sampling of each :meth:`VideoChat.add_video` (at most ``fps``
+        frames per second, at most ``max_frames`` frames, spread uniformly; ``fps=None``: exactly
+        ``max_frames``). ``system``: a system prompt. ``expected_length`` (tokens) or
+        ``rope_scale`` set the rotary scaling for streams longer than the trained context;
+        otherwise the first video sets it from its length."""
+        return VideoChat(self, dict(mode=mode, budget=int(budget), window=int(window), kv_type=kv_type,
+                                    expected_length=expected_length, rope_scale=rope_scale),
+                         fps=fps, max_frames=int(max_frames), system=system)
+
+    def ask(self, video: Any, question: str, *, start: Optional[float] = None, end: Optional[float] = None,
+            progress: Optional[ProgressCallback] = None, **options) -> str:
+        """One shot: a chat over ``video`` (a path, a binary file object, or an iterable of
+        ``(H, W, 3)`` uint8 frames) and one answer. ``options``: those of :meth:`video_chat` and
+        of :meth:`VideoChat.ask`."""
+        chat_keys = {"mode", "budget", "window", "fps", "max_frames", "kv_type", "system", "expected_length",
+                     "rope_scale"}
+        chat = self.video_chat(**{k: v for k, v in options.items() if k in chat_keys})
+        if isinstance(video, (str, os.PathLike)) or hasattr(video, "read"):
+            chat.add_video(video, start=start, end=end, progress=progress)
+        else:
+            chat.add_frames(video, progress=progress)
+        return chat.ask(question, **{k: v for k, v in options.items() if k not in chat_keys})
+
+    def __repr__(self) -> str:
+        return f"statekv.VLM({self.model.path!r}, {self.model.mmproj!r}, family={self.family})"
+
+
+def load(text_gguf: str | os.PathLike, mmproj_gguf: str | os.PathLike, device: Optional[str] = None,
+         threads: Optional[int] = None) -> VLM:
+    """Load a video VLM from llama.cpp's two GGUF files (text model, ``mmproj``). A file statekv
+    cannot run, or a pair that does not belong together, raises :class:`statekv.ModelError`."""
+    return VLM(text_gguf, mmproj_gguf, device=device, threads=threads)
+
+
+class VideoChat:
+    """Questions over a video that grows: :meth:`add_video` / :meth:`add_frames` append frame
+    steps (each costs the same however long the video is, in ``statekv`` mode), :meth:`ask` /
+    :meth:`stream` answer over everything so far without changing it."""
+
+    def __init__(self, vlm: VLM, session_options: dict, fps: Optional[float], max_frames: int,
+                 system: Optional[str]):
+        if fps is not None and not (float(fps) > 0 and math.isfinite(float(fps))):
+            raise ValueError(f"fps must be positive (or None), got {fps!r}")
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be at least 1, got {max_frames}")
+        if session_options["mode"] == "statekv" and session_options["budget"] <= 0:
+            raise ValueError(f"budget must be positive, got {session_options['budget']}")
+        if session_options["mode"] == "window" and session_options["window"] <= 0:
+            raise ValueError(f"window must be positive, got {session_options['window']}")
+        self.vlm = vlm
+        self.options = dict(session_options)
+        self.fps = None if fps is None else float(fps)
+        self.max_frames = int(max_frames)
+        self.system = system
+        self.layout = vlm._layout_class(vlm.tokenizer, vlm.info)
+        self.session = None
+        self.n_frames = 0
+        self.frame_seconds: list[float] = []  # wall time per frame (decode wait + encode + step)
+        self.video_seconds = 0.0  # time of the last frame added, on the chat's timeline
+        self._next_index = 0
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def _ensure_session(self, expected_frames: Optional[int]) -> None:
+        if self.session is not None:
+            return
+        o = dict(self.options)
+        ids, positions = self.layout.prefix(self.system)
+        if o["expected_length"] is None and o["rope_scale"] is None and expected_frames:
+            steps = math.ceil(expected_frames / self.layout.frames_per_step)
+            o["expected_length"] = len(ids) + steps * self.layout.tokens_per_step() + _ANSWER_ALLOWANCE
+        s = self.vlm.model.session(o["mode"], o["budget"], o["window"], o["kv_type"],
+                                   expected_length=o["expected_length"], rope_scale=o["rope_scale"])
+        s.prefill(ids, positions=positions)
+        self.session = s
+
+    def _run(self, frames: Iterator[Frame], total: Optional[int], progress: Optional[ProgressCallback],
+             batch: int) -> int:
+        added = 0
+        t_last = time.perf_counter()
+        buf_frames: list[Frame] = []
+        buf_pixels: list[np.ndarray] = []
+
+        def flush():
+            nonlocal added, t_last
+            for ids, feats, rows, positions, n in self.layout.steps(buf_frames, buf_pixels, self.vlm.model):
+                self.session.add_step(ids, embeddings=feats, embedding_rows=rows, positions=positions)
+            now = time.perf_counter()
+            per = (now - t_last) / len(buf_frames)
+            self.frame_seconds += [per] * len(buf_frames)
+            t_last = now
+            added += len(buf_frames)
+            self.n_frames += len(buf_frames)
+            self.video_seconds = buf_frames[-1].timestamp
+            buf_frames.clear()
+            buf_pixels.clear()
+            if progress:
+                progress(added, total)
+
+        for frame, pixels in frames:
+            buf_frames.append(frame)
+            buf_pixels.append(pixels)
+            if len(buf_frames) == batch:
+                flush()
+        if buf_frames:
+            flush()
+        return added
+
+    def add_video(self, path_or_file: Any, start: Optional[float] = None, end: Optional[float] = None, *,
+                  progress: Optional[ProgressCallback] = None, batch: int = 4) -> int:
+        """Sample (``fps``, ``max_frames``), decode and preprocess a video in a background thread
+        and add its frames as steps; returns the number of frames added. ``start``/``end``
+        (seconds) bound the clip. A second video continues the timeline after the first.
+        ``progress(frames_done, frames_total)`` is called after each batch of ``batch`` frames.
+        Raises :class:`statekv.VideoError` (a ``ValueError``) for a file that is not a readable video."""
+        reader = VideoReader(path_or_file, fps=self.fps, max_frames=self.max_frames, start=start, end=end)
+        self.layout.plan_video(reader)
+        self._ensure_session(len(reader))
+        offset = self._timeline_offset(reader.timestamps[0] if len(reader) else 0.0)
+
+        def prepare(f: Frame):
+            shifted = Frame(self._next_index + f.index, f.timestamp + offset, f.rgb)
+            return shifted, self.layout.preprocess(f.rgb)
+
+        try:
+            with prefetch(reader, depth=2 * batch, fn=prepare) as frames:
+                n = self._run(frames, len(reader), progress, batch)
+        finally:
+            reader.close()
+        self._next_index += reader.frame_count
+        return n
+
+    def _timeline_offset(self, first: float) -> float:
+        # A new video (or stream) starts one sampling interval after what the chat has seen.
+        if self.n_frames == 0:
+            return 0.0
+        gap = 1.0 / self.fps if self.fps else 1.0
+        return max(0.0, self.video_seconds + gap - first)
+
+    def add_frames(self, frames: Iterable, timestamps: Optional[Iterable[float]] = None, *,
+                   progress: Optional[ProgressCallback] = None, batch: int = 4) -> int:
+        """Add live frames (any iterable of ``(H, W, 3)`` uint8 arrays, consumed as they come)
+        as steps; every frame is used (no sampling). ``timestamps``: seconds per frame (default:
+        ``1 / fps`` apart). Returns the number of frames added."""
+        gap = 1.0 / self.fps if self.fps else 1.0
+        source = frames_from_arrays(frames, timestamps, None if timestamps is not None else 1.0 / gap,
+                                    start_index=self._next_index)
+        offset = None
+        first_checked = False
+
+        def prepared():
+            nonlocal offset, first_checked
+            for f in source:
+                if not first_checked:
+                    self.layout.plan_stream(f.rgb, self.max_frames)
+                    self._ensure_session(None)
+                    first_checked = True
+                if offset is None:
+                    offset = self._timeline_offset(f.timestamp)
+                yield Frame(f.index, f.timestamp + offset, f.rgb), self.layout.preprocess(f.rgb)
+
+        n = self._run(prepared(), None, progress, batch)
+        self._next_index += n
+        return n
+
+    # ---- questions ---------------------------------------------------------------------------
+
+    def _question_session(self, question: str):
+        if self.session is None:
+            raise ValueError("the chat has no video yet: add_video() or add_frames() first")
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("the question must be a non-empty string")
+        session = self.session
+        pending, ids, positions = self.layout.question(question, self.vlm.model)
+        if pending is not None:  # an odd frame: asked about on a branch, the chat goes on without it
+            session = session.fork()
+            p_ids, feats, rows, p_positions = pending
+            session.add_step(p_ids, embeddings=feats, embedding_rows=rows, positions=p_positions)
+        return session, ids, positions
+
+    def answer_tokens(self, question: str, max_tokens: int = 256, **sampling) -> list[int]:
+        """The answer's token ids (the end-of-turn token, if reached, excluded)."""
+        session, ids, positions = self._question_session(question)
+        out = session.generate(ids, max_tokens, positions=positions, **sampling)
+        return self._strip_end(out)
+
+    def _strip_end(self, ids: list[int]) -> list[int]:
+        if ids and int(ids[-1]) in self.vlm.end_ids:
+            return ids[:-1]
+        return ids
+
+    def ask(self, question: str, max_tokens: int = 256, temperature: float = 0.0, top_k: int = 0,
+            top_p: float = 1.0, min_p: float = 0.0, repeat_penalty: float = 1.0, seed: Optional[int] = None) -> str:
+        """The answer to ``question`` over the video so far (greedy at ``temperature`` 0)."""
+        ids = self.answer_tokens(question, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 min_p=min_p, repeat_penalty=repeat_penalty, seed=seed)
+        return self.vlm.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def stream(self, question: str, max_tokens: int = 256, **sampling) -> Iterator[str]:
+        """Like :meth:`ask`, yielding text pieces as tokens are decoded (a piece is held back
+        while it ends inside a multi-byte character)."""
+        session, ids, positions = self._question_session(question)
+        done: list[int] = []
+        emitted = ""
+        for tok in session.stream(ids, max_tokens, positions=positions, **sampling):
+            if self._strip_end([tok]) == []:
+                break
+            done.append(int(tok))
+            text = self.vlm.tokenizer.decode(done, skip_special_tokens=True)
+            if text.endswith("\ufffd"):
+                continue
+            if len(text) > len(emitted):
+                yield text[len(emitted):]
+                emitted = text
+        text = self.vlm.tokenizer.decode(done, skip_special_tokens=True)
+        if len(text) > len(emitted):
+            yield text[len(emitted):]
+
+    # ---- persistence and statistics ----------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the chat (carried state, detailed cache, positions, frame numbering) to ``path``;
+        :func:`load_chat` continues it without decoding the video again."""
+        if self.session is None:
+            raise ValueError("nothing to save: the chat has no video yet")
+        app = {"format": _CHAT_FORMAT, "family": self.layout.family, "fps": self.fps, "max_frames": self.max_frames,
+               "system": self.system, "n_frames": self.n_frames, "video_seconds": self.video_seconds,
+               "next_index": self._next_index, "layout": self.layout.state()}
+        self.session.save(path, app_data=json.dumps(app))
+
+    def stats(self) -> dict:
+        """Frames, tokens, per-frame seconds (median, last) and cache bytes so far."""
+        st = dict(self.session.stats()) if self.session is not None else {}
+        fs = self.frame_seconds
+        st.update(frames=self.n_frames, frame_seconds_median=statistics.median(fs) if fs else None,
+                  frame_seconds_last=fs[-1] if fs else None)
+        return st
+
+    def __repr__(self) -> str:
+        return (f"statekv.VideoChat(mode={self.options['mode']}, frames={self.n_frames}, "
+                f"tokens={self.session.n_tokens if self.session else 0})")
+
+
+def load_chat(vlm: VLM, path: str | os.PathLike) -> VideoChat:
+    """A chat saved with :meth:`VideoChat.save`. A file that is not a chat session, is corrupt or
+    truncated, or was saved from another model raises :class:`statekv.ModelError`."""
+    from ._core import ModelError
+
+    session = vlm.model.load_session(path)
+    try:
+        app = json.loads(session.app_data.decode() or "{}")
+    except ValueError:
+        app = {}
+    if app.get("format") != _CHAT_FORMAT:
+        raise ModelError(f"{os.fspath(path)}: a statekv session but not a saved chat (statekv.app_data has no "
+                         f"'{_CHAT_FORMAT}' record; load it with Model.load_session)")
+    if app.get("family") != vlm.family:
+        raise ModelError(f"{os.fspath(path)}: saved from a '{app.get('family')}' model, not '{vlm.family}'")
+    chat = VideoChat(vlm, session.options(), fps=app["fps"], max_frames=app["max_frames"], system=app["system"])
+    chat.session = session
+    chat.n_frames = int(app["n_frames"])
+    chat.video_seconds = float(app["video_seconds"])
+    chat._next_index = int(app["next_index"])
+    chat.layout.restore(app["layout"])
+    return chat

@@ -1,0 +1,207 @@
+"""The product API (statekv.load / VideoChat) on tiny converted models of both families and
+generated videos: its answers are the evaluation API's greedy tokens for the same frames and
+prompt (built independently here from the per-family prompt builders, which are checked against
+transformers in test_internvl.py / test_qwen3vl.py); questions do not disturb the video; saved
+chats answer identically; bad input raises statekv errors."""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+import statekv
+from statekv.tokenizer import tokenizer_from_gguf
+from statekv.video import VideoReader, write_test_video
+from statekv.vision import internvl as ivl
+from statekv.vision import qwen3vl as q3
+
+QUESTION = "What is shown in the video?"
+MAX_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def internvl_files(tmp_path_factory):
+    from test_internvl import make_internvl
+
+    from statekv.convert import convert
+
+    root = tmp_path_factory.mktemp("vlm-internvl")
+    text, mmproj = root / "internvl-f32.gguf", root / "mmproj-internvl-f32.gguf"
+    convert(make_internvl(root / "hf"), text, "f32", mmproj_out=mmproj)
+    return types.SimpleNamespace(text=str(text), mmproj=str(mmproj))
+
+
+@pytest.fixture(scope="module")
+def qwen3vl_files(tmp_path_factory, tiny_hf_dir):
+    from statekv.convert import convert
+
+    root = tmp_path_factory.mktemp("vlm-qwen3vl")
+    text, mmproj = root / "qwen3vl-f32.gguf", root / "mmproj-qwen3vl-f32.gguf"
+    convert(tiny_hf_dir("qwen3vl"), text, "f32", mmproj_out=mmproj)
+    return types.SimpleNamespace(text=str(text), mmproj=str(mmproj))
+
+
+@pytest.fixture(scope="module")
+def internvl_vlm(internvl_files):
+    return statekv.load(internvl_files.text, internvl_files.mmproj, threads=1)
+
+
+@pytest.fixture(scope="module")
+def qwen3vl_vlm(qwen3vl_files):
+    return statekv.load(qwen3vl_files.text, qwen3vl_files.mmproj, threads=1)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vlm-clips")
+    return types.SimpleNamespace(
+        a=write_test_video(root / "a.mp4", 10, 2.0, size=(96, 64)),    # 5 s: 5 frames at 1 fps
+        b=write_test_video(root / "b.mkv", 6, 3.0, size=(96, 64)),     # 2 s: 2 frames at 1 fps
+        not_video=str((root / "notes.mp4").write_text("not a video") and root / "notes.mp4"),
+    )
+
+
+def _greedy(session, ids, positions, eos):
+    out = session.generate(ids, MAX_TOKENS, positions=positions)
+    return out[:-1] if out and out[-1] in eos else out
+
+
+def internvl_reference(vlm, path, mode="statekv", budget=600, system=None):
+    """The evaluation API by hand: the reader's frames, preprocessing, encoder, the InternVL
+    prompt cut by build_video_prompt, one session step per frame, greedy generation."""
+    frames = [f.rgb for f in VideoReader(path, fps=1.0, max_frames=512)]
+    info = vlm.model.info()
+    mean = [float(x) for x in info["vision.image_mean"].split(",")]
+    std = [float(x) for x in info["vision.image_std"].split(",")]
+    feats = vlm.model.encode_frames(ivl.preprocess_frames(np.stack(frames), 448, mean, std))
+    p = ivl.build_video_prompt(tokenizer_from_gguf(vlm.model.path), len(frames), QUESTION, system=system)
+    s = vlm.model.session(mode=mode, budget=budget, window=2)
+    s.prefill(p.prefix)
+    for ids, rows, f in zip(p.steps, p.visual_rows, feats):
+        s.add_step(ids, embeddings=f, embedding_rows=rows)
+    return _greedy(s, p.question, None, vlm.end_ids)
+
+
+@pytest.mark.parametrize("mode", ["statekv", "full", "window"])
+def test_internvl_answer_equals_evaluation_api(internvl_vlm, clips, mode):
+    chat = internvl_vlm.video_chat(mode=mode, budget=600, window=2, fps=1.0)
+    assert chat.add_video(clips.a) == 5
+    want = internvl_reference(internvl_vlm, clips.a, mode=mode)
+    assert chat.answer_tokens(QUESTION, MAX_TOKENS) == want
+    assert chat.ask(QUESTION, max_tokens=MAX_TOKENS) == internvl_vlm.tokenizer.decode(want, skip_special_tokens=True)
+    assert "".join(chat.stream(QUESTION, max_tokens=MAX_TOKENS)) == chat.ask(QUESTION, max_tokens=MAX_TOKENS)
+    st = chat.stats()
+    assert st["frames"] == 5 and st["steps"] == 5 and st["frame_seconds_median"] > 0
+
+
+def test_system_prompt_and_one_shot(internvl_vlm, clips):
+    want = internvl_reference(internvl_vlm, clips.a, system="Be brief.")
+    got = internvl_vlm.ask(clips.a, QUESTION, system="Be brief.", budget=600, max_tokens=MAX_TOKENS)
+    assert got == internvl_vlm.tokenizer.decode(want, skip_special_tokens=True)
+
+
+def test_questions_do_not_disturb_the_video(internvl_vlm, clips):
+    """ask, add more video, ask == add everything, ask; frames from arrays continue the numbering."""
+    extra = [f.rgb for f in VideoReader(clips.b, fps=1.0)]
+    asked = internvl_vlm.video_chat(budget=600)
+    asked.add_video(clips.a)
+    first = asked.answer_tokens(QUESTION, MAX_TOKENS)
+    asked.add_frames(extra)
+    quiet = internvl_vlm.video_chat(budget=600)
+    quiet.add_video(clips.a)
+    quiet.add_frames(iter(extra))  # any iterable
+    assert asked.answer_tokens(QUESTION, MAX_TOKENS) == quiet.answer_tokens(QUESTION, MAX_TOKENS)
+    assert asked.n_frames == quiet.n_frames == 7
+    assert first == internvl_reference(internvl_vlm, clips.a)
+
+
+def test_save_and_load_chat(internvl_vlm, qwen3vl_vlm, clips, tmp_path):
+    chat = internvl_vlm.video_chat(budget=600)
+    chat.add_video(clips.a)
+    path = tmp_path / "chat.statekv"
+    chat.save(path)
+    loaded = statekv.load_chat(internvl_vlm, path)
+    assert loaded.n_frames == 5 and loaded.session.options()["budget"] == 600
+    assert loaded.answer_tokens(QUESTION, MAX_TOKENS) == chat.answer_tokens(QUESTION, MAX_TOKENS)
+    # both continue the same way
+    chat.add_video(clips.b)
+    loaded.add_video(clips.b)
+    assert loaded.answer_tokens(QUESTION, MAX_TOKENS) == chat.answer_tokens(QUESTION, MAX_TOKENS)
+
+    data = path.read_bytes()
+    (tmp_path / "cut.statekv").write_bytes(data[: len(data) // 2])
+    with pytest.raises(statekv.ModelError, match="cut.statekv"):
+        statekv.load_chat(internvl_vlm, tmp_path / "cut.statekv")
+    with pytest.raises(statekv.ModelError, match="another model"):
+        statekv.load_chat(qwen3vl_vlm, path)
+    plain = internvl_vlm.model.session(budget=600)
+    plain.prefill([1, 2, 3])
+    plain.save(tmp_path / "plain.statekv")
+    with pytest.raises(statekv.ModelError, match="not a saved chat"):
+        statekv.load_chat(internvl_vlm, tmp_path / "plain.statekv")
+
+
+def qwen3vl_reference(vlm, path, n_frames_expected):
+    """Evaluation API for Qwen3-VL: frames paired (last one repeated when odd), timestamps the
+    mean of each pair's frame times, the prompt of VideoPromptBuilder, one step per pair."""
+    frames = list(VideoReader(path, fps=1.0, max_frames=512))
+    assert len(frames) == n_frames_expected
+    size = q3.target_size(len(frames), frames[0].rgb.shape[0], frames[0].rgb.shape[1])
+    info = vlm.model.info()
+    mean = [float(x) for x in info["vision.image_mean"].split(",")]
+    std = [float(x) for x in info["vision.image_std"].split(",")]
+    px = q3.preprocess_frames([f.rgb for f in frames], size=size, image_mean=mean, image_std=std)
+    rows = vlm.model.encode_frames(px)
+    ts = [f.timestamp for f in frames]
+    ts += ts[-1:] * (len(ts) % 2)
+    seconds = [(ts[i] + ts[i + 1]) / 2 for i in range(0, len(ts), 2)]
+    p = q3.build_video_prompt(tokenizer_from_gguf(vlm.model.path), seconds, q3.merged_grid(*size), QUESTION)
+    s = vlm.model.session(mode="statekv", budget=40)
+    s.prefill(p.prefix_ids, positions=p.prefix_positions)
+    for step, r in zip(p.steps, rows):
+        s.add_step(step.ids, embeddings=r, embedding_rows=step.rows, positions=step.positions)
+    return _greedy(s, p.question_ids, p.question_positions, vlm.end_ids)
+
+
+def test_qwen3vl_answer_equals_evaluation_api_with_odd_frames(qwen3vl_vlm, clips):
+    chat = qwen3vl_vlm.video_chat(budget=40, fps=1.0)
+    assert chat.add_video(clips.a) == 5  # the fifth frame waits for its pair
+    assert chat.session.stats()["steps"] == 2
+    assert chat.answer_tokens(QUESTION, MAX_TOKENS) == qwen3vl_reference(qwen3vl_vlm, clips.a, 5)
+    assert chat.session.stats()["steps"] == 2  # the padded pair was asked on a branch
+    with pytest.raises(ValueError, match="pair"):
+        chat.save("/tmp/never-written.statekv")
+
+
+def test_qwen3vl_even_frames_and_stream_growth(qwen3vl_vlm, clips, tmp_path):
+    chat = qwen3vl_vlm.video_chat(budget=40, fps=1.0)
+    frames = [f.rgb for f in VideoReader(clips.a, fps=1.0)]
+    assert chat.add_frames(frames[:3]) == 3
+    assert chat.add_frames(frames[3:4], timestamps=[3.0]) == 1  # completes the second pair
+    assert chat.session.stats()["steps"] == 2
+    chat.save(tmp_path / "q3.statekv")
+    loaded = statekv.load_chat(qwen3vl_vlm, tmp_path / "q3.statekv")
+    assert loaded.answer_tokens(QUESTION, MAX_TOKENS) == chat.answer_tokens(QUESTION, MAX_TOKENS)
+
+
+def test_bad_input(internvl_vlm, internvl_files, qwen3vl_files, clips, tmp_path):
+    chat = internvl_vlm.video_chat()
+    with pytest.raises(ValueError, match="no video yet"):
+        chat.ask(QUESTION)
+    with pytest.raises(statekv.VideoError, match="notes.mp4"):
+        chat.add_video(clips.not_video)
+    with pytest.raises(statekv.VideoError, match="no such file"):
+        chat.add_video(tmp_path / "missing.mp4")
+    with pytest.raises(ValueError, match="budget"):
+        internvl_vlm.video_chat(budget=0)
+    with pytest.raises(ValueError, match="window"):
+        internvl_vlm.video_chat(mode="window", window=0)
+    with pytest.raises(ValueError, match=r"frame 0: expected an \(H, W, 3\) uint8"):
+        chat.add_frames([np.zeros((8, 8), np.uint8)])
+    with pytest.raises(statekv.ModelError, match="mmproj-qwen3vl"):
+        statekv.load(internvl_files.text, qwen3vl_files.mmproj)
+    with pytest.raises(ValueError, match="mmproj"):
+        statekv.load(internvl_files.text, None)
+    chat.add_video(clips.b)  # still usable after the errors
+    assert chat.ask(QUESTION, max_tokens=2) is not None
