@@ -91,6 +91,10 @@ def test_internvl_answer_equals_evaluation_api(internvl_vlm, clips, mode):
     assert chat.answer_tokens(QUESTION, MAX_TOKENS) == want
     assert chat.ask(QUESTION, max_tokens=MAX_TOKENS) == internvl_vlm.tokenizer.decode(want, skip_special_tokens=True)
     assert "".join(chat.stream(QUESTION, max_tokens=MAX_TOKENS)) == chat.ask(QUESTION, max_tokens=MAX_TOKENS)
+    starts = chat.step_token_starts
+    assert len(starts) == 5 and starts[1] - starts[0] == len(want_step := internvl_vlm.tokenizer.encode(
+        "Frame1: <img>" + "<IMG_CONTEXT>" * 256 + "</img>\n", add_special_tokens=False).ids)
+    assert list(chat.frames_of_tokens([0, starts[0], starts[1] - 1, starts[4] + 5])) == [-1, 0, 0, 4]
     st = chat.stats()
     assert st["frames"] == 5 and st["steps"] == 5 and st["frame_seconds_median"] > 0
 
@@ -170,6 +174,7 @@ def test_qwen3vl_answer_equals_evaluation_api_with_odd_frames(qwen3vl_vlm, clips
     assert chat.session.stats()["steps"] == 2
     assert chat.answer_tokens(QUESTION, MAX_TOKENS) == qwen3vl_reference(qwen3vl_vlm, clips.a, 5)
     assert chat.session.stats()["steps"] == 2  # the padded pair was asked on a branch
+    assert chat.step_first_frames == [0, 2]
     with pytest.raises(ValueError, match="pair"):
         chat.save("/tmp/never-written.statekv")
 

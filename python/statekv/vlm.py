@@ -287,6 +287,10 @@ class VideoChat:
         self.n_frames = 0
         self.frame_seconds: list[float] = []  # wall time per frame (decode wait + encode + step)
         self.video_seconds = 0.0  # time of the last frame added, on the chat's timeline
+        # Where each step begins in the session's token order (what Session.carried() indexes)
+        # and the chat index of its first frame: maps carried tokens back to frames.
+        self.step_token_starts: list[int] = []
+        self.step_first_frames: list[int] = []
         self._next_index = 0
 
     # ---- state -------------------------------------------------------------------------------
@@ -313,8 +317,12 @@ class VideoChat:
 
         def flush():
             nonlocal added, t_last
+            first = self.n_frames - (1 if self.layout.frames_per_step == 2 and self._odd_waiting() else 0)
             for ids, feats, rows, positions, n in self.layout.steps(buf_frames, buf_pixels, self.vlm.model):
+                self.step_token_starts.append(self.session.n_tokens)
+                self.step_first_frames.append(first)
                 self.session.add_step(ids, embeddings=feats, embedding_rows=rows, positions=positions)
+                first += self.layout.frames_per_step
             now = time.perf_counter()
             per = (now - t_last) / len(buf_frames)
             self.frame_seconds += [per] * len(buf_frames)
@@ -359,6 +367,18 @@ class VideoChat:
             reader.close()
         self._next_index += reader.frame_count
         return n
+
+    def _odd_waiting(self) -> bool:
+        return getattr(self.layout, "pending", None) is not None
+
+    def frames_of_tokens(self, token_indices) -> np.ndarray:
+        """Chat frame index (from 0) of each session token index (e.g. from ``session.carried``);
+        -1 for prefix tokens. A Qwen3-VL step's tokens map to the first frame of its pair."""
+        idx = np.asarray(token_indices)
+        starts = np.asarray(self.step_token_starts, dtype=np.int64)
+        which = np.searchsorted(starts, idx, side="right") - 1
+        frames = np.asarray(self.step_first_frames, dtype=np.int64)
+        return np.where(which < 0, -1, frames[np.maximum(which, 0)] if len(frames) else -1)
 
     def _timeline_offset(self, first: float) -> float:
         # A new video (or stream) starts one sampling interval after what the chat has seen.
@@ -408,6 +428,12 @@ class VideoChat:
             session.add_step(p_ids, embeddings=feats, embedding_rows=rows, positions=p_positions)
         return session, ids, positions
 
+    def question_logits(self, question: str) -> np.ndarray:
+        """Logits ``(n, n_vocab)`` of the question's prompt tokens (question, end of turn,
+        assistant header) over the video so far; the last row predicts the answer's first token."""
+        session, ids, positions = self._question_session(question)
+        return session.question_logits(ids, positions=positions)
+
     def answer_tokens(self, question: str, max_tokens: int = 256, **sampling) -> list[int]:
         """The answer's token ids (the end-of-turn token, if reached, excluded)."""
         session, ids, positions = self._question_session(question)
@@ -455,7 +481,8 @@ class VideoChat:
             raise ValueError("nothing to save: the chat has no video yet")
         app = {"format": _CHAT_FORMAT, "family": self.layout.family, "fps": self.fps, "max_frames": self.max_frames,
                "system": self.system, "n_frames": self.n_frames, "video_seconds": self.video_seconds,
-               "next_index": self._next_index, "layout": self.layout.state()}
+               "next_index": self._next_index, "layout": self.layout.state(),
+               "step_token_starts": self.step_token_starts, "step_first_frames": self.step_first_frames}
         self.session.save(path, app_data=json.dumps(app))
 
     def stats(self) -> dict:
@@ -491,5 +518,7 @@ def load_chat(vlm: VLM, path: str | os.PathLike) -> VideoChat:
     chat.n_frames = int(app["n_frames"])
     chat.video_seconds = float(app["video_seconds"])
     chat._next_index = int(app["next_index"])
+    chat.step_token_starts = [int(x) for x in app.get("step_token_starts", [])]
+    chat.step_first_frames = [int(x) for x in app.get("step_first_frames", [])]
     chat.layout.restore(app["layout"])
     return chat
