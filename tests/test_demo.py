@@ -1,0 +1,62 @@
+"""`statekv demo`: builds its random-weight model and video once (cached), runs the three modes
+through the public API and reports; the second run reuses the cache. Checked on a short video
+(the full-length demo is timed in the README's main-job command, not here)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+
+import statekv
+from statekv import demo
+
+
+def test_byte_vocabulary_round_trips(tmp_path):
+    from statekv.tokenizer import tokenizer_from_gguf
+
+    path = demo.write_byte_vocab(tmp_path / "v.gguf")
+    tok = tokenizer_from_gguf(path)
+    text = "Frame12: the cat ¿qué? 猫\n"
+    ids = tok.encode(text, add_special_tokens=False).ids
+    assert tok.decode(ids) == text
+    assert max(ids) < 256 + len(demo._MERGES)
+    assert len(tok.encode(" the", add_special_tokens=False).ids) == 1  # merges apply: Ġ t, h e, Ġt he
+
+
+def test_demo_runs_and_caches(tmp_path):
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "statekv", "demo", "--seconds", "6", "--cache-dir", str(cache), "-t", "2",
+           "-n", "6", "--budget", "520", "--window", "2"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    out = first.stdout
+    assert "RANDOM-WEIGHT" in out
+    for mode in ("full", "window", "statekv"):
+        assert re.search(rf"^\s+{mode}: .*\(random weights\)$", out, re.M), out
+    assert re.search(r"^\s+6 \|\s+[\d.]+ \|\s+[\d.]+ \|\s+[\d.]+$", out, re.M), out  # latency row of frame 6
+    assert "against full attention" in out and "carried tokens by frame" in out
+    files = sorted(p.name for p in (cache / "demo").iterdir())
+    assert files == ["demo-6s.mp4", f"demo-internvl-v{demo.DEMO_VERSION}.gguf",
+                     f"mmproj-demo-internvl-v{demo.DEMO_VERSION}.gguf"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in (cache / "demo").iterdir()}
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert "building the demo model" not in second.stderr
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in (cache / "demo").iterdir()}
+    # Same model, video and settings: the same answers.
+    answers = lambda s: re.findall(r"^\s+\w+: (.*)\(random weights\)$", s, re.M)  # noqa: E731
+    assert answers(first.stdout) == answers(second.stdout)
+
+
+def test_demo_model_is_a_working_pair(tmp_path):
+    text, mmproj = demo.build_model(tmp_path, log=lambda m: None)
+    vlm = statekv.load(text, mmproj, threads=1)
+    assert vlm.family == "internvl"
+    info = vlm.info
+    assert int(info["n_embd"]) == demo.DEMO_TEXT_SHAPE["hidden"]
+    rows = vlm.model.encode_frames(np.zeros((1, 3, 448, 448), np.float32))
+    assert rows.shape == (1, 256, demo.DEMO_TEXT_SHAPE["hidden"]) and np.all(np.isfinite(rows))
+    assert vlm.end_ids == {vlm.tokenizer.token_to_id("<|im_end|>"), vlm.tokenizer.token_to_id("<|endoftext|>")}
