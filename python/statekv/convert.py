@@ -585,6 +585,26 @@ def _family_for(config: dict, config_path: Path) -> tuple[str, TextFamily]:
     return hf_arch, family
 
 
+def add_clip_vision_keys(writer: Any, *, projection_dim: int, image_size: int, patch_size: int, width: int,
+                         ff: int, blocks: int, heads: int, mean: Sequence[float], std: Sequence[float],
+                         projector: Any, eps: float) -> None:
+    """The clip.vision.* keys every mmproj carries (llama.cpp's converter writes them for every
+    projector), plus the projector type, GELU and the norm epsilon."""
+    writer.add_clip_has_vision_encoder(True)
+    writer.add_vision_projection_dim(int(projection_dim))
+    writer.add_vision_image_size(int(image_size))
+    writer.add_vision_patch_size(int(patch_size))
+    writer.add_vision_embedding_length(int(width))
+    writer.add_vision_feed_forward_length(int(ff))
+    writer.add_vision_block_count(int(blocks))
+    writer.add_vision_head_count(int(heads))
+    writer.add_vision_image_mean([float(v) for v in mean])
+    writer.add_vision_image_std([float(v) for v in std])
+    writer.add_clip_projector_type(projector)
+    writer.add_vision_use_gelu(True)
+    writer.add_vision_attention_layernorm_eps(float(eps))
+
+
 def write_gguf_atomically(writer: Any, out_path: Path, tensors: Iterable[tuple[np.ndarray, Any]]) -> None:
     """Write ``writer``'s header, metadata and tensor infos, then each ``(float data, ggml type)``
     as llama.cpp stores it (F32 as is, F16 cast, quantized types through gguf-py), in the order

@@ -233,20 +233,12 @@ class _Hparams:
                                   f"{self.patch_size} x {self.scale}")
 
     def write(self, writer: Any, mean: list[float], std: list[float]) -> None:
-        gguf = _gguf()
-        writer.add_clip_has_vision_encoder(True)
-        writer.add_vision_projection_dim(self.n_embd_text)
-        writer.add_vision_image_size(self.image_size)
-        writer.add_vision_patch_size(self.patch_size)
-        writer.add_vision_embedding_length(self.n_embd)
-        writer.add_vision_feed_forward_length(self.n_ff)
-        writer.add_vision_block_count(self.n_layer)
-        writer.add_vision_head_count(self.n_head)
-        writer.add_vision_image_mean(mean)
-        writer.add_vision_image_std(std)
-        writer.add_clip_projector_type(gguf.VisionProjectorType.INTERNVL)
-        writer.add_vision_attention_layernorm_eps(self.eps)
-        writer.add_vision_use_gelu(True)
+        from .convert import add_clip_vision_keys
+
+        add_clip_vision_keys(writer, projection_dim=self.n_embd_text, image_size=self.image_size,
+                             patch_size=self.patch_size, width=self.n_embd, ff=self.n_ff, blocks=self.n_layer,
+                             heads=self.n_head, mean=mean, std=std, projector=_gguf().VisionProjectorType.INTERNVL,
+                             eps=self.eps)
         writer.add_vision_projector_scale_factor(self.scale)
 
 

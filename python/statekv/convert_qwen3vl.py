@@ -55,7 +55,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .convert import OUTTYPES, ConversionError, SafetensorsIndex, _gguf, write_gguf_atomically
+from .convert import OUTTYPES, ConversionError, SafetensorsIndex, _gguf, add_clip_vision_keys, write_gguf_atomically
 
 __all__ = [
     "QWEN3VL_VISION_SHAPES",
@@ -213,20 +213,11 @@ def _write(out_path: Path, hp: VisionHParams, tensors: list[_Tensor], outtype: s
     meta.set_gguf_meta_model(writer)
 
     writer.add_file_type(int(gguf.LlamaFileType[OUTTYPES[outtype][1]]))
-    writer.add_clip_has_vision_encoder(True)
-    writer.add_vision_projection_dim(hp.out_hidden_size)
-    writer.add_vision_image_size(hp.image_size)
-    writer.add_vision_patch_size(hp.patch_size)
-    writer.add_vision_embedding_length(hp.hidden_size)
-    writer.add_vision_feed_forward_length(hp.intermediate_size)
-    writer.add_vision_block_count(hp.depth)
-    writer.add_vision_head_count(hp.num_heads)
-    writer.add_vision_image_mean([float(v) for v in image_mean])
-    writer.add_vision_image_std([float(v) for v in image_std])
-    writer.add_clip_projector_type(PROJECTOR_TYPE)
-    writer.add_vision_use_gelu(True)
+    add_clip_vision_keys(writer, projection_dim=hp.out_hidden_size, image_size=hp.image_size,
+                         patch_size=hp.patch_size, width=hp.hidden_size, ff=hp.intermediate_size, blocks=hp.depth,
+                         heads=hp.num_heads, mean=image_mean, std=image_std, projector=PROJECTOR_TYPE,
+                         eps=hp.layer_norm_eps)
     writer.add_vision_spatial_merge_size(hp.spatial_merge_size)
-    writer.add_vision_attention_layernorm_eps(float(hp.layer_norm_eps))
     flags = [False] * hp.depth
     for i in hp.deepstack_visual_indexes:
         flags[i] = True
