@@ -1,8 +1,10 @@
-"""The `statekv` command line: `statekv info`, `statekv convert`, `statekv bench ...`."""
+"""The `statekv` command line: `statekv ask`, `statekv chat`, `statekv info`, `statekv convert`,
+`statekv bench ...`."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -23,11 +25,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import convert
+    from . import cli_video, convert
     from .bench import frames, make_model, text
 
     p = argparse.ArgumentParser(prog="statekv", description="Linear-time long-video VLM inference on ggml.")
     sub = p.add_subparsers(dest="command", required=True)
+
+    ask = sub.add_parser("ask", help="answer a question about a video (streamed), with a summary of the cost",
+                         description=cli_video.ASK_DESCRIPTION, epilog=cli_video.ASK_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli_video.add_ask_arguments(ask)
+    ask.set_defaults(func=cli_video.run_ask)
+
+    chat = sub.add_parser("chat", help="interactive questions about a video that can keep growing",
+                          description=cli_video.CHAT_DESCRIPTION, epilog=cli_video.CHAT_EPILOG,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli_video.add_chat_arguments(chat)
+    chat.set_defaults(func=cli_video.run_chat)
 
     info = sub.add_parser("info", help="describe a GGUF model (or list devices without -m)")
     info.add_argument("-m", "--model", help="text GGUF file")
@@ -55,17 +69,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code: 0, 1 (error), 2 (usage), 130 (interrupted).
+    Errors are reported as one ``statekv: error:`` line on stderr, without a traceback."""
     from . import ModelError
+    from .cli_video import UsageError, error_line
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ModelError, ValueError, FileNotFoundError) as exc:
-        print(f"statekv: error: {exc}", file=sys.stderr)
+    except UsageError as exc:
+        print(error_line(exc), file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # stdout was closed early (e.g. `statekv ask ... | head -1`): nothing left to report to.
+        _discard_stdout()
+        return 141
+    except (ModelError, ValueError, OSError) as exc:  # VideoError is a ValueError, FileNotFoundError an OSError
+        print(error_line(exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("statekv: interrupted", file=sys.stderr)
         return 130
+
+
+def _discard_stdout() -> None:
+    # Python flushes stdout at exit; into a closed pipe that would print another error.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":
