@@ -175,8 +175,41 @@ def test_qwen3vl_answer_equals_evaluation_api_with_odd_frames(qwen3vl_vlm, clips
     assert chat.answer_tokens(QUESTION, MAX_TOKENS) == qwen3vl_reference(qwen3vl_vlm, clips.a, 5)
     assert chat.session.stats()["steps"] == 2  # the padded pair was asked on a branch
     assert chat.step_first_frames == [0, 2]
-    with pytest.raises(ValueError, match="pair"):
-        chat.save("/tmp/never-written.statekv")
+    want = chat.answer_tokens(QUESTION, MAX_TOKENS)
+    assert chat.last_answer_ids == want
+
+
+def test_qwen3vl_save_with_a_waiting_frame(qwen3vl_vlm, clips, tmp_path):
+    """The odd frame is saved with the chat: the loaded chat answers the same and, given the next
+    frame, continues exactly as the original."""
+    frames = [f.rgb for f in VideoReader(clips.a, fps=1.0)]
+    chat = qwen3vl_vlm.video_chat(budget=40)
+    chat.add_frames(frames[:3])
+    chat.save(tmp_path / "odd.statekv")
+    loaded = statekv.load_chat(qwen3vl_vlm, tmp_path / "odd.statekv")
+    assert loaded.n_frames == 3 and loaded.session.stats()["steps"] == 1
+    assert loaded.answer_tokens(QUESTION, MAX_TOKENS) == chat.answer_tokens(QUESTION, MAX_TOKENS)
+    chat.add_frames(frames[3:5])
+    loaded.add_frames(frames[3:5])
+    assert loaded.answer_tokens(QUESTION, MAX_TOKENS) == chat.answer_tokens(QUESTION, MAX_TOKENS)
+    assert loaded.n_frames == chat.n_frames == 5
+
+
+def test_a_failing_step_leaves_the_chat_consistent(internvl_vlm, clips):
+    """A video that overflows the context mid-way: the steps before the failure are in, the chat
+    answers and continues as one that was given just those frames."""
+    frames = [f.rgb for f in VideoReader(clips.a, fps=1.0)]
+    n_ctx = int(internvl_vlm.info["n_ctx_train"])
+    chat = internvl_vlm.video_chat(budget=600, expected_length=n_ctx)
+    per_frame = 256 + 8
+    fits = (n_ctx - 40) // per_frame
+    too_many = [frames[i % len(frames)] for i in range(fits + 3)]
+    with pytest.raises(ValueError, match="context"):
+        chat.add_frames(too_many, batch=2)
+    assert chat.n_frames == chat.session.stats()["steps"] == len(chat.step_token_starts) <= fits
+    good = internvl_vlm.video_chat(budget=600, expected_length=n_ctx)
+    good.add_frames(too_many[:chat.n_frames])
+    assert chat.answer_tokens(QUESTION, 4) == good.answer_tokens(QUESTION, 4)
 
 
 def test_qwen3vl_even_frames_and_stream_growth(qwen3vl_vlm, clips, tmp_path):

@@ -25,7 +25,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import cli_video, convert
+    from . import cli_video, convert, demo
     from .bench import frames, make_model, text
 
     p = argparse.ArgumentParser(prog="statekv", description="Linear-time long-video VLM inference on ggml.")
@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     cli_video.add_chat_arguments(chat)
     chat.set_defaults(func=cli_video.run_chat)
+
+    dm = sub.add_parser("demo", help="run the three modes on a random-weight model and a synthetic video "
+                                     "(no download; cached under ~/.cache/statekv)",
+                        description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_arguments(dm)
+    dm.set_defaults(func=demo.run)
 
     info = sub.add_parser("info", help="describe a GGUF model (or list devices without -m)")
     info.add_argument("-m", "--model", help="text GGUF file")

@@ -278,12 +278,9 @@ def _stream_answer(chat, question: str, args: argparse.Namespace, out: Optional[
         if out is not None and (completed or pieces):
             out.write("\n")
             out.flush()
-    # VideoChat.stream yields text, not token ids. It yields one piece per decoded token, except
-    # for a token that adds no text of its own (a part of a multi-byte character, held back until
-    # the character is complete, or a special token), so the count of pieces is the count of
-    # answer tokens for ordinary text and a slight undercount otherwise. (Tokenizing the answer
-    # again would be worse: a sampled sequence is rarely the canonical tokenization of its text.)
-    return Answer("".join(pieces), len(pieces), first, time.perf_counter() - began)
+    # The token count is the chat's own record of the ids it decoded (pieces of text can hold
+    # several tokens, or none while a multi-byte character is incomplete).
+    return Answer("".join(pieces), len(chat.last_answer_ids), first, time.perf_counter() - began)
 
 
 def _mode_text(options: dict) -> str:

@@ -22,11 +22,13 @@ exactly as if it had not been asked. How a frame becomes a step depends on the f
 """
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -50,6 +52,19 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in str(text).split(",") if x.strip())
 
 
+@dataclass
+class _PlannedStep:
+    """One frame step ready for ``Session.add_step``; ``after`` is the layout's state once it is in
+    the session (applied by ``commit`` only after ``add_step`` succeeded)."""
+
+    ids: Any
+    embeddings: np.ndarray
+    rows: np.ndarray
+    positions: Optional[np.ndarray]
+    frames: list  # the Frame objects it shows, in order
+    after: dict
+
+
 class _InternVLLayout:
     """InternVL3: one frame per step, ``Frame{i}: <img>`` + 256 visual rows + ``</img>\\n``
     (transformers' InternVL processor, frames numbered from 1 across the whole chat)."""
@@ -62,7 +77,8 @@ class _InternVLLayout:
         self.image_size = int(info["vision.image_size"])
         self.mean = _floats(info["vision.image_mean"]) or _internvl.IMAGE_MEAN
         self.std = _floats(info["vision.image_std"]) or _internvl.IMAGE_STD
-        self.n_frames = 0
+        self.n_frames = 0  # frames in the session's steps
+        self.waiting: list = []  # never used: every frame is a complete step
         # Checks that the vocabulary has the image tokens, once.
         self.ids_img = [_internvl._token_id(tokenizer, t) for t in
                         (_internvl.IMG_START, _internvl.IMG_CONTEXT, _internvl.IMG_END)]
@@ -83,21 +99,24 @@ class _InternVLLayout:
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         return _internvl.preprocess_frames(rgb[None], self.image_size, self.mean, self.std)[0]
 
-    def steps(self, frames: list[Frame], pixels: list[np.ndarray], model: Model):
-        """(ids, embeddings, rows, positions, n_frames) per step of these frames."""
-        encoded = model.encode_frames(np.stack(pixels))
+    def plan(self, items: list, model: Model) -> tuple[list[_PlannedStep], list]:
+        """Steps of (Frame, pixels) items (encoded in one batch), and the items left waiting."""
+        encoded = model.encode_frames(np.stack([px for _, px in items]))
         start, ctx, end = self.ids_img
         out = []
-        for feats in encoded:
-            self.n_frames += 1
-            head = self._encode(f"Frame{self.n_frames}: ")
+        for k, ((frame, _), feats) in enumerate(zip(items, encoded)):
+            number = self.n_frames + k + 1
+            head = self._encode(f"Frame{number}: ")
             ids = head + [start] + [ctx] * len(feats) + [end] + self._encode("\n")
             rows = np.arange(len(head) + 1, len(head) + 1 + len(feats), dtype=np.int32)
-            out.append((ids, feats, rows, None, 1))
-        return out
+            out.append(_PlannedStep(ids, feats, rows, None, [frame], {"n_frames": number}))
+        return out, []
+
+    def commit(self, step: _PlannedStep) -> None:
+        self.n_frames = step.after["n_frames"]
 
     def question(self, text: str, model: Model):
-        """(pending step or None, question ids, positions): every frame is a complete step."""
+        """(waiting step or None, question ids, positions): every frame is a complete step."""
         return None, self._encode(text + "<|im_end|>\n<|im_start|>assistant\n"), None
 
     def tokens_per_step(self) -> int:
@@ -108,6 +127,14 @@ class _InternVLLayout:
 
     def restore(self, state: dict) -> None:
         self.n_frames = int(state["n_frames"])
+
+
+def _pack_pixels(px: np.ndarray) -> dict:
+    return {"shape": list(px.shape), "f32": base64.b64encode(np.ascontiguousarray(px, np.float32).tobytes()).decode()}
+
+
+def _unpack_pixels(d: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(d["f32"]), dtype=np.float32).reshape(d["shape"]).copy()
 
 
 class _Qwen3VLLayout:
@@ -126,9 +153,7 @@ class _Qwen3VLLayout:
         self.std = _floats(info["vision.image_std"]) or _qwen3vl.IMAGE_STD
         self.builder = _qwen3vl.VideoPromptBuilder(tokenizer, (0, 0))
         self.size: Optional[tuple[int, int]] = None
-        self.pending: Optional[tuple[Frame, np.ndarray]] = None
-        self.time_offset = 0.0
-        self.last_time = None
+        self.waiting: list = []  # at most one (Frame, pixels): the first frame of the next pair
 
     def prefix(self, system: Optional[str]):
         return self.builder.prefix(system)
@@ -148,33 +173,39 @@ class _Qwen3VLLayout:
         return _qwen3vl.preprocess_frames([rgb], size=self.size, image_mean=self.mean, image_std=self.std,
                                           pad_to_pairs=False)[0]
 
-    def _step(self, pair: list[tuple[Frame, np.ndarray]], model: Model):
-        (fa, pa), (fb, pb) = pair
-        rows = model.encode_frames(np.stack([pa, pb]))[0]
-        step = self.builder.step((fa.timestamp + fb.timestamp) / 2)
-        return step.ids, rows, step.rows, step.positions
-
-    def steps(self, frames: list[Frame], pixels: list[np.ndarray], model: Model):
-        items = list(zip(frames, pixels))
-        if self.pending is not None:
-            items.insert(0, self.pending)
-            self.pending = None
+    def plan(self, items: list, model: Model) -> tuple[list[_PlannedStep], list]:
+        """One step per pair of (Frame, pixels) items, all pairs encoded in one batch; an odd last
+        item is left waiting. Positions continue from the session's; nothing advances here."""
+        n_pairs = len(items) // 2
+        if n_pairs == 0:
+            return [], list(items)
+        encoded = model.encode_frames(np.stack([px for _, px in items[:2 * n_pairs]]))
+        saved = self.builder.next_position
         out = []
-        for i in range(0, len(items) - 1, 2):
-            out.append(self._step(items[i:i + 2], model) + (2,))
-        if len(items) % 2:
-            self.pending = items[-1]
-        if out and self.pending is not None:
-            out[-1] = out[-1][:4] + (out[-1][4] - 1,)  # the pending frame was counted before
-        return out
+        try:
+            for k in range(n_pairs):
+                (fa, _), (fb, _) = items[2 * k], items[2 * k + 1]
+                step = self.builder.step((fa.timestamp + fb.timestamp) / 2)
+                out.append(_PlannedStep(step.ids, encoded[k], step.rows, step.positions, [fa, fb],
+                                        {"next_position": self.builder.next_position}))
+        finally:
+            self.builder.next_position = saved
+        return out, list(items[2 * n_pairs:])
+
+    def commit(self, step: _PlannedStep) -> None:
+        self.builder.next_position = step.after["next_position"]
 
     def question(self, text: str, model: Model):
-        """(pending step or None, question ids, positions). A waiting odd frame comes paired with
+        """(waiting step or None, question ids, positions). A waiting odd frame comes paired with
         itself before the question; the prompt does not advance (its pair may still arrive)."""
         saved = self.builder.next_position
         try:
-            pending = self._step([self.pending, self.pending], model) if self.pending is not None else None
-            return (pending,) + tuple(self.builder.question(text))
+            padded = None
+            if self.waiting:
+                [step], _ = self.plan([self.waiting[0], self.waiting[0]], model)
+                self.commit(step)  # the question's positions continue after it
+                padded = step
+            return (padded,) + tuple(self.builder.question(text))
         finally:
             self.builder.next_position = saved
 
@@ -183,11 +214,9 @@ class _Qwen3VLLayout:
         return gh * gw + 16
 
     def state(self) -> dict:
-        if self.pending is not None:
-            raise ValueError("a frame is waiting for its pair (Qwen3-VL encodes frames two by two): add one more "
-                             "frame before saving")
+        waiting = [{"index": f.index, "timestamp": f.timestamp, "pixels": _pack_pixels(px)} for f, px in self.waiting]
         return {"size": list(self.size) if self.size else None, "next_position": self.builder.next_position,
-                "time_offset": self.time_offset, "last_time": self.last_time}
+                "waiting": waiting}
 
     def restore(self, state: dict) -> None:
         if state.get("size"):
@@ -195,8 +224,8 @@ class _Qwen3VLLayout:
             self.builder.grid = _qwen3vl.merged_grid(*self.size)
         self.builder.next_position = int(state["next_position"])
         self.builder._started = True
-        self.time_offset = float(state.get("time_offset", 0.0))
-        self.last_time = state.get("last_time")
+        self.waiting = [(Frame(int(w["index"]), float(w["timestamp"]), np.zeros((0, 0, 3), np.uint8)),
+                         _unpack_pixels(w["pixels"])) for w in state.get("waiting", [])]
 
 
 _LAYOUTS = {"internvl": _InternVLLayout, "qwen3vl_merger": _Qwen3VLLayout}
@@ -284,13 +313,14 @@ class VideoChat:
         self.system = system
         self.layout = vlm._layout_class(vlm.tokenizer, vlm.info)
         self.session = None
-        self.n_frames = 0
+        self._frames_in_steps = 0
         self.frame_seconds: list[float] = []  # wall time per frame (decode wait + encode + step)
         self.video_seconds = 0.0  # time of the last frame added, on the chat's timeline
         # Where each step begins in the session's token order (what Session.carried() indexes)
         # and the chat index of its first frame: maps carried tokens back to frames.
         self.step_token_starts: list[int] = []
         self.step_first_frames: list[int] = []
+        self.last_answer_ids: list[int] = []  # token ids of the latest answer (ask, stream)
         self._next_index = 0
 
     # ---- state -------------------------------------------------------------------------------
@@ -308,41 +338,54 @@ class VideoChat:
         s.prefill(ids, positions=positions)
         self.session = s
 
-    def _run(self, frames: Iterator[Frame], total: Optional[int], progress: Optional[ProgressCallback],
-             batch: int) -> int:
-        added = 0
+    @property
+    def n_frames(self) -> int:
+        """Frames taken in: those in the session's steps plus any waiting for its pair."""
+        return self._frames_in_steps + len(self.layout.waiting)
+
+    def _run(self, frames: Iterator[tuple[Frame, np.ndarray]], total: Optional[int],
+             progress: Optional[ProgressCallback], batch: int) -> int:
+        """Add (Frame, pixels) items as steps, ``batch`` frames encoded at a time. Each step counts
+        once ``add_step`` succeeded, so an error (or Ctrl-C) leaves the chat consistent: the steps
+        before it are in, the frames after it are not."""
+        before = self.n_frames
         t_last = time.perf_counter()
-        buf_frames: list[Frame] = []
-        buf_pixels: list[np.ndarray] = []
+        buf: list = []
 
         def flush():
-            nonlocal added, t_last
-            first = self.n_frames - (1 if self.layout.frames_per_step == 2 and self._odd_waiting() else 0)
-            for ids, feats, rows, positions, n in self.layout.steps(buf_frames, buf_pixels, self.vlm.model):
-                self.step_token_starts.append(self.session.n_tokens)
-                self.step_first_frames.append(first)
-                self.session.add_step(ids, embeddings=feats, embedding_rows=rows, positions=positions)
-                first += self.layout.frames_per_step
-            now = time.perf_counter()
-            per = (now - t_last) / len(buf_frames)
-            self.frame_seconds += [per] * len(buf_frames)
-            t_last = now
-            added += len(buf_frames)
-            self.n_frames += len(buf_frames)
-            self.video_seconds = buf_frames[-1].timestamp
-            buf_frames.clear()
-            buf_pixels.clear()
+            nonlocal t_last
+            items = self.layout.waiting + buf
+            self.layout.waiting = []
+            steps, leftover = self.layout.plan(items, self.vlm.model)
+            buf.clear()
+            in_steps = 0
+            for step in steps:
+                start = self.session.n_tokens
+                self.session.add_step(step.ids, embeddings=step.embeddings, embedding_rows=step.rows,
+                                      positions=step.positions)
+                self.layout.commit(step)
+                self.step_token_starts.append(start)
+                self.step_first_frames.append(self._frames_in_steps)
+                self._frames_in_steps += len(step.frames)
+                self.video_seconds = step.frames[-1].timestamp
+                in_steps += len(step.frames)
+            self.layout.waiting = leftover
+            if leftover:
+                self.video_seconds = leftover[-1][0].timestamp
+            if in_steps:  # wall time since the last steps (decoding wait, encoder, LLM) per frame
+                now = time.perf_counter()
+                self.frame_seconds += [(now - t_last) / in_steps] * in_steps
+                t_last = now
             if progress:
-                progress(added, total)
+                progress(self.n_frames - before, total)
 
-        for frame, pixels in frames:
-            buf_frames.append(frame)
-            buf_pixels.append(pixels)
-            if len(buf_frames) == batch:
+        for item in frames:
+            buf.append(item)
+            if len(buf) == batch:
                 flush()
-        if buf_frames:
+        if buf:
             flush()
-        return added
+        return self.n_frames - before
 
     def add_video(self, path_or_file: Any, start: Optional[float] = None, end: Optional[float] = None, *,
                   progress: Optional[ProgressCallback] = None, batch: int = 4) -> int:
@@ -362,14 +405,10 @@ class VideoChat:
 
         try:
             with prefetch(reader, depth=2 * batch, fn=prepare) as frames:
-                n = self._run(frames, len(reader), progress, batch)
+                return self._run(frames, len(reader), progress, batch)
         finally:
             reader.close()
-        self._next_index += reader.frame_count
-        return n
-
-    def _odd_waiting(self) -> bool:
-        return getattr(self.layout, "pending", None) is not None
+            self._next_index += reader.frame_count
 
     def frames_of_tokens(self, token_indices) -> np.ndarray:
         """Chat frame index (from 0) of each session token index (e.g. from ``session.carried``);
@@ -409,9 +448,11 @@ class VideoChat:
                     offset = self._timeline_offset(f.timestamp)
                 yield Frame(f.index, f.timestamp + offset, f.rgb), self.layout.preprocess(f.rgb)
 
-        n = self._run(prepared(), None, progress, batch)
-        self._next_index += n
-        return n
+        n_before = self.n_frames
+        try:
+            return self._run(prepared(), None, progress, batch)
+        finally:
+            self._next_index += self.n_frames - n_before
 
     # ---- questions ---------------------------------------------------------------------------
 
@@ -421,11 +462,11 @@ class VideoChat:
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question must be a non-empty string")
         session = self.session
-        pending, ids, positions = self.layout.question(question, self.vlm.model)
-        if pending is not None:  # an odd frame: asked about on a branch, the chat goes on without it
+        padded, ids, positions = self.layout.question(question, self.vlm.model)
+        if padded is not None:  # an odd frame: asked about on a branch, the chat goes on without it
             session = session.fork()
-            p_ids, feats, rows, p_positions = pending
-            session.add_step(p_ids, embeddings=feats, embedding_rows=rows, positions=p_positions)
+            session.add_step(padded.ids, embeddings=padded.embeddings, embedding_rows=padded.rows,
+                             positions=padded.positions)
         return session, ids, positions
 
     def question_logits(self, question: str) -> np.ndarray:
@@ -438,7 +479,8 @@ class VideoChat:
         """The answer's token ids (the end-of-turn token, if reached, excluded)."""
         session, ids, positions = self._question_session(question)
         out = session.generate(ids, max_tokens, positions=positions, **sampling)
-        return self._strip_end(out)
+        self.last_answer_ids = self._strip_end(out)
+        return list(self.last_answer_ids)
 
     def _strip_end(self, ids: list[int]) -> list[int]:
         if ids and int(ids[-1]) in self.vlm.end_ids:
@@ -457,6 +499,7 @@ class VideoChat:
         while it ends inside a multi-byte character)."""
         session, ids, positions = self._question_session(question)
         done: list[int] = []
+        self.last_answer_ids = done  # grows as the answer streams
         emitted = ""
         for tok in session.stream(ids, max_tokens, positions=positions, **sampling):
             if self._strip_end([tok]) == []:
@@ -480,7 +523,7 @@ class VideoChat:
         if self.session is None:
             raise ValueError("nothing to save: the chat has no video yet")
         app = {"format": _CHAT_FORMAT, "family": self.layout.family, "fps": self.fps, "max_frames": self.max_frames,
-               "system": self.system, "n_frames": self.n_frames, "video_seconds": self.video_seconds,
+               "system": self.system, "frames_in_steps": self._frames_in_steps, "video_seconds": self.video_seconds,
                "next_index": self._next_index, "layout": self.layout.state(),
                "step_token_starts": self.step_token_starts, "step_first_frames": self.step_first_frames}
         self.session.save(path, app_data=json.dumps(app))
@@ -515,7 +558,7 @@ def load_chat(vlm: VLM, path: str | os.PathLike) -> VideoChat:
         raise ModelError(f"{os.fspath(path)}: saved from a '{app.get('family')}' model, not '{vlm.family}'")
     chat = VideoChat(vlm, session.options(), fps=app["fps"], max_frames=app["max_frames"], system=app["system"])
     chat.session = session
-    chat.n_frames = int(app["n_frames"])
+    chat._frames_in_steps = int(app["frames_in_steps"])
     chat.video_seconds = float(app["video_seconds"])
     chat._next_index = int(app["next_index"])
     chat.step_token_starts = [int(x) for x in app.get("step_token_starts", [])]
