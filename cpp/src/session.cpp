@@ -108,7 +108,11 @@ struct Session::Impl {
         } else if (o.expected_length > 0) {
             n_ctx = std::max<int64_t>(n_ctx, o.expected_length);
         }
-        const int chunk = o.detailed_chunk > 0 ? o.detailed_chunk : std::max(65536, o.expected_length);
+        // One chunk for the whole video when its length is known (questions then attend to one
+        // segment); otherwise 16384 tokens, so a short stream does not reserve gigabytes.
+        const int chunk = o.detailed_chunk > 0 ? o.detailed_chunk
+                          : o.expected_length > 0 ? std::max(4096, o.expected_length)
+                                                  : 16384;
         d = std::make_unique<DetailedCache>(hp, model->backend, parse_kv_type(o.kv_type), chunk);
         policy = make_cache_policy(o, hp, model->backend, *d);
         sched = model->backend.new_scheduler(Model::Impl::kMaxNodes);

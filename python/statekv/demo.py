@@ -138,7 +138,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--max-tokens", type=int, default=16)
     p.add_argument("-t", "--threads", type=int, default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--cache-dir", default=None, help="where the demo model and video are kept "
+    p.add_argument("--cache-dir", default=None, help="cache folder; the demo keeps its model and video in its demo/ "
                                                      "(default $STATEKV_CACHE_DIR or ~/.cache/statekv)")
 
 
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     from .progress import ProgressBar
 
     t_start = time.perf_counter()
-    directory = Path(args.cache_dir) if args.cache_dir else cache_dir() / "demo"
+    directory = (Path(args.cache_dir) if args.cache_dir else cache_dir()) / "demo"
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     text, mmproj = build_model(directory, log)
     video = build_video(directory, args.seconds)

@@ -150,7 +150,7 @@ struct SessionOptions {
     int expected_length = 0;
     float rope_scale = 0.0f;
     // Tokens per chunk of the detailed cache (it grows chunk by chunk without moving what it
-    // holds). 0: 65536, or expected_length if that is larger.
+    // holds). 0: expected_length (at least 4096) when given, else 16384.
     int detailed_chunk = 0;
 };
 
