@@ -58,7 +58,35 @@ ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vec
         const KVSegment& s = segments[0];
         return flash_attention(ctx, q, s.k, s.v, segment_mask(g, s.begin, s.n, q0, n_q, false), scale);
     }
-    // out = sum_c softmax_c(lse)_c * attention_c, with lse_c = log sum_j exp(scale * q.k_j + mask).
+    if (!ggml_is_quantized(segments[0].k->type) && !ggml_is_quantized(segments[0].v->type)) {
+        // Float caches: the segments' keys and values gathered into one contiguous K/V for one
+        // fused attention. The copy reads each key once, far cheaper than the explicit scores a
+        // log-sum-exp merge of per-segment outputs needs (and it keeps a step's cost constant
+        // in window mode, whose prefix and recent steps are two ranges of D).
+        ggml_tensor* k = segments[0].k;
+        ggml_tensor* v = segments[0].v;
+        for (size_t c = 1; c < segments.size(); ++c) {
+            k = ggml_concat(ctx, k, segments[c].k, 1);
+            v = ggml_concat(ctx, v, segments[c].v, 1);
+        }
+        ggml_tensor* mask = nullptr;
+        const KVSegment& last = segments.back();
+        if (last.begin + last.n - 1 > q0) {  // the queries' own keys are among them: causal mask
+            const uint16_t zero = ggml_fp32_to_fp16(0.0f), off = ggml_fp32_to_fp16(-INFINITY);
+            const int64_t n_kv = k->ne[1];
+            std::vector<uint16_t> m(static_cast<size_t>(n_kv * n_q));
+            for (int64_t i = 0; i < n_q; ++i) {
+                int64_t j = 0;
+                for (const KVSegment& s : segments) {
+                    for (int64_t t = 0; t < s.n; ++t, ++j) m[i * n_kv + j] = s.begin + t <= q0 + i ? zero : off;
+                }
+            }
+            mask = g.input(GGML_TYPE_F16, {n_kv, n_q}, m.data(), "gathered_mask");
+        }
+        return flash_attention(ctx, q, k, v, mask, scale);
+    }
+    // Quantized caches (concat cannot cut their blocks): one fused attention per segment, merged
+    // as out = sum_c softmax_c(lse)_c * attention_c, with lse_c = log sum_j exp(scale * q.k_j + mask).
     ggml_tensor* qp = ggml_permute(ctx, q, 0, 2, 1, 3);  // [d, n_q, H]
     std::vector<ggml_tensor*> outs, lses;
     for (const KVSegment& s : segments) {

@@ -39,8 +39,9 @@ namespace statekv {
 
 // Causal attention of n_q queries (absolute token indices q0 .. q0 + n_q - 1) over keys held in
 // segments of D-like storage (a key at absolute index j is visible to query i iff j <= q0 + i).
-// One segment: one fused attention. Several: one fused attention per segment, merged with the
-// segments' log-sum-exp weights (computed from explicit scores), which is exact.
+// One segment: one fused attention. Several: gathered into one K/V for one fused attention
+// (float caches), or one fused attention per segment merged with the segments' log-sum-exp
+// weights computed from explicit scores (quantized caches); both exact.
 // q: [head_dim, n_head, n_q]. Returns [head_dim * n_head, n_q].
 ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vector<KVSegment>& segments,
                                  int64_t q0, float scale);
