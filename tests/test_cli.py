@@ -329,3 +329,16 @@ def test_summary_formatting():
     assert [format_duration(s) for s in (0.004, 0.25, 12.34, 125, 3725, None)] == \
         ["4.0 ms", "250 ms", "12.3 s", "2:05", "1:02:05", "-"]
     assert [format_bytes(b) for b in (512, 3 * 2**20, 5 * 2**30, None)] == ["512 B", "3.0 MiB", "5.0 GiB", "-"]
+
+
+def test_argument_errors_are_one_line(capsys):
+    """argparse's own errors (unknown flag, non-numeric value, missing option) follow the same
+    convention as every other error: one `statekv: error:` line, exit code 2."""
+    from statekv.cli import main
+
+    for argv in (["ask", "--bogus"], ["ask", "-m", "x.gguf", "--budget", "many", "q"], ["chat"], ["frobnicate"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("statekv: error:") and "--help" in err[0], (argv, err)

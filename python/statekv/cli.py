@@ -24,11 +24,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error convention: a usage error is one ``statekv: error:`` line
+    (pointing at ``--help``) and exit code 2, like every other error of the command line."""
+
+    def error(self, message: str):
+        print(f"statekv: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import cli_video, convert, demo
     from .bench import frames, make_model, text
 
-    p = argparse.ArgumentParser(prog="statekv", description="Linear-time long-video VLM inference on ggml.")
+    p = _Parser(prog="statekv", description="Linear-time long-video VLM inference on ggml.")
     sub = p.add_subparsers(dest="command", required=True)
 
     ask = sub.add_parser("ask", help="answer a question about a video (streamed), with a summary of the cost",
