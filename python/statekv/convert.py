@@ -585,6 +585,35 @@ def _family_for(config: dict, config_path: Path) -> tuple[str, TextFamily]:
     return hf_arch, family
 
 
+def read_image_mean_std(hf_dir: Path, default: tuple[Sequence[float], Sequence[float]] | None = None
+                        ) -> tuple[list[float], list[float]]:
+    """The image processor's normalization of a checkpoint: preprocessor_config.json, then
+    processor_config.json (its ``image_processor`` section) over it, as llama.cpp's converter
+    merges them. ``default`` when neither has image_mean/image_std; ConversionError otherwise."""
+    cfg: dict[str, Any] = {}
+    for fname, section in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+        p = Path(hf_dir) / fname
+        if not p.is_file():
+            continue
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConversionError(f"{p}: not valid JSON ({e})") from None
+        if section and isinstance(d.get(section), dict):
+            d = {**d, **d[section]}
+        cfg.update(d)
+    mean, std = cfg.get("image_mean"), cfg.get("image_std")
+    if mean is None or std is None:
+        if default is None:
+            raise ConversionError(f"{hf_dir}: image_mean / image_std not found (expected the image processor's "
+                                  "preprocessor_config.json next to config.json)")
+        logger.warning("%s: no image_mean/image_std in the processor configs; using %s / %s", hf_dir, *default)
+        mean, std = default
+    if len(mean) != 3 or len(std) != 3:
+        raise ConversionError(f"{hf_dir}: image_mean / image_std must have 3 values, got {mean} / {std}")
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
 def add_clip_vision_keys(writer: Any, *, projection_dim: int, image_size: int, patch_size: int, width: int,
                          ff: int, blocks: int, heads: int, mean: Sequence[float], std: Sequence[float],
                          projector: Any, eps: float) -> None:

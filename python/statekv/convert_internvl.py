@@ -41,7 +41,6 @@ benchmarks.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -51,7 +50,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .convert import OUTTYPES, ConversionError, SafetensorsIndex, _gguf, write_gguf_atomically
+from .convert import OUTTYPES, ConversionError, SafetensorsIndex, _gguf, read_image_mean_std, write_gguf_atomically
 
 __all__ = ["write_mmproj", "make_random_internvl_mmproj", "VISION_SHAPES", "hf_to_gguf_name", "check_text_config"]
 
@@ -140,28 +139,6 @@ def _sort_key(name: str):
     if m:
         return (1, int(m.group(1)), name)
     return (2 if name.startswith("mm.") else 0, 0, name)
-
-
-def _read_mean_std(hf_dir: Path) -> tuple[list[float], list[float]]:
-    cfg: dict = {}
-    for fname, sub in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
-        p = hf_dir / fname
-        if not p.is_file():
-            continue
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ConversionError(f"{p}: not valid JSON ({e})") from None
-        if sub and isinstance(d.get(sub), dict):
-            d = {**d, **d[sub]}
-        cfg.update(d)  # preprocessor_config.json wins, as in llama.cpp
-    if "image_mean" not in cfg or "image_std" not in cfg:
-        raise ConversionError(f"{hf_dir}: image_mean / image_std not found (expected the image processor's "
-                              "preprocessor_config.json next to config.json)")
-    mean, std = [float(x) for x in cfg["image_mean"]], [float(x) for x in cfg["image_std"]]
-    if len(mean) != 3 or len(std) != 3:
-        raise ConversionError(f"{hf_dir}: image_mean / image_std must have 3 values, got {mean} / {std}")
-    return mean, std
 
 
 def check_text_config(config: dict) -> None:
@@ -268,7 +245,7 @@ def write_mmproj(hf_dir: str | os.PathLike, config: dict, st: SafetensorsIndex, 
     if outtype not in OUTTYPES:
         raise ValueError(f"outtype {outtype!r} is not supported (expected one of {sorted(OUTTYPES)})")
     hp = _Hparams(config, where)
-    mean, std = _read_mean_std(hf_dir)
+    mean, std = read_image_mean_std(hf_dir)
 
     plan: list[tuple[str, tuple[int, ...], Any]] = []
     sources: dict[str, str] = {}

@@ -45,17 +45,16 @@ shape (Qwen3-VL 2B / 4B / 8B) for benchmarks.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from .convert import OUTTYPES, ConversionError, SafetensorsIndex, _gguf, add_clip_vision_keys, write_gguf_atomically
+from .convert import OUTTYPES, ConversionError, SafetensorsIndex, _gguf, add_clip_vision_keys, read_image_mean_std, write_gguf_atomically
 
 __all__ = [
     "QWEN3VL_VISION_SHAPES",
@@ -241,29 +240,6 @@ def _write(out_path: Path, hp: VisionHParams, tensors: list[_Tensor], outtype: s
 # --------------------------------------------------------------------------------------------
 
 
-def _preprocessor_norm(hf_dir: Path) -> tuple[list[float], list[float]]:
-    # llama.cpp: preprocessor_config.json, then processor_config.json (its image_processor) over it
-    cfg: dict[str, Any] = {}
-    for fname, sub in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
-        p = hf_dir / fname
-        if p.is_file():
-            try:
-                d = json.loads(p.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise ConversionError(f"{p}: not valid JSON ({e})") from None
-            if sub and isinstance(d.get(sub), dict):
-                d = {**d, **d[sub]}
-            cfg.update(d)
-    mean, std = cfg.get("image_mean"), cfg.get("image_std")
-    if mean is None or std is None:
-        logger.warning("%s: no image_mean/image_std in preprocessor_config.json; using Qwen3-VL's [0.5, 0.5, 0.5]",
-                       hf_dir)
-        return list(QWEN3VL_IMAGE_MEAN), list(QWEN3VL_IMAGE_STD)
-    if len(mean) != 3 or len(std) != 3:
-        raise ConversionError(f"{hf_dir}: image_mean / image_std must have 3 values, got {mean} / {std}")
-    return [float(v) for v in mean], [float(v) for v in std]
-
-
 def _hparams_from_config(config: dict, where: Path) -> VisionHParams:
     v = config.get("vision_config")
     if not isinstance(v, dict):
@@ -337,7 +313,7 @@ def write_qwen3vl_mmproj(hf_dir: str | os.PathLike, config: dict, st: Safetensor
         return lambda: np.ascontiguousarray(st.load(kname)[:, :, t])
 
     tensors = _tensor_layout(hp, source, patch_kernel)
-    mean, std = _preprocessor_norm(hf_dir)
+    mean, std = read_image_mean_std(hf_dir, default=(QWEN3VL_IMAGE_MEAN, QWEN3VL_IMAGE_STD))
     return _write(out_path, hp, tensors, outtype, mean, std, hf_dir.name, hf_dir)
 
 
