@@ -281,3 +281,47 @@ def plain_logits(hf, tokens, embeddings=None, rows=None, positions=None):
     # an explicit all-ones mask: otherwise transformers reads position jumps as packed sequences
     out = text(inputs_embeds=x, attention_mask=torch.ones(tok.shape, dtype=torch.long), use_cache=False, **kw)
     return lm_head(out.last_hidden_state)[0].numpy()
+
+
+# Key scores closer than this (relative to the largest score) are a float tie.
+TIE_REL = 1e-5
+
+
+def check_carried(s, ref, where, ties=None):
+    """statekv's carried(layer) == the reference's selection for every layer and KV head.
+
+    A difference is tolerated only between keys whose reference scores are a float tie at the
+    selection boundary (within TIE_REL of the largest score); the reference then adopts
+    statekv's choice so that both continue from the same state, and the tie is recorded."""
+    for layer in range(ref.n_layer):
+        got, want = np.asarray(s.carried(layer)), ref.carried(layer)
+        assert got.dtype == np.int32, f"{where}: carried({layer}) dtype {got.dtype}"
+        if got.shape == want.shape and np.array_equal(got, want):
+            continue
+        msg = f"{where}, layer {layer}: carried shape {got.shape}, reference {want.shape}"
+        assert got.shape == want.shape, msg
+        explained = ref.mode == "statekv" and ref.last_scores is not None
+        details = []
+        for g in range(ref.n_kv):
+            if np.array_equal(got[g], want[g]):
+                continue
+            only_s, only_r = np.setdiff1d(got[g], want[g]), np.setdiff1d(want[g], got[g])
+            line = f"head {g}: only statekv keeps {only_s.tolist()}, only the reference keeps {only_r.tolist()}"
+            if ref.mode == "statekv" and ref.last_scores is not None:
+                cand = ref.last_candidates[layer][g].numpy()
+                sc = ref.last_scores[layer][g].numpy()
+                kept = sc[np.isin(cand, want[g])]
+                thr = float(kept.min())
+                diff = np.concatenate([sc[np.isin(cand, only_s)], sc[np.isin(cand, only_r)]])
+                line += (f"; reference scores of those {diff.tolist()}, smallest kept score {thr:.6g}, "
+                         f"largest score {sc.max():.6g}")
+                if not (len(diff) == len(only_s) + len(only_r)
+                        and np.all(np.abs(diff - thr) <= TIE_REL * sc.max())):
+                    explained = False
+            else:
+                explained = False
+            details.append(line)
+        assert explained, msg + "\n  " + "\n  ".join(details)
+        if ties is not None:
+            ties.extend(f"{where}, layer {layer}, {d}" for d in details)  # one entry per tied head
+        ref.C[layer] = torch.as_tensor(got.astype(np.int64))

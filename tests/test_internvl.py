@@ -26,10 +26,9 @@ import torch
 
 import statekv
 import tiny
-from statekv_reference import StateKVReference, load_hf
+from statekv_reference import StateKVReference, check_carried, load_hf
 
 TOL = 1e-4          # max|diff| / max|ref| (f32 weights, f32 KV)
-TIE_REL = 1e-5      # key scores this close (relative to the largest) are a float tie
 N_FRAMES = 6
 QUESTION = "What does the person do after opening the door? Answer in one word."
 INTERNVL_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
@@ -341,28 +340,6 @@ def test_statekv_large_budget_equals_full(ivl):
         assert np.array_equal(np.asarray(full.carried(layer)), everything)
     q = ivl.prompt.question
     assert rel(big.question_logits(q), full.question_logits(q)) <= TOL
-
-
-def check_carried(s, ref, where, ties):
-    """statekv's carried(layer) == the reference's, except at float ties on the selection boundary
-    (the reference then takes statekv's choice so both go on from the same state)."""
-    for layer in range(ref.n_layer):
-        got, want = np.asarray(s.carried(layer)), ref.carried(layer)
-        if got.shape == want.shape and np.array_equal(got, want):
-            continue
-        assert got.shape == want.shape, f"{where}, layer {layer}: {got.shape} vs {want.shape}"
-        for g in range(ref.n_kv):
-            if np.array_equal(got[g], want[g]):
-                continue
-            cand, sc = ref.last_candidates[layer][g].numpy(), ref.last_scores[layer][g].numpy()
-            thr = sc[np.isin(cand, want[g])].min()
-            swapped = np.concatenate([np.setdiff1d(got[g], want[g]), np.setdiff1d(want[g], got[g])])
-            diff = sc[np.isin(cand, swapped)]
-            assert np.all(np.abs(diff - thr) <= TIE_REL * sc.max()), (
-                f"{where}, layer {layer}, head {g}: statekv and the reference keep different keys "
-                f"{swapped.tolist()} with scores {diff.tolist()} (boundary {thr:.6g})")
-            ties.append((where, layer, g))
-        ref.C[layer] = torch.as_tensor(got.astype(np.int64))
 
 
 @pytest.mark.parametrize("budget", [300, 100])

@@ -27,11 +27,10 @@ import torch
 
 import statekv
 from statekv.vision import qwen3vl as q3
-from statekv_reference import StateKVReference, load_hf
+from statekv_reference import StateKVReference, check_carried, load_hf
 
 TOL = 1e-4          # max|diff| / max|ref|, f32 weights (issue 5)
 PRE_TOL = 1e-5      # preprocessing (issue 5)
-TIE_REL = 1e-5      # key scores this close (relative to the largest) are a float tie
 
 
 def rel(a, b):
@@ -457,28 +456,6 @@ def test_statekv_large_budget_equals_full(q3model, video8):
     a = full.question_logits(p.question_ids, positions=p.question_positions)
     b = big.question_logits(p.question_ids, positions=p.question_positions)
     assert rel(b, a) <= 1e-5
-
-
-def check_carried(s, ref, where, ties):
-    """statekv's carried(layer) == the reference's selection; a difference is accepted only between
-    keys whose reference scores tie at the boundary (within TIE_REL), and the reference then
-    adopts statekv's choice."""
-    for layer in range(ref.n_layer):
-        got, want = np.asarray(s.carried(layer)), ref.carried(layer)
-        if got.shape == want.shape and np.array_equal(got, want):
-            continue
-        assert got.shape == want.shape, f"{where}, layer {layer}: {got.shape} vs {want.shape}"
-        for g in range(ref.n_kv):
-            if np.array_equal(got[g], want[g]):
-                continue
-            cand, sc = ref.last_candidates[layer][g].numpy(), ref.last_scores[layer][g].numpy()
-            thr = float(sc[np.isin(cand, want[g])].min())
-            odd = np.concatenate([sc[np.isin(cand, np.setdiff1d(got[g], want[g]))],
-                                  sc[np.isin(cand, np.setdiff1d(want[g], got[g]))]])
-            assert np.all(np.abs(odd - thr) <= TIE_REL * sc.max()), \
-                f"{where}, layer {layer}, head {g}: selections differ beyond a tie ({odd.tolist()} vs {thr})"
-            ties.append((where, layer, g))
-        ref.C[layer] = torch.as_tensor(got.astype(np.int64))
 
 
 def test_statekv_small_budget_matches_reference(q3model, q3hf, hf_tokenizer):

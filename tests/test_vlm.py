@@ -92,7 +92,7 @@ def test_internvl_answer_equals_evaluation_api(internvl_vlm, clips, mode):
     assert chat.ask(QUESTION, max_tokens=MAX_TOKENS) == internvl_vlm.tokenizer.decode(want, skip_special_tokens=True)
     assert "".join(chat.stream(QUESTION, max_tokens=MAX_TOKENS)) == chat.ask(QUESTION, max_tokens=MAX_TOKENS)
     starts = chat.step_token_starts
-    assert len(starts) == 5 and starts[1] - starts[0] == len(want_step := internvl_vlm.tokenizer.encode(
+    assert len(starts) == 5 and starts[1] - starts[0] == len(internvl_vlm.tokenizer.encode(
         "Frame1: <img>" + "<IMG_CONTEXT>" * 256 + "</img>\n", add_special_tokens=False).ids)
     assert list(chat.frames_of_tokens([0, starts[0], starts[1] - 1, starts[4] + 5])) == [-1, 0, 0, 4]
     st = chat.stats()
