@@ -46,7 +46,7 @@ import numpy as np
 
 __all__ = [
     "IMAGE_MEAN", "IMAGE_STD", "IMG_START", "IMG_END", "IMG_CONTEXT", "CHAT_TEMPLATE",
-    "preprocess_frames", "video_placeholder", "video_prompt_text", "VideoPrompt", "build_video_prompt",
+    "preprocess_frames", "video_frames_text", "video_prompt_text", "VideoPrompt", "build_video_prompt",
 ]
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
@@ -114,7 +114,7 @@ def preprocess_frames(frames, image_size: int = 448, mean: Sequence[float] = IMA
     return out
 
 
-def video_placeholder(n_frames: int, tokens_per_frame: int = TOKENS_PER_FRAME) -> str:
+def video_frames_text(n_frames: int, tokens_per_frame: int = TOKENS_PER_FRAME) -> str:
     """What ``InternVLProcessor.replace_video_token`` puts in place of ``<video>``."""
     if n_frames <= 0:
         raise ValueError(f"n_frames must be positive, got {n_frames}")
@@ -128,7 +128,7 @@ def video_prompt_text(n_frames: int, question: str, system: str | None = None,
     text = ""
     if system is not None:
         text += f"<|im_start|>system\n{system}<|im_end|>\n"
-    text += f"<|im_start|>user\n{video_placeholder(n_frames, tokens_per_frame)}\n{question}<|im_end|>\n"
+    text += f"<|im_start|>user\n{video_frames_text(n_frames, tokens_per_frame)}\n{question}<|im_end|>\n"
     if add_generation_prompt:
         text += "<|im_start|>assistant\n"
     return text
