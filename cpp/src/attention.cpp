@@ -37,15 +37,19 @@ namespace {
 // F16 mask rows for queries q0.. over keys begin..begin+n_kv-1; nullptr when all are visible.
 ggml_tensor* segment_mask(GraphBuilder& g, int64_t begin, int64_t n_kv, int64_t q0, int64_t n_q, bool finite) {
     if (begin + n_kv - 1 <= q0) return nullptr;
-    const uint16_t zero = ggml_fp32_to_fp16(0.0f);
-    // A finite "minus infinity" keeps rows that see nothing of a segment NaN-free; they get
-    // weight exp(-65504 - lse) = 0 when segments are merged.
-    const uint16_t off = ggml_fp32_to_fp16(finite ? -65504.0f : -INFINITY);
-    std::vector<uint16_t> m(static_cast<size_t>(n_kv * n_q));
-    for (int64_t i = 0; i < n_q; ++i) {
-        for (int64_t j = 0; j < n_kv; ++j) m[i * n_kv + j] = begin + j <= q0 + i ? zero : off;
-    }
-    return g.input(GGML_TYPE_F16, {n_kv, n_q}, m.data(), "segment_mask");
+    const std::string key = "segment_mask " + std::to_string(begin) + " " + std::to_string(n_kv) + " " +
+                            std::to_string(q0) + " " + std::to_string(n_q) + (finite ? " finite" : "");
+    return g.shared_input(key, [&] {
+        const uint16_t zero = ggml_fp32_to_fp16(0.0f);
+        // A finite "minus infinity" keeps rows that see nothing of a segment NaN-free; they get
+        // weight exp(-65504 - lse) = 0 when segments are merged.
+        const uint16_t off = ggml_fp32_to_fp16(finite ? -65504.0f : -INFINITY);
+        std::vector<uint16_t> m(static_cast<size_t>(n_kv * n_q));
+        for (int64_t i = 0; i < n_q; ++i) {
+            for (int64_t j = 0; j < n_kv; ++j) m[i * n_kv + j] = begin + j <= q0 + i ? zero : off;
+        }
+        return g.input(GGML_TYPE_F16, {n_kv, n_q}, m.data(), "segment_mask");
+    });
 }
 
 }  // namespace
@@ -72,16 +76,20 @@ ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vec
         ggml_tensor* mask = nullptr;
         const KVSegment& last = segments.back();
         if (last.begin + last.n - 1 > q0) {  // the queries' own keys are among them: causal mask
-            const uint16_t zero = ggml_fp32_to_fp16(0.0f), off = ggml_fp32_to_fp16(-INFINITY);
-            const int64_t n_kv = k->ne[1];
-            std::vector<uint16_t> m(static_cast<size_t>(n_kv * n_q));
-            for (int64_t i = 0; i < n_q; ++i) {
-                int64_t j = 0;
-                for (const KVSegment& s : segments) {
-                    for (int64_t t = 0; t < s.n; ++t, ++j) m[i * n_kv + j] = s.begin + t <= q0 + i ? zero : off;
+            std::string key = "gathered_mask " + std::to_string(q0) + " " + std::to_string(n_q);
+            for (const KVSegment& s : segments) key += " " + std::to_string(s.begin) + ":" + std::to_string(s.n);
+            mask = g.shared_input(key, [&] {
+                const uint16_t zero = ggml_fp32_to_fp16(0.0f), off = ggml_fp32_to_fp16(-INFINITY);
+                const int64_t n_kv = k->ne[1];
+                std::vector<uint16_t> m(static_cast<size_t>(n_kv * n_q));
+                for (int64_t i = 0; i < n_q; ++i) {
+                    int64_t j = 0;
+                    for (const KVSegment& s : segments) {
+                        for (int64_t t = 0; t < s.n; ++t, ++j) m[i * n_kv + j] = s.begin + t <= q0 + i ? zero : off;
+                    }
                 }
-            }
-            mask = g.input(GGML_TYPE_F16, {n_kv, n_q}, m.data(), "gathered_mask");
+                return g.input(GGML_TYPE_F16, {n_kv, n_q}, m.data(), "gathered_mask");
+            });
         }
         return flash_attention(ctx, q, k, v, mask, scale);
     }
@@ -126,11 +134,15 @@ ScoredAttention scored_attention(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k
     for (int64_t i0 = 0; i0 < n_q; i0 += tile) {
         const int64_t nt = std::min(tile, n_q - i0);
         // Query i (0-based in the step) sees the n_visible carried keys and step keys 0..i.
-        std::vector<uint16_t> m(static_cast<size_t>(n_kv * nt));
-        for (int64_t i = 0; i < nt; ++i) {
-            for (int64_t j = 0; j < n_kv; ++j) m[i * n_kv + j] = j < n_visible + i0 + i + 1 ? visible : hidden;
-        }
-        ggml_tensor* mask = g.input(GGML_TYPE_F16, {n_kv, nt}, m.data(), "step_mask");
+        const std::string tile_key = std::to_string(n_kv) + " " + std::to_string(n_visible) + " " +
+                                     std::to_string(i0) + " " + std::to_string(nt);
+        ggml_tensor* mask = g.shared_input("step_mask " + tile_key, [&] {
+            std::vector<uint16_t> m(static_cast<size_t>(n_kv * nt));
+            for (int64_t i = 0; i < nt; ++i) {
+                for (int64_t j = 0; j < n_kv; ++j) m[i * n_kv + j] = j < n_visible + i0 + i + 1 ? visible : hidden;
+            }
+            return g.input(GGML_TYPE_F16, {n_kv, nt}, m.data(), "step_mask");
+        });
         ggml_tensor* qt = ggml_view_3d(ctx, q, d, H, nt, q->nb[1], q->nb[2], i0 * q->nb[2]);
         // The output comes from the fused kernel (one pass, no probability matrix); the explicit
         // probabilities below exist only to be reduced into the key scores.
@@ -142,8 +154,9 @@ ScoredAttention scored_attention(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k
         // adjacent, so p is [n_kv, nt*G, H_kv] as it lies; out_prod with a column of ones
         // contracts its rows in one streaming pass (no transposed copy of p).
         ggml_tensor* p3 = ggml_reshape_3d(ctx, p, n_kv, nt * G, H_kv);
-        std::vector<float> one(static_cast<size_t>(nt * G * H_kv), 1.0f);
-        ggml_tensor* ones = g.input_f32(one, {1, nt * G, H_kv}, "ones");
+        ggml_tensor* ones = g.shared_input("ones " + std::to_string(nt * G) + " " + std::to_string(H_kv), [&] {
+            return g.input_f32(std::vector<float>(static_cast<size_t>(nt * G * H_kv), 1.0f), {1, nt * G, H_kv}, "ones");
+        });
         ggml_tensor* s = ggml_out_prod(ctx, p3, ones);  // [n_kv, 1, H_kv]
         scores = scores ? ggml_add(ctx, scores, s) : s;
     }

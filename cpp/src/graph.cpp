@@ -26,6 +26,12 @@ ggml_tensor* GraphBuilder::input(ggml_type type, std::vector<int64_t> shape, con
     return t;
 }
 
+ggml_tensor* GraphBuilder::shared_input(const std::string& key, const std::function<ggml_tensor*()>& make) {
+    auto it = shared_.find(key);
+    if (it != shared_.end()) return it->second;
+    return shared_[key] = make();
+}
+
 ggml_tensor* GraphBuilder::input_i32(const std::vector<int32_t>& v, const char* name) {
     return input(GGML_TYPE_I32, {static_cast<int64_t>(v.size())}, v.data(), name);
 }

@@ -5,6 +5,9 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "ggml.h"
@@ -26,6 +29,9 @@ public:
     ggml_tensor* input(ggml_type type, std::vector<int64_t> shape, const void* bytes, const char* name);
     ggml_tensor* input_i32(const std::vector<int32_t>& v, const char* name);
     ggml_tensor* input_f32(const std::vector<float>& v, std::vector<int64_t> shape, const char* name);
+    // An input every layer of the graph shares (a mask, a column of ones): made by `make` the
+    // first time `key` is asked for, reused afterwards, so it is built and uploaded once.
+    ggml_tensor* shared_input(const std::string& key, const std::function<ggml_tensor*()>& make);
     void upload_inputs();
     // Replace the host data of an input (for a graph that is run again with new values).
     void set_input(ggml_tensor* input, const void* bytes);
@@ -40,6 +46,7 @@ private:
         std::vector<uint8_t> bytes;
     };
     std::vector<PendingInput> inputs_;
+    std::map<std::string, ggml_tensor*> shared_;
 };
 
 // Keys/values of a contiguous run of tokens, as views in fused-attention layout
