@@ -90,6 +90,8 @@ PYBIND11_MODULE(_core, m) {
         }
     });
 
+    m.def("ggml_info", [] { return ggml_info(); });
+
     m.def("backends", [] {
         py::list out;
         for (const auto& d : backends()) {

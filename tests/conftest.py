@@ -1,11 +1,11 @@
-"""Shared pytest fixtures: paths to the shared test data, tiny checkpoints and their GGUF files.
+"""Shared pytest fixtures: paths to the project data, tiny checkpoints and their GGUF files.
 
 Tiny models are built once per test session (see tests/tiny.py) and converted once per
 (arch, outtype, tied, seed); every test that asks for the same one gets the same path, so treat
 the files as read-only.
 
-Shared data (``../shared`` next to the repository, or ``$STATEKV_SHARED``): tests that need it are
-skipped with a message naming the missing path.
+Data (the real Qwen2-family vocabulary with its test vectors, real chat templates) is the
+project's own, in python/statekv/data.
 """
 from __future__ import annotations
 
@@ -19,27 +19,22 @@ REPO_ROOT = tiny.REPO_ROOT
 
 
 def _require(path: Path) -> Path:
+    # The data is part of the repository: a missing file is a broken checkout, not a skip.
     if not path.exists():
-        pytest.skip(f"shared test data not found: {path} (set STATEKV_SHARED to the shared directory)")
+        raise FileNotFoundError(f"project data missing: {path}")
     return path
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The shared data directory (``$STATEKV_SHARED`` or ``<repo>/../shared``)."""
-    return _require(tiny.shared_dir())
-
-
-@pytest.fixture(scope="session")
-def qwen2_vocab_gguf(shared_dir) -> Path:
-    """``<shared>/data/vocab/ggml-vocab-qwen2.gguf`` (its ``.inp``/``.out`` test vectors sit next to it)."""
+def qwen2_vocab_gguf() -> Path:
+    """``python/statekv/data/vocab/ggml-vocab-qwen2.gguf`` (its ``.inp``/``.out`` test vectors sit next to it)."""
     return _require(tiny.qwen2_vocab_path())
 
 
 @pytest.fixture(scope="session")
-def templates_dir(shared_dir) -> Path:
-    """``<shared>/data/templates`` (real chat templates, .jinja)."""
-    return _require(shared_dir / "data" / "templates")
+def templates_dir() -> Path:
+    """``python/statekv/data/templates`` (real chat templates, .jinja)."""
+    return _require(tiny.data_dir() / "templates")
 
 
 @pytest.fixture(scope="session")

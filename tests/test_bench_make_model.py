@@ -41,7 +41,13 @@ mm = _load()
 shapes = sys.modules[mm.__name__.rsplit(".", 1)[0] + ".shapes"]
 
 DATA = mm.find_data_dir()
-needs_data = pytest.mark.skipif(DATA is None, reason="shared data (vocab/, templates/) not found")
+
+
+def test_the_package_ships_its_data():
+    # bench make-model and the demo run after a plain `pip install .`: the vocabulary and the
+    # templates are package data, not files beside a checkout.
+    assert DATA is not None and DATA.parent.name == "statekv"
+    assert (DATA / "vocab" / "ggml-vocab-qwen2.gguf").is_file() and (DATA / "LICENSE-llama.cpp-data").is_file()
 
 TINY = {  # the vocabulary keeps its real size (151936 rows of token_embd): keep hidden small
     "qwen2": dict(name="tiny-qwen2", arch="qwen2", hidden=32, layers=2, heads=4, kv_heads=2, head_dim=8,
@@ -174,7 +180,6 @@ def test_shape_table():
 # --------------------------------------------------------------------------------- files
 
 
-@needs_data
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3", "qwen3vl"])
 def test_layout_names_shapes_types_metadata(tmp_path, arch):
     s = TINY[arch]
@@ -244,7 +249,6 @@ def test_layout_names_shapes_types_metadata(tmp_path, arch):
             np.testing.assert_allclose(x, base[name], rtol=0, atol=tol[qtype], err_msg=f"{qtype} {name}")
 
 
-@needs_data
 def test_tokenizer_metadata_and_chat_template(tmp_path):
     s = dict(TINY["qwen2"], vocab=151700, added_tokens="internvl3")  # an InternVL3-like vocab, cut at 151700
     path = tmp_path / "tok.gguf"
@@ -292,7 +296,6 @@ def test_fast_writer_same_bytes_as_gguf_writer(tmp_path):
     assert out[0] == out[1]
 
 
-@needs_data
 def test_deterministic_in_seed_and_threads(tmp_path):
     s = TINY["qwen3"]
     digest = {}
@@ -304,7 +307,6 @@ def test_deterministic_in_seed_and_threads(tmp_path):
     assert digest["a"] != digest["c"]
 
 
-@needs_data
 def test_cli(tmp_path, capsys):
     p = argparse.ArgumentParser()
     mm.add_arguments(p)

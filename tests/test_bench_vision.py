@@ -17,9 +17,7 @@ import pytest
 
 import statekv
 from statekv.bench import frames, vision
-from statekv.bench.make_model import find_data_dir, make_model
-
-pytestmark = pytest.mark.skipif(find_data_dir() is None, reason="shared data (vocab/, templates/) not found")
+from statekv.bench.make_model import make_model
 
 TINY_INTERNVL_LLM = dict(name="tiny-internvl-llm", arch="qwen2", hidden=32, layers=2, heads=4, kv_heads=2, head_dim=8,
                          ffn=64, vocab=151674, tied=False, rope_theta=1e6, context_length=4096,

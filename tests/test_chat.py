@@ -1,6 +1,6 @@
 """Chat templates: statekv.chat.ChatTemplate against transformers' apply_chat_template.
 
-The real templates of ``<shared>/data/templates`` (Qwen2.5-7B-Instruct, Qwen3-0.6B) and a
+The real templates of ``python/statekv/data/templates`` (Qwen2.5-7B-Instruct, Qwen3-0.6B) and a
 template exercising the Jinja environment are rendered by both on the same conversations and
 must give exactly the same text; the tokenizer rebuilt from a GGUF must encode the rendered
 prompt to the same ids as the transformers tokenizer.
@@ -315,7 +315,7 @@ def test_render_argument_errors(hf_qwen25):
 
 
 def test_from_gguf_vocab_file(qwen2_vocab_gguf):
-    """The shared Qwen2 vocabulary GGUF carries a ChatML template and special ids."""
+    """The shipped Qwen2 vocabulary GGUF carries a ChatML template and special ids."""
     from transformers import PreTrainedTokenizerFast
 
     tmpl = ChatTemplate.from_gguf(qwen2_vocab_gguf)

@@ -5,7 +5,7 @@ non-degenerate random weights (seeded), and saves it with ``save_pretrained`` in
 together with a real Qwen tokenizer and chat template, so that the directory looks like a
 checkpoint downloaded from the Hub.
 
-Tokenizer: the Qwen2 byte-level BPE vocabulary of ``<shared>/data/vocab/ggml-vocab-qwen2.gguf``
+Tokenizer: the Qwen2 byte-level BPE vocabulary of ``python/statekv/data/vocab/ggml-vocab-qwen2.gguf``
 (151643 normal tokens + ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``), wrapped in a
 ``PreTrainedTokenizerFast`` with eos ``<|im_end|>`` (151645), pad ``<|endoftext|>`` (151643), no
 BOS, ``add_bos_token: false`` and the family's chat template.  ``make_qwen3``/``make_qwen3vl``
@@ -30,14 +30,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def shared_dir() -> Path:
-    """The shared data directory: ``$STATEKV_SHARED`` or ``<repo>/../shared``."""
-    env = os.environ.get("STATEKV_SHARED")
-    return Path(env) if env else REPO_ROOT.parent / "shared"
+def data_dir() -> Path:
+    """The project's data (vocab/, templates/), shipped in the package: python/statekv/data."""
+    return REPO_ROOT / "python" / "statekv" / "data"
 
 
 def qwen2_vocab_path() -> Path:
-    return shared_dir() / "data" / "vocab" / "ggml-vocab-qwen2.gguf"
+    return data_dir() / "vocab" / "ggml-vocab-qwen2.gguf"
 
 
 def template_path(family: str) -> Path:
@@ -46,7 +45,7 @@ def template_path(family: str) -> Path:
         "qwen3": "Qwen-Qwen3-0.6B.jinja",
         "qwen3vl": "Qwen-Qwen3-0.6B.jinja",
     }
-    return shared_dir() / "data" / "templates" / names[family]
+    return data_dir() / "templates" / names[family]
 
 
 VOCAB_SIZE = 151936       # config.vocab_size of the real Qwen2/Qwen2.5(<=7B)/Qwen3/Qwen3-VL models

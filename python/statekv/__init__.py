@@ -14,10 +14,10 @@ the key or tensor, and what was expected); a bad argument raises :class:`ValueEr
 from ._native import _core
 from ._core import ModelError
 from .chat import ChatTemplate
-from .model import Model, Session, backends
+from .model import Model, Session, backends, ggml_info
 from .video import Frame, VideoError, VideoReader
 from .vlm import VLM, VideoChat, load, load_chat
 
 __all__ = ["ChatTemplate", "Frame", "Model", "ModelError", "Session", "VLM", "VideoChat", "VideoError", "VideoReader",
-           "backends", "load", "load_chat"]
+           "backends", "ggml_info", "load", "load_chat"]
 __version__ = "0.1.0"

@@ -9,18 +9,25 @@ import sys
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .model import Model, backends
+    from .model import Model, backends, ggml_info
 
+    ggml = ggml_info()
     if args.model is None:
+        if args.json:
+            print(json.dumps({"ggml": ggml, "devices": backends()}, indent=2))
+            return 0
+        for k, v in ggml.items():
+            print(f"{'ggml.' + k:>17}: {v}")
         for d in backends():
             print(f"{d['name']}: {d['description']} ({d['type']}, {d['memory_total'] / 2**30:.1f} GiB)")
         return 0
     info = Model(args.model, device=args.device, threads=args.threads).info()
+    info.update({"ggml." + k: v for k, v in ggml.items()})
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         for k, v in info.items():
-            print(f"{k:>16}: {v}")
+            print(f"{k:>17}: {v}")
     return 0
 
 

@@ -16,6 +16,14 @@ def backends() -> list[dict]:
     return _core.backends()
 
 
+def ggml_info() -> dict:
+    """The ggml that runs: ``version``, ``library`` (path of libggml), ``origin`` (the source it
+    was built from), ``cpu_variant`` (the CPU module picked for this machine, e.g. ``haswell``),
+    ``cpu_module``, ``cpu_features`` (e.g. ``AVX2,FMA,...,LLAMAFILE``) and ``modules`` (loaded
+    backends). ``STATEKV_CPU_VARIANT=<name>`` in the environment forces a CPU variant."""
+    return dict(_core.ggml_info())
+
+
 def _ids(tokens: Iterable[int]) -> np.ndarray:
     arr = np.asarray(list(tokens) if not isinstance(tokens, np.ndarray) else tokens)
     if arr.ndim != 1:

@@ -51,6 +51,14 @@ struct DeviceInfo {
 // Devices that ggml-backend offers in this build.
 std::vector<DeviceInfo> backends();
 
+// The ggml that runs: "version", "library" (path of the ggml library), "origin" (the source it was built
+// from), "cpu_variant" (the CPU module chosen for this machine, e.g. "haswell"), "cpu_module" (its
+// path), "cpu_features" (what it was compiled for, e.g. "AVX2,FMA,LLAMAFILE,OPENMP"), "modules"
+// (every backend module loaded). The best CPU variant is chosen at the first use of ggml; the
+// environment variable STATEKV_CPU_VARIANT=<name> forces one (for benchmarks). ggml's own
+// informational log lines are shown with STATEKV_GGML_LOG=1 (warnings and errors always).
+std::map<std::string, std::string> ggml_info();
+
 struct ModelOptions {
     std::string device;  // device name from backends(); empty: best GPU, else CPU
     int threads = 0;     // CPU threads; 0: all hardware threads

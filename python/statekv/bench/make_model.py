@@ -150,20 +150,13 @@ def _row_nbytes(ncols: int, qtype: QT) -> int:
 
 
 def find_data_dir() -> Path | None:
-    """The shared data folder (vocab/, templates/): $STATEKV_DATA_DIR, else ../shared/data beside
-    the source checkout."""
+    """The data folder (vocab/, templates/): $STATEKV_DATA_DIR, else the one shipped in the
+    package (statekv/data: the Qwen2-family vocabulary and chat templates, MIT, see its licence)."""
     env = os.environ.get("STATEKV_DATA_DIR")
     if env:
         return Path(env)
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        cand = parent.parent / "shared" / "data"
-        if (cand / "vocab").is_dir():
-            return cand
-        cand = parent / "shared" / "data"
-        if (cand / "vocab").is_dir():
-            return cand
-    return None
+    here = Path(__file__).resolve().parent.parent / "data"
+    return here if (here / "vocab").is_dir() else None
 
 
 # Added tokens of the tokenizers (tokenizer_config.json added_tokens_decoder); `special` as
