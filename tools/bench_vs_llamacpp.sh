@@ -53,14 +53,14 @@ fi
 if has video; then
   python - <<'EOF'
 from statekv.video import write_test_video
-write_test_video("video16.mp4", n_frames=64, fps=4, size=(448, 448))
+write_test_video("video16.mkv", n_frames=64, fps=4, size=(448, 448))
 EOF
   log "video: llama-mtmd-cli --video (16 frames at 1 fps)"
-  /usr/bin/time -v "$LLAMA_BIN/llama-mtmd-cli" -m internvl3-1b-q8_0.gguf --mmproj "$MMPROJ" --video video16.mp4 \
+  /usr/bin/time -v "$LLAMA_BIN/llama-mtmd-cli" -m internvl3-1b-q8_0.gguf --mmproj "$MMPROJ" --video video16.mkv \
     --video-fps 1 -p "What happens in this video?" -n 16 -t "$T" --temp 0 -fa on -c 8192 > mtmd_video.log 2>&1 || true
   for mode in full statekv; do
     log "video: statekv ask --mode $mode"
-    /usr/bin/time -v statekv ask -m internvl3-1b-q8_0.gguf --mmproj "$MMPROJ" --video video16.mp4 --fps 1 \
+    /usr/bin/time -v statekv ask -m internvl3-1b-q8_0.gguf --mmproj "$MMPROJ" --video video16.mkv --fps 1 \
       --mode $mode --budget 4096 -n 16 -t "$T" "What happens in this video?" > statekv_video_$mode.log 2>&1 || true
   done
 fi
