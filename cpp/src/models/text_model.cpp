@@ -51,8 +51,8 @@ void TextModel::read_common_hparams(const GgufFile& f) {
     hp.n_ctx_train = static_cast<int>(f.get_int(a + "context_length", 1, kMaxContext));
     hp.rms_eps = f.get_positive_f32(a + "attention.layer_norm_rms_epsilon", 1.0f);
     if (hp.n_head % hp.n_head_kv != 0) {
-        f.fail("attention.head_count (" + std::to_string(hp.n_head) +
-               ") must be a multiple of attention.head_count_kv (" + std::to_string(hp.n_head_kv) + ")");
+        f.fail(a + "attention.head_count (" + std::to_string(hp.n_head) + ") must be a multiple of " + a +
+               "attention.head_count_kv (" + std::to_string(hp.n_head_kv) + ")");
     }
     if (!f.has(a + "attention.key_length") && hp.n_embd % hp.n_head != 0) {
         f.fail(a + "embedding_length " + std::to_string(hp.n_embd) + " is not a multiple of attention.head_count " +
@@ -60,7 +60,7 @@ void TextModel::read_common_hparams(const GgufFile& f) {
     }
     hp.head_dim = static_cast<int>(f.get_int_or(a + "attention.key_length", hp.n_embd / hp.n_head, 2, kMaxHeadDim));
     const int64_t v_len = f.get_int_or(a + "attention.value_length", hp.head_dim, 1, kMaxHeadDim);
-    if (v_len != hp.head_dim) f.fail("attention.value_length must equal attention.key_length");
+    if (v_len != hp.head_dim) f.fail(a + "attention.value_length must equal " + a + "attention.key_length");
     hp.rope.mode = GGML_ROPE_TYPE_NEOX;
     hp.rope.n_dims = static_cast<int>(f.get_int_or(a + "rope.dimension_count", hp.head_dim, 2, hp.head_dim));
     if (hp.rope.n_dims % 2 != 0) {
