@@ -625,6 +625,7 @@ class _ChatRecord:
             self.fail("layout", "an object")
 
     def fail(self, key: str, expected: str):
+        from ._core import ModelError
         raise ModelError(f"{self.where}: statekv.app_data field '{key}' = {self.app.get(key)!r:.80} is not valid "
                          f"(expected {expected})")
 

@@ -40,7 +40,7 @@ import numpy as np
 from . import mutate, seeds
 
 OUTCOMES = ("ran", "clean", "unnamed", "traceback", "crash", "hang")
-KINDS = ("text", "mmproj", "session", "chat")
+KINDS = ("text", "mmproj", "session", "chat", "cli")
 ADDRESS_HEADROOM = 4 * 2**30  # address space a child may add to what the server had mapped
 
 
@@ -63,7 +63,7 @@ class Context:
             self.session_seeds = seeds.save_sessions(self.session_model, work / "seeds")
         self.vlm = None
         self.chat_seeds = {}
-        if "chat" in kinds and chat_files is not None:
+        if ("chat" in kinds or "cli" in kinds) and chat_files is not None:
             self.vlm, self.chat_seeds = chat_files(work / "seeds")
 
     def seed_path(self, kind: str, rng: random.Random) -> tuple[str, Path]:
@@ -76,8 +76,11 @@ class Context:
         if kind == "session":
             name = rng.choice(sorted(self.session_seeds))
             return f"session-{name}", self.session_seeds[name]
+        if kind == "cli" and (not self.chat_seeds or rng.random() < 0.5):
+            name = rng.choice(self.text_seeds)
+            return f"cli-{name}", self.seeds[name]
         name = rng.choice(sorted(self.chat_seeds))
-        return f"chat-{name}", self.chat_seeds[name]
+        return f"{'cli-' if kind == 'cli' else ''}chat-{name}", self.chat_seeds[name]
 
 
 # ---- what a child does with a mutated file ---------------------------------------------------
@@ -135,7 +138,30 @@ def use_chat(ctx: Context, path: str, seed_name: str) -> None:
     repr(chat)
 
 
-USERS = {"text": use_text, "mmproj": use_mmproj, "session": use_session, "chat": use_chat}
+def use_cli(ctx: Context, path: str, seed_name: str) -> None:
+    """The command line on the mutated file (``info -m`` for a model, ``ask --load`` for a
+    chat): an exit code of 1 with one ``statekv: error:`` line is a clean error; a traceback
+    escapes main() and is reported as such."""
+    import contextlib
+    import io
+
+    from statekv import cli
+    if seed_name.startswith("cli-chat-"):
+        argv = ["ask", "-m", ctx.vlm.model.path, "--mmproj", ctx.vlm.model.mmproj, "--load", path, "-n", "2", "-q",
+                "-t", "1", "What happens?"]
+    else:
+        argv = ["info", "-m", path, "--json", "-t", "1"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = cli.main(argv)
+    if rc != 0:
+        lines = [x for x in err.getvalue().splitlines() if x.startswith("statekv: error:")]
+        if rc != 1 or len(lines) != 1:
+            raise RuntimeError(f"exit code {rc}, stderr {err.getvalue()[-500:]!r}")
+        raise ValueError(lines[0])
+
+
+USERS = {"text": use_text, "mmproj": use_mmproj, "session": use_session, "chat": use_chat, "cli": use_cli}
 
 
 def _mapped_bytes() -> int:
@@ -224,7 +250,7 @@ def make_case(ctx: Context, kind: str, case: int, base_seed: int):
     rng = random.Random(f"{base_seed}:{kind}:{case}")
     seed_name, seed_path = ctx.seed_path(kind, rng)
     data = seed_path.read_bytes()
-    extra = mutate.session_extra if kind in ("session", "chat") else None
+    extra = mutate.session_extra if "session" in seed_name or "chat" in seed_name else None
     try:
         out, log = mutate.mutate_gguf(data, rng, extra)
     except Exception as e:  # noqa: BLE001 - a mutation bug: report, do not stop the run
