@@ -199,6 +199,9 @@ VISION_CASES = [
     ("internvl", "clip.vision.projector.scale_factor", u32(0), "out of range"),
     ("qwen3vl", "clip.vision.patch_size", ge.Value(ge.I32, -16), "out of range"),
     ("qwen3vl", "clip.vision.image_std", ge.Value(ge.ARRAY, [0.5, math.nan, 0.5], ge.F32), "image_std"),
+    # found by the long fuzz run: gguf_get_arr_data aborted on a string array here
+    ("internvl", "clip.vision.image_mean", ge.Value(ge.ARRAY, [b"0.5", b"0.5", b"0.5"], ge.STRING), "image_mean"),
+    ("qwen3vl", "clip.vision.image_mean", ge.Value(ge.ARRAY, [b"0.5", b"0.5", b"0.5"], ge.STRING), "image_mean"),
 ]
 
 

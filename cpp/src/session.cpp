@@ -131,6 +131,10 @@ struct Session::Impl {
                           : o.expected_length > 0 ? std::max(4096, o.expected_length)
                                                   : 16384;
         d = std::make_unique<DetailedCache>(hp, model->backend, parse_kv_type(o.kv_type), chunk);
+        // The first chunk is allocated with the first batch: its size comes from the options
+        // (expected_length), so check it now, before a long video is decoded for nothing.
+        model->check_memory(double(chunk) * d->bytes_per_token(),
+                            "a detailed cache chunk of " + std::to_string(chunk) + " tokens (expected_length / detailed_chunk)");
         policy = make_cache_policy(o, hp, model->backend, *d);
         sched = model->backend.new_scheduler(Model::Impl::kMaxNodes);
     }
@@ -169,6 +173,9 @@ struct Session::Impl {
         model->validate(t);
         check_positions(t);
         check_context(model->last_position(t, next_pos));
+        const int64_t n = static_cast<int64_t>(t.ids.size());
+        model->check_memory(model->prefill_bytes(n, d->size() + n, 0) + double(n) * d->bytes_per_token(),
+                            std::string(is_step ? "a step" : "a prefix") + " of " + std::to_string(n) + " tokens");
         Batch b;
         b.is_step = is_step;
         b.n_past = d->size();

@@ -40,20 +40,17 @@ namespace {
 std::vector<float> read_rgb(const GgufFile& f, const std::string& key) {
     const int64_t id = gguf_find_key(f.ctx(), key.c_str());
     if (id < 0) f.fail("missing metadata key '" + key + "' (3 per-channel values for pixel normalization)");
-    if (gguf_get_kv_type(f.ctx(), id) != GGUF_TYPE_ARRAY || gguf_get_arr_n(f.ctx(), id) != 3) {
-        f.fail("metadata key '" + key + "' must be an array of 3 numbers (R, G, B)");
+    // Types before data: gguf_get_arr_data aborts on an array of strings.
+    const bool is_array = gguf_get_kv_type(f.ctx(), id) == GGUF_TYPE_ARRAY;
+    const enum gguf_type t = is_array ? gguf_get_arr_type(f.ctx(), id) : GGUF_TYPE_COUNT;
+    if (!is_array || gguf_get_arr_n(f.ctx(), id) != 3 || (t != GGUF_TYPE_FLOAT32 && t != GGUF_TYPE_FLOAT64)) {
+        f.fail("metadata key '" + key + "' must be an array of 3 float32 values (R, G, B)");
     }
     std::vector<float> out(3);
-    const enum gguf_type t = gguf_get_arr_type(f.ctx(), id);
     const void* d = gguf_get_arr_data(f.ctx(), id);
     for (int i = 0; i < 3; ++i) {
-        if (t == GGUF_TYPE_FLOAT32) {
-            out[i] = static_cast<const float*>(d)[i];
-        } else if (t == GGUF_TYPE_FLOAT64) {
-            out[i] = static_cast<float>(static_cast<const double*>(d)[i]);
-        } else {
-            f.fail("metadata key '" + key + "' must be an array of 3 float32 values");
-        }
+        out[i] = t == GGUF_TYPE_FLOAT32 ? static_cast<const float*>(d)[i]
+                                        : static_cast<float>(static_cast<const double*>(d)[i]);
     }
     return out;
 }
