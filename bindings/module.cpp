@@ -4,6 +4,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
+
 #include "statekv/statekv.h"
 
 namespace py = pybind11;
@@ -74,6 +76,21 @@ auto feed_tokens(void (Session::*method)(const Tokens&)) {
     };
 }
 
+// An error message as a Python str, undecodable bytes replaced.
+PyObject* message_text(const char* what) {
+    return PyUnicode_DecodeUTF8(what, static_cast<Py_ssize_t>(std::strlen(what)), "replace");
+}
+
+// A method of a session run without the GIL: every Session call takes the session's lock, and a
+// thread holding that lock may be waiting for the GIL in a token callback.
+template <typename R, typename... Args>
+auto unlocked(R (Session::*method)(Args...) const) {
+    return [method](const Session& self, Args... args) {
+        py::gil_scoped_release release;
+        return (self.*method)(args...);
+    };
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -84,9 +101,11 @@ PYBIND11_MODULE(_core, m) {
         try {
             if (p) std::rethrow_exception(p);
         } catch (const ModelError& e) {
-            py::set_error(model_error, e.what());
+            // Messages quote file contents (keys, strings): never let bytes that are not UTF-8
+            // turn the error into a UnicodeDecodeError.
+            py::set_error(model_error, py::reinterpret_steal<py::object>(message_text(e.what())));
         } catch (const InputError& e) {
-            PyErr_SetString(PyExc_ValueError, e.what());
+            py::set_error(PyExc_ValueError, py::reinterpret_steal<py::object>(message_text(e.what())));
         }
     });
 
@@ -149,12 +168,16 @@ PYBIND11_MODULE(_core, m) {
         .def("carried",
              [](Session& self, int layer, int n_head_kv) {
                  int n_kept = 0;
-                 std::vector<int32_t> v = self.carried(layer, &n_kept);
+                 std::vector<int32_t> v;
+                 {
+                     py::gil_scoped_release release;
+                     v = self.carried(layer, &n_kept);
+                 }
                  py::array_t<int32_t> arr({static_cast<py::ssize_t>(n_head_kv), static_cast<py::ssize_t>(n_kept)});
                  std::copy(v.begin(), v.end(), arr.mutable_data());
                  return arr;
              })
-        .def("fork", [](const Session& self) { return self.fork(); })
+        .def("fork", unlocked(&Session::fork))
         .def("save",
              [](const Session& self, const std::string& path, const std::string& app_data) {
                  py::gil_scoped_release release;
@@ -164,7 +187,11 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("app_data", [](const Session& self) { return py::bytes(self.app_data()); })
         .def("stats",
              [](const Session& self) {
-                 SessionStats st = self.stats();
+                 SessionStats st;
+                 {
+                     py::gil_scoped_release release;
+                     st = self.stats();
+                 }
                  py::dict d;
                  d["tokens_detailed"] = st.tokens_detailed;
                  d["tokens_carried"] = st.tokens_carried;
@@ -176,7 +203,11 @@ PYBIND11_MODULE(_core, m) {
              })
         .def("options",
              [](const Session& self) {
-                 const SessionOptions& o = self.options();
+                 SessionOptions o;
+                 {
+                     py::gil_scoped_release release;
+                     o = self.options();
+                 }
                  py::dict d;
                  d["mode"] = o.mode;
                  d["budget"] = o.budget;
@@ -186,8 +217,8 @@ PYBIND11_MODULE(_core, m) {
                  d["rope_scale"] = o.rope_scale > 0 ? py::object(py::float_(o.rope_scale)) : py::none();
                  return d;
              })
-        .def_property_readonly("n_tokens", &Session::n_tokens)
-        .def_property_readonly("next_position", &Session::next_position);
+        .def_property_readonly("n_tokens", unlocked(&Session::n_tokens))
+        .def_property_readonly("next_position", unlocked(&Session::next_position));
 
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")
         .def(py::init([](const std::string& path, const std::string& device, int threads, const std::string& mmproj) {

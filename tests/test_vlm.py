@@ -243,3 +243,35 @@ def test_bad_input(internvl_vlm, internvl_files, qwen3vl_files, clips, tmp_path)
         statekv.load(internvl_files.text, None)
     chat.add_video(clips.b)  # still usable after the errors
     assert chat.ask(QUESTION, max_tokens=2) is not None
+
+
+def test_two_chats_on_one_vlm_from_two_threads(qwen3vl_vlm, clips):
+    """Two VideoChats sharing one VLM, driven from two threads at once, answer exactly what they
+    answer one after the other (they share the model's backend and encoder graph)."""
+    import threading
+
+    def run(path, mode):
+        chat = qwen3vl_vlm.video_chat(mode=mode, budget=64, window=1)
+        chat.add_video(path)
+        return chat.question_logits(QUESTION), chat.answer_tokens(QUESTION, MAX_TOKENS)
+
+    jobs = [(clips.a, "statekv"), (clips.b, "window"), (clips.a, "full")]
+    sequential = [run(*job) for job in jobs]
+    results, errors = [None] * len(jobs), []
+
+    def body(i):
+        try:
+            results[i] = run(*jobs[i])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    for (logits, answer), (want_logits, want_answer) in zip(results, sequential):
+        np.testing.assert_array_equal(logits, want_logits)
+        assert answer == want_answer
+    assert not np.array_equal(sequential[0][0], sequential[1][0])  # different videos, different logits

@@ -1,6 +1,7 @@
 // Device selection through ggml-backend, and the scheduler that runs our graphs on it.
 #pragma once
 
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -31,12 +32,18 @@ public:
     // Scheduler over [device, CPU]; graphs are allocated and run through it.
     ggml_backend_sched_t new_scheduler(size_t graph_size) const;
 
+    // Held while a graph is allocated and computed: a ggml backend (the CPU backend's work
+    // buffer and thread pool, a GPU stream) runs one graph at a time, and every session of a
+    // model shares the model's backend.
+    std::mutex& compute_mutex() const { return compute_mutex_; }
+
 private:
     ggml_backend_dev_t device_ = nullptr;
     ggml_backend_t main_ = nullptr;
     ggml_backend_t cpu_ = nullptr;  // == main_ when the device is the CPU
     std::vector<ggml_backend_buffer_type_t> cpu_extra_;
     int threads_ = 1;
+    mutable std::mutex compute_mutex_;
 };
 
 }  // namespace statekv

@@ -1,5 +1,6 @@
 #include "gguf_file.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -13,6 +14,65 @@ namespace statekv {
 namespace {
 
 const char* type_name(gguf_type t) { return gguf_type_name(t); }
+
+// Whether bytes are well-formed UTF-8 (what Python and every front end expect of GGUF strings).
+bool valid_utf8(const std::string& s) {
+    size_t i = 0;
+    const size_t n = s.size();
+    while (i < n) {
+        const unsigned char c = static_cast<unsigned char>(s[i]);
+        int extra = 0;
+        uint32_t cp = 0;
+        if (c < 0x80) { ++i; continue; }
+        if ((c & 0xE0) == 0xC0) { extra = 1; cp = c & 0x1F; }
+        else if ((c & 0xF0) == 0xE0) { extra = 2; cp = c & 0x0F; }
+        else if ((c & 0xF8) == 0xF0) { extra = 3; cp = c & 0x07; }
+        else return false;
+        if (i + static_cast<size_t>(extra) >= n) return false;
+        for (int k = 1; k <= extra; ++k) {
+            const unsigned char d = static_cast<unsigned char>(s[i + k]);
+            if ((d & 0xC0) != 0x80) return false;
+            cp = (cp << 6) | (d & 0x3F);
+        }
+        // Overlong forms, surrogates and values beyond U+10FFFF are not UTF-8.
+        static const uint32_t min_cp[4] = {0, 0x80, 0x800, 0x10000};
+        if (cp < min_cp[extra] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+        i += 1 + extra;
+    }
+    return true;
+}
+
+// One scalar integer of any GGUF integer type as (value, is_negative) without wrapping: u64
+// values above INT64_MAX stay unsigned.
+struct IntValue {
+    bool ok = false;
+    bool big_unsigned = false;  // a u64 above INT64_MAX
+    int64_t v = 0;
+    uint64_t u = 0;
+};
+
+IntValue read_int(gguf_context* ctx, int64_t id) {
+    IntValue r;
+    r.ok = true;
+    switch (gguf_get_kv_type(ctx, id)) {
+        case GGUF_TYPE_UINT8: r.v = gguf_get_val_u8(ctx, id); break;
+        case GGUF_TYPE_INT8: r.v = gguf_get_val_i8(ctx, id); break;
+        case GGUF_TYPE_UINT16: r.v = gguf_get_val_u16(ctx, id); break;
+        case GGUF_TYPE_INT16: r.v = gguf_get_val_i16(ctx, id); break;
+        case GGUF_TYPE_UINT32: r.v = gguf_get_val_u32(ctx, id); break;
+        case GGUF_TYPE_INT32: r.v = gguf_get_val_i32(ctx, id); break;
+        case GGUF_TYPE_INT64: r.v = gguf_get_val_i64(ctx, id); break;
+        case GGUF_TYPE_UINT64:
+            r.u = gguf_get_val_u64(ctx, id);
+            if (r.u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) r.big_unsigned = true;
+            else r.v = static_cast<int64_t>(r.u);
+            break;
+        default: r.ok = false;
+    }
+    return r;
+}
+
+std::string int_str(const IntValue& x) { return x.big_unsigned ? std::to_string(x.u) : std::to_string(x.v); }
 
 }  // namespace
 
@@ -76,34 +136,88 @@ std::string GgufFile::get_str(const std::string& key) const {
         fail("metadata key '" + key + "' has type " + type_name(gguf_get_kv_type(ctx_, id)) +
              ", expected string");
     }
-    return gguf_get_val_str(ctx_, id);
+    std::string v = gguf_get_val_str(ctx_, id);
+    if (!valid_utf8(v)) fail("metadata key '" + key + "' is not valid UTF-8 text");
+    return v;
 }
 
 uint32_t GgufFile::get_u32(const std::string& key) const {
+    return static_cast<uint32_t>(get_int(key, 0, std::numeric_limits<uint32_t>::max()));
+}
+
+int64_t GgufFile::get_int(const std::string& key, int64_t lo, int64_t hi) const {
     const int64_t id = key_id(key);
-    int64_t v = 0;
-    switch (gguf_get_kv_type(ctx_, id)) {
-        case GGUF_TYPE_UINT8: v = gguf_get_val_u8(ctx_, id); break;
-        case GGUF_TYPE_INT8: v = gguf_get_val_i8(ctx_, id); break;
-        case GGUF_TYPE_UINT16: v = gguf_get_val_u16(ctx_, id); break;
-        case GGUF_TYPE_INT16: v = gguf_get_val_i16(ctx_, id); break;
-        case GGUF_TYPE_UINT32: v = gguf_get_val_u32(ctx_, id); break;
-        case GGUF_TYPE_INT32: v = gguf_get_val_i32(ctx_, id); break;
-        case GGUF_TYPE_UINT64: {
-            const uint64_t u = gguf_get_val_u64(ctx_, id);
-            v = u > std::numeric_limits<uint32_t>::max() ? -1 : static_cast<int64_t>(u);
-            break;
+    const IntValue x = read_int(ctx_, id);
+    if (!x.ok) {
+        fail("metadata key '" + key + "' has type " + type_name(gguf_get_kv_type(ctx_, id)) + ", expected an integer");
+    }
+    if (x.big_unsigned || x.v < lo || x.v > hi) {
+        fail("metadata key '" + key + "' = " + int_str(x) + " is out of range, expected an integer in [" +
+             std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    }
+    return x.v;
+}
+
+int64_t GgufFile::get_int_or(const std::string& key, int64_t fallback, int64_t lo, int64_t hi) const {
+    return has(key) ? get_int(key, lo, hi) : fallback;
+}
+
+float GgufFile::get_positive_f32(const std::string& key, float hi) const {
+    const float v = get_f32(key);
+    if (!std::isfinite(v) || !(v > 0.0f) || v > hi) {
+        fail("metadata key '" + key + "' = " + std::to_string(v) + " is out of range, expected a finite number in (0, " +
+             std::to_string(hi) + "]");
+    }
+    return v;
+}
+
+float GgufFile::get_positive_f32_or(const std::string& key, float fallback, float hi) const {
+    return has(key) ? get_positive_f32(key, hi) : fallback;
+}
+
+std::vector<int64_t> GgufFile::get_int_array(const std::string& key, int64_t lo, int64_t hi) const {
+    const int64_t id = key_id(key);
+    if (gguf_get_kv_type(ctx_, id) != GGUF_TYPE_ARRAY) {
+        fail("metadata key '" + key + "' has type " + type_name(gguf_get_kv_type(ctx_, id)) +
+             ", expected an array of integers");
+    }
+    const gguf_type at = gguf_get_arr_type(ctx_, id);
+    const size_t n = gguf_get_arr_n(ctx_, id);
+    // The element type first: gguf_get_arr_data aborts on string arrays.
+    switch (at) {
+        case GGUF_TYPE_UINT8: case GGUF_TYPE_INT8: case GGUF_TYPE_UINT16: case GGUF_TYPE_INT16:
+        case GGUF_TYPE_UINT32: case GGUF_TYPE_INT32: case GGUF_TYPE_UINT64: case GGUF_TYPE_INT64: break;
+        default: fail("metadata key '" + key + "' is an array of " + type_name(at) + ", expected integers");
+    }
+    const void* data = gguf_get_arr_data(ctx_, id);
+    std::vector<int64_t> out(n);
+    for (size_t i = 0; i < n; ++i) {
+        bool big = false;
+        int64_t v = 0;
+        switch (at) {
+            case GGUF_TYPE_UINT8: v = static_cast<const uint8_t*>(data)[i]; break;
+            case GGUF_TYPE_INT8: v = static_cast<const int8_t*>(data)[i]; break;
+            case GGUF_TYPE_UINT16: v = static_cast<const uint16_t*>(data)[i]; break;
+            case GGUF_TYPE_INT16: v = static_cast<const int16_t*>(data)[i]; break;
+            case GGUF_TYPE_UINT32: v = static_cast<const uint32_t*>(data)[i]; break;
+            case GGUF_TYPE_INT32: v = static_cast<const int32_t*>(data)[i]; break;
+            case GGUF_TYPE_INT64: v = static_cast<const int64_t*>(data)[i]; break;
+            case GGUF_TYPE_UINT64: {
+                const uint64_t u = static_cast<const uint64_t*>(data)[i];
+                big = u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+                v = big ? 0 : static_cast<int64_t>(u);
+                break;
+            }
+            default: break;
         }
-        case GGUF_TYPE_INT64: v = gguf_get_val_i64(ctx_, id); break;
-        default:
-            fail("metadata key '" + key + "' has type " + type_name(gguf_get_kv_type(ctx_, id)) +
-                 ", expected an integer");
+        if (big || v < lo || v > hi) {
+            fail("metadata key '" + key + "' has entry " + std::to_string(i) + " = " +
+                 (big ? std::to_string(static_cast<const uint64_t*>(data)[i]) : std::to_string(v)) +
+                 ", expected integers in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+        }
+        out[i] = v;
     }
-    if (v < 0 || v > std::numeric_limits<uint32_t>::max()) {
-        fail("metadata key '" + key + "' = " + std::to_string(v) +
-             " is out of range, expected a non-negative 32-bit integer");
-    }
-    return static_cast<uint32_t>(v);
+    return out;
 }
 
 float GgufFile::get_f32(const std::string& key) const {
@@ -127,27 +241,8 @@ bool GgufFile::get_bool(const std::string& key) const {
 }
 
 std::vector<int32_t> GgufFile::get_i32_array(const std::string& key) const {
-    const int64_t id = key_id(key);
-    if (gguf_get_kv_type(ctx_, id) != GGUF_TYPE_ARRAY) {
-        fail("metadata key '" + key + "' has type " + type_name(gguf_get_kv_type(ctx_, id)) +
-             ", expected an array of integers");
-    }
-    const gguf_type at = gguf_get_arr_type(ctx_, id);
-    const size_t n = gguf_get_arr_n(ctx_, id);
-    const void* data = gguf_get_arr_data(ctx_, id);
-    std::vector<int32_t> out(n);
-    for (size_t i = 0; i < n; ++i) {
-        switch (at) {
-            case GGUF_TYPE_INT32: out[i] = static_cast<const int32_t*>(data)[i]; break;
-            case GGUF_TYPE_UINT32: out[i] = static_cast<int32_t>(static_cast<const uint32_t*>(data)[i]); break;
-            case GGUF_TYPE_INT64: out[i] = static_cast<int32_t>(static_cast<const int64_t*>(data)[i]); break;
-            case GGUF_TYPE_UINT64: out[i] = static_cast<int32_t>(static_cast<const uint64_t*>(data)[i]); break;
-            default:
-                fail("metadata key '" + key + "' is an array of " + type_name(at) +
-                     ", expected integers");
-        }
-    }
-    return out;
+    const std::vector<int64_t> v = get_int_array(key, std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max());
+    return std::vector<int32_t>(v.begin(), v.end());
 }
 
 uint32_t GgufFile::get_u32_or(const std::string& key, uint32_t fallback) const {

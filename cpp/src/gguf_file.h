@@ -36,6 +36,15 @@ public:
     std::vector<int32_t> get_i32_array(const std::string& key) const;
 
     uint32_t get_u32_or(const std::string& key, uint32_t fallback) const;
+    // An integer of any GGUF integer type (unsigned 64-bit values read as such, never wrapped)
+    // within [lo, hi]; ModelError naming the key, the value and the range otherwise.
+    int64_t get_int(const std::string& key, int64_t lo, int64_t hi) const;
+    int64_t get_int_or(const std::string& key, int64_t fallback, int64_t lo, int64_t hi) const;
+    // A finite float > 0 (epsilons, rotary bases, scale factors), at most `hi`.
+    float get_positive_f32(const std::string& key, float hi) const;
+    float get_positive_f32_or(const std::string& key, float fallback, float hi) const;
+    // Integers of an array within [lo, hi] each; the array's element type must be an integer type.
+    std::vector<int64_t> get_int_array(const std::string& key, int64_t lo, int64_t hi) const;
     float get_f32_or(const std::string& key, float fallback) const;
     bool get_bool_or(const std::string& key, bool fallback) const;
 

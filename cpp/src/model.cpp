@@ -1,9 +1,13 @@
 #include <algorithm>
+#include <cmath>
+#include <mutex>
 #include <cstdio>
 #include <chrono>
 #include <numeric>
 #include <random>
+#include <limits>
 #include <set>
+#include <thread>
 
 #include "attention.h"
 #include "cache/kv_cache.h"
@@ -12,8 +16,29 @@
 
 namespace statekv {
 
+namespace {
+
+// More threads than the machine has only adds spinning at ggml's barriers, and thousands abort
+// in thread creation: requests above a multiple of the hardware threads are capped.
+constexpr int kThreadsPerCore = 2;
+
+int hardware_threads() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+
+int capped_threads(int requested) {
+    if (requested < 0) throw InputError("threads must be >= 0 (0 = all cores), got " + std::to_string(requested));
+    return std::min(requested, kThreadsPerCore * hardware_threads());
+}
+
+}  // namespace
+
 Model::Impl::Impl(const std::string& p, const ModelOptions& options)
-    : path(p), backend(options.device, options.threads), file(p), weights(file, backend) {
+    : path(p), backend(options.device, capped_threads(options.threads)), file(p), weights(file, backend) {
+    if (options.threads > backend.threads()) {
+        threads_note = "threads capped at " + std::to_string(backend.threads()) + " (" + std::to_string(kThreadsPerCore) +
+                       " x " + std::to_string(hardware_threads()) + " hardware threads); " +
+                       std::to_string(options.threads) + " requested";
+        std::fprintf(stderr, "statekv: %s\n", threads_note.c_str());
+    }
     text = load_text_model(file, weights);
     weights.load();
     sched = backend.new_scheduler(kMaxNodes);
@@ -94,6 +119,12 @@ void Model::Impl::validate(const Tokens& in) const {
                              (full != static_cast<size_t>(hp.n_embd) ? " or " + std::to_string(full) : std::string()) +
                              "), got " + std::to_string(in.embeddings.size()) + " values");
         }
+        for (size_t i = 0; i < in.embeddings.size(); ++i) {
+            if (!std::isfinite(in.embeddings[i])) {
+                throw InputError("embedding value " + std::to_string(in.embeddings[i]) + " at index " + std::to_string(i) +
+                                 " is not finite (NaN or inf)");
+            }
+        }
         std::set<int32_t> seen;
         for (int32_t r : in.embedding_rows) {
             if (r < 0 || static_cast<size_t>(r) >= n) {
@@ -170,11 +201,42 @@ DecoderInputs Model::Impl::make_inputs(GraphBuilder& g, const Tokens& in, int de
 
 std::vector<float> Model::Impl::compute(GraphBuilder& g, ggml_tensor* out) { return run_graph(sched, g, out, backend); }
 
+void Model::Impl::check_memory(double bytes, const std::string& what) const {
+    size_t free = 0, total = 0;
+    ggml_backend_dev_memory(backend.device(), &free, &total);
+    if (free > 0 && bytes > static_cast<double>(free)) {
+        char msg[256];
+        std::snprintf(msg, sizeof(msg), "%s needs about %.1f GiB, more than the %.1f GiB of memory device %s has",
+                      what.c_str(), bytes / double(1u << 30), double(free) / double(1u << 30), backend.device_name().c_str());
+        throw InputError(msg);
+    }
+}
+
+double Model::Impl::prefill_bytes(int64_t n_tokens, int64_t n_kv, int64_t n_logit_rows) const {
+    const auto& hp = text->hp;
+    // Logits on the device and on the host, the attention mask (f16, n_kv x n), and a few
+    // activations per layer that the allocator cannot overlap.
+    const double logits = 2.0 * double(n_logit_rows) * hp.n_vocab * sizeof(float);
+    const double mask = double(n_kv) * double(n_tokens) * 2.0;
+    const double acts = double(n_tokens) * (6.0 * hp.n_embd + 3.0 * hp.n_ff + 2.0 * hp.n_head * double(hp.head_dim)) * sizeof(float);
+    return logits + mask + acts;
+}
+
+void Model::Impl::check_finite(const std::vector<float>& out, const std::string& file_path, const char* what) const {
+    for (float x : out) {
+        if (!std::isfinite(x)) {
+            throw ModelError(file_path + ": the " + what + " produced non-finite values (NaN or inf): the file holds "
+                             "weights that are not finite or overflow");
+        }
+    }
+}
+
 std::vector<float> run_graph(ggml_backend_sched_t sched, GraphBuilder& g, ggml_tensor* out, const Backend& backend) {
     if (out) {
         ggml_set_output(out);
         g.expand(out);
     }
+    std::lock_guard<std::mutex> lock(backend.compute_mutex());
     ggml_backend_sched_reset(sched);
     // A fresh allocation plan for every graph: ggml reuses the previous plan when the node count
     // matches and every node still fits, even if in-place decisions made for other shapes no
@@ -211,6 +273,15 @@ std::vector<float> Model::encode_frames(const float* pixels, int n, int h, int w
     const VisionModel& v = m.require_vision();
     if (n <= 0) throw InputError("encode_frames needs at least one frame");
     v.check_input(n, h, w);
+    const size_t n_pixels = static_cast<size_t>(n) * 3 * h * w;
+    for (size_t i = 0; i < n_pixels; ++i) {
+        if (!std::isfinite(pixels[i])) {
+            throw InputError("pixel value " + std::to_string(pixels[i]) + " at index " + std::to_string(i) +
+                             " is not finite (NaN or inf)");
+        }
+    }
+    // The cached encoder graph and the vision scheduler are shared by every caller.
+    std::lock_guard<std::mutex> lock(m.backend.compute_mutex());
     auto& vg = m.vision_graph;
     const size_t n_values = static_cast<size_t>(n) * 3 * h * w;
     if (vg.n != n || vg.h != h || vg.w != w) {
@@ -240,6 +311,7 @@ std::vector<float> Model::encode_frames(const float* pixels, int n, int h, int w
     }
     std::vector<float> out(ggml_nelements(vg.out));
     ggml_backend_tensor_get(vg.out, out.data(), 0, out.size() * sizeof(float));
+    m.check_finite(out, m.mmproj_file->path(), "vision encoder");
     return out;
 }
 
@@ -248,10 +320,14 @@ int Model::n_embd() const { return impl->text->hp.n_embd; }
 
 std::vector<float> Model::logits(const Tokens& input) {
     impl->validate(input);
+    const int64_t n = static_cast<int64_t>(input.ids.size());
+    impl->check_memory(impl->prefill_bytes(n, n, n), "a logits call of " + std::to_string(n) + " tokens");
     GraphBuilder g(Impl::kMaxNodes);
     DecoderInputs in = impl->make_inputs(g, input, 0, {});
     CausalSelfAttention attn(impl->text->hp);
-    return impl->compute(g, impl->text->build(g, in, attn));
+    std::vector<float> out = impl->compute(g, impl->text->build(g, in, attn));
+    impl->check_finite(out, impl->path, "model");
+    return out;
 }
 
 namespace {
@@ -291,8 +367,16 @@ std::vector<int32_t> Model::generate(const Tokens& prompt, int max_tokens, const
     m.validate(prompt);
     if (max_tokens < 0) throw InputError("max_tokens must be >= 0");
     const int n_prompt = static_cast<int>(prompt.ids.size());
-    const int n_total = n_prompt + max_tokens;
-    KVCache cache(hp, m.backend, n_total, parse_kv_type(options.kv_type));
+    const int64_t n_total64 = int64_t(n_prompt) + max_tokens;
+    if (n_total64 > std::numeric_limits<int32_t>::max() || m.last_position(prompt, 0) + int64_t(max_tokens) >= std::numeric_limits<int32_t>::max()) {
+        throw InputError("prompt + max_tokens (" + std::to_string(n_total64) + ") exceed 2^31 - 1 tokens");
+    }
+    const int n_total = static_cast<int>(n_total64);
+    const ggml_type kv = parse_kv_type(options.kv_type);
+    m.check_memory(double(n_total) * hp.n_layer * 2.0 * hp.n_head_kv * double(ggml_row_size(kv, hp.head_dim)) +
+                       m.prefill_bytes(std::min(n_prompt, 512), n_total, 1),
+                   "a KV cache of " + std::to_string(n_total) + " tokens (prompt + max_tokens)");
+    KVCache cache(hp, m.backend, n_total, kv);
     std::set<int32_t> stop(options.stop.begin(), options.stop.end());
     if (!options.ignore_eos) stop.insert(hp.eos_ids.begin(), hp.eos_ids.end());
 
@@ -307,6 +391,7 @@ std::vector<int32_t> Model::generate(const Tokens& prompt, int max_tokens, const
         KVCacheAttention attn(hp, cache, b);
         last = m.compute(g, m.text->build(g, in, attn));
     }
+    m.check_finite(last, m.path, "model");
     std::vector<int32_t> out;
     int pos = m.last_position(prompt, 0) + 1;
     for (int i = 0; i < max_tokens; ++i) {
@@ -320,6 +405,7 @@ std::vector<int32_t> Model::generate(const Tokens& prompt, int max_tokens, const
         DecoderInputs in = m.make_inputs(g, next, pos++, {});
         KVCacheAttention attn(hp, cache, n_prompt + i);
         last = m.compute(g, m.text->build(g, in, attn));
+        m.check_finite(last, m.path, "model");
     }
     return out;
 }
@@ -381,6 +467,7 @@ std::map<std::string, std::string> Model::info() const {
          }()},
         {"device", impl->backend.device_name()},
         {"threads", std::to_string(impl->backend.threads())},
+        {"threads_note", impl->threads_note},
         {"weights_bytes", std::to_string(impl->weights.bytes())},
     };
     if (const VisionModel* v = impl->vision.get()) {

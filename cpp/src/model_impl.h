@@ -56,6 +56,17 @@ struct Model::Impl {
 
     // Allocate, upload, compute on the model's scheduler; copy `out` (F32) to the host.
     std::vector<float> compute(GraphBuilder& g, ggml_tensor* out);
+
+    // InputError when a call would need more than the device's memory (checked before
+    // allocating, so a long prompt fails with a message instead of growing until the OS kills it).
+    void check_memory(double bytes, const std::string& what) const;
+    // Bytes one prefill graph of n_tokens over n_kv keys with n_logit_rows output rows needs.
+    double prefill_bytes(int64_t n_tokens, int64_t n_kv, int64_t n_logit_rows) const;
+    // ModelError naming the file when a computed output holds NaN or inf: a bad file, never an
+    // answer.
+    void check_finite(const std::vector<float>& out, const std::string& file_path, const char* what) const;
+
+    std::string threads_note;  // why the thread count differs from the one asked for
 };
 
 // Allocate, upload and compute a graph on a scheduler; returns `out` (F32, may be nullptr) on the

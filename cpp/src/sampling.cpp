@@ -8,11 +8,11 @@
 namespace statekv {
 
 void validate_sampling(const SamplingOptions& o) {
-    if (!(o.temperature >= 0.0f)) throw InputError("temperature must be >= 0");
+    if (!(o.temperature >= 0.0f) || !std::isfinite(o.temperature)) throw InputError("temperature must be finite and >= 0");
     if (o.top_k < 0) throw InputError("top_k must be >= 0 (0 = off)");
     if (!(o.top_p > 0.0f && o.top_p <= 1.0f)) throw InputError("top_p must be in (0, 1]");
     if (!(o.min_p >= 0.0f && o.min_p <= 1.0f)) throw InputError("min_p must be in [0, 1]");
-    if (!(o.repeat_penalty > 0.0f)) throw InputError("repeat_penalty must be > 0");
+    if (!(o.repeat_penalty > 0.0f) || !std::isfinite(o.repeat_penalty)) throw InputError("repeat_penalty must be finite and > 0");
     if (o.repeat_last_n < 0) throw InputError("repeat_last_n must be >= 0");
 }
 

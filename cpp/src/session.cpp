@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
+#include <mutex>
 #include <numeric>
 #include <set>
 
@@ -17,6 +19,12 @@
 #include "gguf.h"
 
 namespace statekv {
+
+namespace {
+
+constexpr float kMaxRopeScale = 1e6f;
+
+}  // namespace
 
 std::unique_ptr<CachePolicy> make_full_policy(const TextHParams& hp, const DetailedCache& d);
 std::unique_ptr<CachePolicy> make_window_policy(const TextHParams& hp, const DetailedCache& d, int window);
@@ -89,7 +97,10 @@ struct Session::Impl {
         if (o.mode == "statekv" && o.budget <= 0) throw InputError("budget must be a positive number of tokens, got " + std::to_string(o.budget));
         if (o.mode == "window" && o.window <= 0) throw InputError("window must be a positive number of steps, got " + std::to_string(o.window));
         if (o.expected_length < 0) throw InputError("expected_length must be >= 0");
-        if (o.rope_scale != 0.0f && !(o.rope_scale >= 1.0f)) throw InputError("rope_scale must be >= 1 (or 0 for none)");
+        if (o.rope_scale != 0.0f && !(o.rope_scale >= 1.0f && o.rope_scale <= kMaxRopeScale)) {
+            throw InputError("rope_scale must be in [1, " + std::to_string(int(kMaxRopeScale)) + "] (or 0 for none), got " +
+                             std::to_string(o.rope_scale));
+        }
         if (o.expected_length > 0 && o.rope_scale > 0.0f) throw InputError("give either expected_length or rope_scale, not both");
         if (o.detailed_chunk < 0) throw InputError("detailed_chunk must be >= 0");
         rope = hp.rope;
@@ -98,7 +109,7 @@ struct Session::Impl {
         // that the expected length maps into the trained range. d / (d - 2) with d = rotary dims.
         const double dims = rope.n_dims;
         if (o.expected_length > hp.n_ctx_train) {
-            const double f = model->file.get_f32_or(hp.arch + ".rope.scaling.factor", 1.0f);
+            const double f = hp.rope_scaling_factor;
             rope.freq_base = static_cast<float>(rope.freq_base *
                 std::pow(f * o.expected_length / hp.n_ctx_train - (f - 1.0), dims / (dims - 2.0)));
             n_ctx = o.expected_length;
@@ -108,12 +119,22 @@ struct Session::Impl {
         } else if (o.expected_length > 0) {
             n_ctx = std::max<int64_t>(n_ctx, o.expected_length);
         }
+        if (rope.freq_base != hp.rope.freq_base && (dims <= 2.0 || !std::isfinite(rope.freq_base))) {
+            throw InputError("NTK scaling for this length gives a rotary base that is not finite (rope.dimension_count " +
+                             std::to_string(rope.n_dims) + ", base " + std::to_string(hp.rope.freq_base) + ")");
+        }
+        // Positions are int32 on the device.
+        n_ctx = std::min<int64_t>(n_ctx, std::numeric_limits<int32_t>::max());
         // One chunk for the whole video when its length is known (questions then attend to one
         // segment); otherwise 16384 tokens, so a short stream does not reserve gigabytes.
         const int chunk = o.detailed_chunk > 0 ? o.detailed_chunk
                           : o.expected_length > 0 ? std::max(4096, o.expected_length)
                                                   : 16384;
         d = std::make_unique<DetailedCache>(hp, model->backend, parse_kv_type(o.kv_type), chunk);
+        // The first chunk is allocated with the first batch: its size comes from the options
+        // (expected_length), so check it now, before a long video is decoded for nothing.
+        model->check_memory(double(chunk) * d->bytes_per_token(),
+                            "a detailed cache chunk of " + std::to_string(chunk) + " tokens (expected_length / detailed_chunk)");
         policy = make_cache_policy(o, hp, model->backend, *d);
         sched = model->backend.new_scheduler(Model::Impl::kMaxNodes);
     }
@@ -121,7 +142,8 @@ struct Session::Impl {
         if (sched) ggml_backend_sched_free(sched);
     }
 
-    // Positions must continue after everything entered so far.
+    // Positions must continue after everything entered so far, and the first (temporal) axis
+    // never goes back within a batch: the cache is causal in entry order.
     void check_positions(const Tokens& t) const {
         if (t.positions.empty()) return;
         const int n = static_cast<int>(t.ids.size());
@@ -130,13 +152,19 @@ struct Session::Impl {
             throw InputError("positions must continue after the last position " + std::to_string(next_pos - 1) +
                              " of the session, got " + std::to_string(first));
         }
+        for (int i = 1; i < n; ++i) {
+            if (t.positions[i] < t.positions[i - 1]) {
+                throw InputError("positions decrease inside the batch (" + std::to_string(t.positions[i - 1]) + " then " +
+                                 std::to_string(t.positions[i]) + " at index " + std::to_string(i) + ")");
+            }
+        }
     }
 
     void check_context(int64_t last_pos) const {
         if (last_pos >= n_ctx) {
             throw InputError("positions up to " + std::to_string(last_pos) + " do not fit the context of " +
-                             std::to_string(n_ctx) + " tokens (" + model->text->hp.arch +
-                             " trained context; pass expected_length or rope_scale for longer videos)");
+                             std::to_string(n_ctx) + " tokens (" + model->text->hp.arch + " trained context of " +
+                             model->path + "; pass expected_length or rope_scale for longer videos)");
         }
     }
 
@@ -145,6 +173,9 @@ struct Session::Impl {
         model->validate(t);
         check_positions(t);
         check_context(model->last_position(t, next_pos));
+        const int64_t n = static_cast<int64_t>(t.ids.size());
+        model->check_memory(model->prefill_bytes(n, d->size() + n, 0) + double(n) * d->bytes_per_token(),
+                            std::string(is_step ? "a step" : "a prefix") + " of " + std::to_string(n) + " tokens");
         Batch b;
         b.is_step = is_step;
         b.n_past = d->size();
@@ -175,8 +206,15 @@ struct Session::Impl {
         DecoderInputs in = model->make_inputs(g, t, pos0, rows);
         in.rope = &rope;
         QuestionAttention attn(model->text->hp, *d, tail, n_tail_past);
-        return run_graph(sched, g, model->text->build(g, in, attn), model->backend);
+        std::vector<float> out = run_graph(sched, g, model->text->build(g, in, attn), model->backend);
+        model->check_finite(out, source.empty() ? model->path : model->path + " with the session loaded from " + source,
+                            "model");
+        return out;
     }
+
+    // Serializes the calls on one session (its caches, positions and scheduler); calls on
+    // different sessions run concurrently up to the model's compute lock.
+    mutable std::mutex mutex;
 
     std::shared_ptr<Model::Impl> model;
     SessionOptions options;
@@ -188,6 +226,7 @@ struct Session::Impl {
     int n_steps = 0;
     int next_pos = 0;
     std::string app_data;  // stored verbatim in session files for front ends
+    std::string source;    // the session file this session was loaded from (for error messages)
     std::vector<double> step_seconds;
 };
 
@@ -199,11 +238,13 @@ Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Session::~Session() = default;
 
 void Session::prefill(const Tokens& tokens) {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
     if (impl_->n_steps > 0) throw InputError("prefill is for the prefix, before the first step; add_step continues the video");
     impl_->run_batch(tokens, false);
 }
 
 void Session::add_step(const Tokens& tokens) {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
     const auto t0 = std::chrono::steady_clock::now();
     impl_->run_batch(tokens, true);
     impl_->step_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -217,12 +258,15 @@ constexpr int kQuestionUbatch = 512;
 
 std::vector<float> Session::question_logits(const Tokens& question) {
     Impl& s = *impl_;
+    std::lock_guard<std::mutex> lock(s.mutex);
     s.model->validate(question);
     s.check_positions(question);
     s.check_context(s.model->last_position(question, s.next_pos));
     const int n = static_cast<int>(question.ids.size());
     const int n_vocab = s.model->text->hp.n_vocab;
     if (!question.embedding_rows.empty() && n > kQuestionUbatch) throw InputError("question embeddings are limited to 512 tokens");
+    s.model->check_memory(s.model->prefill_bytes(std::min(n, kQuestionUbatch), s.d->size() + n, n),
+                          "question logits of " + std::to_string(n) + " tokens");
     KVCache tail(s.model->text->hp, s.model->backend, n, s.d->type() == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16);
     std::vector<float> out;
     out.reserve(static_cast<size_t>(n) * n_vocab);
@@ -247,6 +291,7 @@ std::vector<float> Session::question_logits(const Tokens& question) {
 std::vector<int32_t> Session::generate(const Tokens& question, int max_tokens, const SamplingOptions& options,
                                        const TokenCallback& on_token) {
     Impl& s = *impl_;
+    std::lock_guard<std::mutex> lock(s.mutex);
     const auto& hp = s.model->text->hp;
     s.model->validate(question);
     s.check_positions(question);
@@ -279,6 +324,7 @@ std::vector<int32_t> Session::generate(const Tokens& question, int max_tokens, c
 }
 
 std::vector<int32_t> Session::carried(int layer, int* n_kept) {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
     const int n_layer = impl_->model->text->hp.n_layer;
     if (layer < 0 || layer >= n_layer) {
         throw InputError("layer " + std::to_string(layer) + " is out of range [0, " + std::to_string(n_layer) + ")");
@@ -288,12 +334,14 @@ std::vector<int32_t> Session::carried(int layer, int* n_kept) {
 
 std::unique_ptr<Session> Session::fork() const {
     const Impl& s = *impl_;
+    std::lock_guard<std::mutex> lock(s.mutex);
     auto copy = std::make_unique<Impl>(s.model, s.options);
     copy->d = s.d->fork();
     copy->policy = s.policy->fork(*copy->d);
     copy->n_steps = s.n_steps;
     copy->next_pos = s.next_pos;
     copy->app_data = s.app_data;
+    copy->source = s.source;
     copy->step_seconds = s.step_seconds;
     return std::unique_ptr<Session>(new Session(std::move(copy)));
 }
@@ -301,12 +349,14 @@ std::unique_ptr<Session> Session::fork() const {
 namespace {
 
 constexpr const char* kSessionArch = "statekv.session";
-constexpr uint32_t kSessionVersion = 1;
+// 2: a payload checksum (statekv.payload.checksum).
+constexpr int64_t kSessionVersion = 2;
 
 }  // namespace
 
 void Session::save(const std::string& path, const std::string& app_data) const {
     const Impl& s = *impl_;
+    std::lock_guard<std::mutex> lock(s.mutex);
     StateWriter w;
     gguf_context* kv = w.kv();
     gguf_set_val_str(kv, "general.architecture", kSessionArch);
@@ -335,33 +385,52 @@ std::unique_ptr<Session> Model::load_session(const std::string& path) {
     if (!f.has("general.architecture") || f.get_str("general.architecture") != kSessionArch) {
         f.fail("not a statekv session file (general.architecture is not '" + std::string(kSessionArch) + "')");
     }
-    if (f.get_u32("statekv.session.version") != kSessionVersion) {
-        f.fail("statekv.session.version " + std::to_string(f.get_u32("statekv.session.version")) +
-               " is not supported (expected " + std::to_string(kSessionVersion) + ")");
+    const int64_t version = f.get_int("statekv.session.version", 0, std::numeric_limits<uint32_t>::max());
+    if (version != kSessionVersion) {
+        f.fail("statekv.session.version " + std::to_string(version) + " is not supported (expected " +
+               std::to_string(kSessionVersion) + (version < kSessionVersion ? "; files of earlier versions carry no "
+               "payload checksum: save the session again" : "") + ")");
     }
     const std::string saved = f.get_str("statekv.model.fingerprint");
     const std::string mine = impl->fingerprint();
     if (saved != mine) {
         f.fail("saved from another model (" + saved + ") than " + impl->path + " (" + mine + ")");
     }
+    r.verify_checksum();
+    constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
     SessionOptions o;
     o.mode = f.get_str("statekv.options.mode");
-    o.budget = static_cast<int>(f.get_u32("statekv.options.budget"));
-    o.window = static_cast<int>(f.get_u32("statekv.options.window"));
+    o.budget = static_cast<int>(f.get_int("statekv.options.budget", 0, kMaxInt));
+    o.window = static_cast<int>(f.get_int("statekv.options.window", 0, kMaxInt));
     o.kv_type = f.get_str("statekv.options.kv_type");
-    o.expected_length = static_cast<int>(f.get_u32("statekv.options.expected_length"));
+    o.expected_length = static_cast<int>(f.get_int("statekv.options.expected_length", 0, kMaxInt));
     o.rope_scale = f.get_f32("statekv.options.rope_scale");
-    o.detailed_chunk = static_cast<int>(f.get_u32("statekv.options.detailed_chunk"));
-    auto s = std::make_unique<Session::Impl>(impl, o);
+    o.detailed_chunk = static_cast<int>(f.get_int("statekv.options.detailed_chunk", 0, kMaxInt));
+    std::unique_ptr<Session::Impl> s;
+    try {
+        s = std::make_unique<Session::Impl>(impl, o);
+    } catch (const InputError& e) {
+        f.fail(std::string("the saved session options are not valid: ") + e.what());
+    }
+    // Header fields against each other and against the payload: the chunk layout holds exactly
+    // the tokens the header counts, steps and kept entries within them, positions in context.
+    const int64_t n_tokens = f.get_int("statekv.n_tokens", 0, kMaxInt);
     s->d->load(r);
-    s->policy->load(r);
-    s->n_steps = static_cast<int>(f.get_u32("statekv.n_steps"));
-    s->next_pos = static_cast<int>(f.get_u32("statekv.next_position"));
+    if (s->d->size() != n_tokens) {
+        f.fail("statekv.n_tokens = " + std::to_string(n_tokens) + " but statekv.detailed.chunks holds " +
+               std::to_string(s->d->size()) + " tokens");
+    }
+    s->n_steps = static_cast<int>(f.get_int("statekv.n_steps", 0, n_tokens));
+    s->policy->load(r, s->n_steps);
+    s->next_pos = static_cast<int>(f.get_int("statekv.next_position", 0, s->n_ctx));
+    if (n_tokens > 0 && s->next_pos == 0) f.fail("statekv.next_position = 0 but the session holds " + std::to_string(n_tokens) + " tokens");
     if (f.has("statekv.app_data")) s->app_data = f.get_str("statekv.app_data");
+    s->source = path;
     return std::unique_ptr<Session>(new Session(std::move(s)));
 }
 
 SessionStats Session::stats() const {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
     SessionStats st;
     st.tokens_detailed = impl_->d->size();
     st.tokens_carried = impl_->policy->carried_tokens();
@@ -372,8 +441,14 @@ SessionStats Session::stats() const {
     return st;
 }
 
-int64_t Session::n_tokens() const { return impl_->d->size(); }
-int Session::next_position() const { return impl_->next_pos; }
+int64_t Session::n_tokens() const {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    return impl_->d->size();
+}
+int Session::next_position() const {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    return impl_->next_pos;
+}
 const std::string& Session::app_data() const { return impl_->app_data; }
 const SessionOptions& Session::options() const { return impl_->options; }
 

@@ -14,6 +14,24 @@ struct gguf_context;
 
 namespace statekv {
 
+// Checksum of a session file's payload (the tensor data, in file order): 64-bit words mixed by
+// bijective steps, so any change confined to one word (a flipped bit, a zeroed block of 8 bytes)
+// always changes the result; at several GB/s it adds little to saving and loading.
+class PayloadHash {
+public:
+    void update(const void* data, size_t n);
+    uint64_t value() const;
+
+private:
+    uint64_t h_ = 0x6a09e667f3bcc909ull;
+    uint64_t pending_ = 0;  // bytes of an incomplete word, little-endian
+    int n_pending_ = 0;
+    uint64_t total_ = 0;
+    static uint64_t mix(uint64_t h, uint64_t w);
+};
+
+constexpr const char* kPayloadChecksumKey = "statekv.payload.checksum";
+
 class StateWriter {
 public:
     StateWriter();
@@ -43,6 +61,8 @@ class StateReader {
 public:
     explicit StateReader(const std::string& path) : file_(path) {}
     const GgufFile& file() const { return file_; }
+    // Refuses (ModelError naming the file) a payload whose checksum differs from the one stored.
+    void verify_checksum() const;
     // The stored tensor `name` with its expected type and shape; ModelError naming the file
     // otherwise.
     const ggml_tensor* tensor(const std::string& name, ggml_type type, const std::vector<int64_t>& shape) const;

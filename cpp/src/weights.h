@@ -11,6 +11,15 @@
 
 namespace statekv {
 
+// What a tensor is used for decides which ggml types it may have: ggml checks shapes but not
+// types, and a tensor of a type its op has no kernel for aborts the process at compute time.
+enum class TensorRole {
+    Matmul,      // left operand of ggml_mul_mat: a float or quantized type the device multiplies
+    Embedding,   // gathered with ggml_get_rows (token table): float or quantized
+    Float,       // norm weights, biases, scales, position tables: f32, f16 or bf16, stored as f32
+    ConvKernel,  // patch-embedding kernel: f32 or f16 (im2col + mul_mat)
+};
+
 class WeightStore {
 public:
     WeightStore(const GgufFile& file, const Backend& backend);
@@ -19,12 +28,21 @@ public:
     WeightStore& operator=(const WeightStore&) = delete;
 
     // A tensor the model cannot run without; shape in ggml order (ne0 = row length), -1 for a
-    // dimension the file decides (e.g. the vocabulary size). `matmul`
-    // says the weight is the left operand of a matrix multiplication (it may be repacked).
-    ggml_tensor* require(const std::string& name, const std::vector<int64_t>& shape, bool matmul = true);
+    // dimension the file decides (e.g. the vocabulary size). The role decides the types accepted
+    // (ModelError naming the file, the tensor and the types expected otherwise); Matmul weights
+    // may be repacked into the CPU's faster layouts. Float tensors of f16/bf16 are widened to f32
+    // on load and checked to hold finite values.
+    ggml_tensor* require(const std::string& name, const std::vector<int64_t>& shape,
+                         TensorRole role = TensorRole::Matmul);
     // Same, but returns nullptr when the file has no such tensor.
-    ggml_tensor* optional(const std::string& name, const std::vector<int64_t>& shape, bool matmul = true);
+    ggml_tensor* optional(const std::string& name, const std::vector<int64_t>& shape,
+                          TensorRole role = TensorRole::Matmul);
+    // A tensor already declared with require() is also used in another role (a tied output
+    // projection is the token table): its type must suit that role too.
+    void check_role(const ggml_tensor* t, TensorRole role) const;
     bool has(const std::string& name) const;
+    [[noreturn]] void fail(const std::string& what) const { file_.fail(what); }
+    const GgufFile& file() const { return file_; }
 
     // Allocate the buffers and read every declared tensor from the file.
     void load();
@@ -38,7 +56,9 @@ private:
     const Backend& backend_;
     struct Entry {
         ggml_tensor* tensor;
-        size_t offset;  // of its data in the file's data section
+        size_t offset;        // of its data in the file's data section
+        ggml_type file_type;  // type in the file (differs from tensor->type when widened to f32)
+        bool float_role;      // TensorRole::Float: widened to f32 and checked finite on load
     };
     std::vector<Entry> entries_;
     std::map<ggml_backend_buffer_type_t, ggml_context*> ctxs_;

@@ -24,21 +24,69 @@ def ggml_info() -> dict:
     return dict(_core.ggml_info())
 
 
+INT32_MAX = 2**31 - 1
+
+
+def _int(name: str, value, lo: int = -INT32_MAX - 1, hi: int = INT32_MAX) -> int:
+    """``value`` as a Python int in ``[lo, hi]`` (the native side takes 32-bit ints): a clear
+    ValueError instead of a pybind11 TypeError or a silent wrap."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} = {value} is out of range, expected an integer in [{lo}, {hi}]")
+    return value
+
+
+def _float(name: str, value) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not np.isfinite(out):
+        raise ValueError(f"{name} must be finite, got {out}")
+    return out
+
+
+def _int32_array(arr: np.ndarray, name: str) -> np.ndarray:
+    """An integer array checked to fit int32 before the cast (which would wrap silently)."""
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
+    if arr.size and (arr.dtype.itemsize > 4 or arr.dtype == np.uint32):
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < -INT32_MAX - 1 or hi > INT32_MAX:
+            raise ValueError(f"{name} must fit in 32 bits, got values in [{lo}, {hi}]")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
 def _ids(tokens: Iterable[int]) -> np.ndarray:
-    arr = np.asarray(list(tokens) if not isinstance(tokens, np.ndarray) else tokens)
+    try:
+        arr = np.asarray(list(tokens) if not isinstance(tokens, np.ndarray) else tokens)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"tokens must be a 1-D sequence of token ids ({exc})") from None
     if arr.ndim != 1:
         raise ValueError(f"tokens must be a 1-D sequence of token ids, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
-    return arr.astype(np.int32, copy=False)
+    if arr.dtype == object:
+        raise ValueError("tokens must be integers that fit in 32 bits")
+    return _int32_array(arr, "tokens")
 
 
 def _optional_array(x, dtype, name: str):
     if x is None:
         return None
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{name} must be a numeric array ({exc})") from None
     if arr.dtype == object:
         raise ValueError(f"{name} must be a numeric array")
+    if np.dtype(dtype) == np.int32:
+        return _int32_array(arr, name)
+    if arr.size and not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise ValueError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
@@ -53,7 +101,7 @@ class Model:
                  device: Optional[str] = None, threads: Optional[int] = None):
         self.path = os.fspath(text_gguf)
         self.mmproj = os.fspath(mmproj) if mmproj is not None else None
-        self._m = _core.Model(self.path, device or "", int(threads or 0), self.mmproj or "")
+        self._m = _core.Model(self.path, device or "", _int("threads", threads or 0), self.mmproj or "")
         self._info = None
 
     @property
@@ -116,11 +164,11 @@ class Model:
         ``max_tokens`` tokens, at an end-of-turn token (unless ``ignore_eos``), or at a token of
         ``stop``; the stop token is included. ``callback(token)`` sees each token as it is
         decoded and may return False to stop."""
-        return self._m.generate(_ids(tokens), int(max_tokens),
+        return self._m.generate(_ids(tokens), _int("max_tokens", max_tokens),
                                 _optional_array(positions, np.int32, "positions"),
                                 _optional_array(embeddings, np.float32, "embeddings"),
                                 _optional_array(embedding_rows, np.int32, "embedding_rows"),
-                                kv_type, [int(s) for s in stop], bool(ignore_eos), callback)
+                                kv_type, [int(t) for t in _ids(stop)], bool(ignore_eos), callback)
 
     def session(self, mode: str = "statekv", budget: int = 4096, window: int = 16, kv_type: str = "f16", *,
                 expected_length: Optional[int] = None, rope_scale: Optional[float] = None,
@@ -134,8 +182,10 @@ class Model:
         context the rotary base gets dynamic-NTK scaling. ``rope_scale``: a fixed NTK factor for
         open-ended streams. ``detailed_chunk``: tokens per chunk of the detailed cache.
         """
-        return Session(self, self._m.session(mode, int(budget), int(window), kv_type, int(expected_length or 0),
-                                             float(rope_scale or 0.0), int(detailed_chunk or 0)))
+        return Session(self, self._m.session(str(mode), _int("budget", budget), _int("window", window), str(kv_type),
+                                             _int("expected_length", expected_length or 0),
+                                             _float("rope_scale", rope_scale or 0.0),
+                                             _int("detailed_chunk", detailed_chunk or 0)))
 
     def load_session(self, path: str | os.PathLike) -> "Session":
         """A session saved with :meth:`Session.save` (same options, positions, caches). A file that
@@ -147,7 +197,8 @@ class Model:
                      n_ubatch: int = 512) -> list[float]:
         """Seconds to prefill ``n_prompt`` tokens over a KV cache already holding ``n_depth``
         tokens (llama-bench's pp test with ``-d``), one value per repetition."""
-        return self._m.bench_prompt(int(n_prompt), int(n_depth), int(repetitions), kv_type, int(n_ubatch))
+        return self._m.bench_prompt(_int("n_prompt", n_prompt), _int("n_depth", n_depth),
+                                    _int("repetitions", repetitions), kv_type, _int("n_ubatch", n_ubatch))
 
     def __repr__(self) -> str:
         i = self._m.info()
@@ -201,10 +252,13 @@ class Session:
         top-k / top-p / min-p sampling with ``seed`` (reproducible). Stops at an end-of-turn
         token, a token of ``stop`` (included) or after ``max_tokens``. ``callback(token)`` sees
         tokens as they are decoded and may return False to stop. The state is unchanged."""
-        return self._s.generate(_ids(tokens), int(max_tokens), _optional_array(positions, np.int32, "positions"),
-                                float(temperature), int(top_k), float(top_p), float(min_p), float(repeat_penalty),
-                                int(repeat_last_n), int(0xC0FFEE if seed is None else seed) & (2**64 - 1),
-                                [int(t) for t in stop], bool(ignore_eos), callback)
+        return self._s.generate(_ids(tokens), _int("max_tokens", max_tokens),
+                                _optional_array(positions, np.int32, "positions"),
+                                _float("temperature", temperature), _int("top_k", top_k), _float("top_p", top_p),
+                                _float("min_p", min_p), _float("repeat_penalty", repeat_penalty),
+                                _int("repeat_last_n", repeat_last_n),
+                                _int("seed", 0xC0FFEE if seed is None else seed, -2**63, 2**64 - 1) & (2**64 - 1),
+                                [int(t) for t in _ids(stop)], bool(ignore_eos), callback)
 
     def stream(self, tokens, max_tokens: int, **options) -> Iterator[int]:
         """Like :meth:`generate`, yielding each token as soon as it is decoded."""
@@ -243,7 +297,7 @@ class Session:
 
     def carried(self, layer: int) -> np.ndarray:
         """Indices (entry order from 0) of the tokens carried in ``layer``: ``(n_kv_heads, n_kept)``."""
-        return self._s.carried(int(layer), int(self.model.info_cached["n_head_kv"]))
+        return self._s.carried(_int("layer", layer), int(self.model.info_cached["n_head_kv"]))
 
     def fork(self) -> "Session":
         """An independent copy (shares the detailed cache's storage until either side grows it)."""

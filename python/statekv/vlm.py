@@ -23,6 +23,7 @@ exactly as if it had not been asked. How a frame becomes a step depends on the f
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import math
 import os
@@ -126,7 +127,10 @@ class _InternVLLayout:
         return {"n_frames": self.n_frames}
 
     def restore(self, state: dict) -> None:
-        self.n_frames = int(state["n_frames"])
+        n = state["n_frames"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n_frames must be a non-negative integer, got {n!r}")
+        self.n_frames = n
 
 
 def _pack_pixels(px: np.ndarray) -> dict:
@@ -134,7 +138,10 @@ def _pack_pixels(px: np.ndarray) -> dict:
 
 
 def _unpack_pixels(d: dict) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(d["f32"]), dtype=np.float32).reshape(d["shape"]).copy()
+    shape = d["shape"]
+    if not isinstance(shape, list) or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in shape):
+        raise ValueError(f"pixel shape must be a list of non-negative integers, got {shape!r}")
+    return np.frombuffer(base64.b64decode(d["f32"], validate=True), dtype=np.float32).reshape(shape).copy()
 
 
 class _Qwen3VLLayout:
@@ -220,12 +227,28 @@ class _Qwen3VLLayout:
 
     def restore(self, state: dict) -> None:
         if state.get("size"):
-            self.size = tuple(int(x) for x in state["size"])
+            size = state["size"]
+            if not isinstance(size, list) or len(size) != 2 or any(isinstance(x, bool) or not isinstance(x, int) for x in size):
+                raise ValueError(f"size must be [height, width], got {size!r}")
+            self.size = tuple(size)
             self.builder.grid = _qwen3vl.merged_grid(*self.size)
-        self.builder.next_position = int(state["next_position"])
+        pos = state["next_position"]
+        if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos < 2**31:
+            raise ValueError(f"next_position must be a non-negative 32-bit integer, got {pos!r}")
+        self.builder.next_position = pos
         self.builder._started = True
-        self.waiting = [(Frame(int(w["index"]), float(w["timestamp"]), np.zeros((0, 0, 3), np.uint8)),
-                         _unpack_pixels(w["pixels"])) for w in state.get("waiting", [])]
+        waiting = state.get("waiting", [])
+        if not isinstance(waiting, list) or len(waiting) > 1:
+            raise ValueError("waiting must be a list of at most one frame (an odd frame waits for its pair)")
+        self.waiting = []
+        for w in waiting:
+            px = _unpack_pixels(w["pixels"])
+            if self.size is None or px.shape != (3, *self.size) or not np.isfinite(px).all():
+                raise ValueError(f"the waiting frame's pixels have shape {px.shape}, expected finite (3, {self.size})")
+            timestamp = float(w["timestamp"])
+            if not math.isfinite(timestamp):
+                raise ValueError("the waiting frame's timestamp is not finite")
+            self.waiting.append((Frame(int(w["index"]), timestamp, np.zeros((0, 0, 3), np.uint8)), px))
 
 
 _LAYOUTS = {"internvl": _InternVLLayout, "qwen3vl_merger": _Qwen3VLLayout}
@@ -547,21 +570,79 @@ def load_chat(vlm: VLM, path: str | os.PathLike) -> VideoChat:
     from ._core import ModelError
 
     session = vlm.model.load_session(path)
+    where = os.fspath(path)
     try:
-        app = json.loads(session.app_data.decode() or "{}")
+        app = json.loads(session.app_data.decode("utf-8") or "{}")
     except ValueError:
         app = {}
-    if app.get("format") != _CHAT_FORMAT:
-        raise ModelError(f"{os.fspath(path)}: a statekv session but not a saved chat (statekv.app_data has no "
+    if not isinstance(app, dict) or app.get("format") != _CHAT_FORMAT:
+        raise ModelError(f"{where}: a statekv session but not a saved chat (statekv.app_data has no "
                          f"'{_CHAT_FORMAT}' record; load it with Model.load_session)")
     if app.get("family") != vlm.family:
-        raise ModelError(f"{os.fspath(path)}: saved from a '{app.get('family')}' model, not '{vlm.family}'")
-    chat = VideoChat(vlm, session.options(), fps=app["fps"], max_frames=app["max_frames"], system=app["system"])
+        raise ModelError(f"{where}: saved from a '{app.get('family')}' model, not '{vlm.family}'")
+    record = _ChatRecord(where, app, session)
+    chat = VideoChat(vlm, session.options(), fps=record.fps, max_frames=record.max_frames, system=record.system)
     chat.session = session
-    chat._frames_in_steps = int(app["frames_in_steps"])
-    chat.video_seconds = float(app["video_seconds"])
-    chat._next_index = int(app["next_index"])
-    chat.step_token_starts = [int(x) for x in app.get("step_token_starts", [])]
-    chat.step_first_frames = [int(x) for x in app.get("step_first_frames", [])]
-    chat.layout.restore(app["layout"])
+    chat._frames_in_steps = record.frames_in_steps
+    chat.video_seconds = record.video_seconds
+    chat._next_index = record.next_index
+    chat.step_token_starts = record.step_token_starts
+    chat.step_first_frames = record.step_first_frames
+    try:
+        chat.layout.restore(record.layout)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, binascii.Error) as exc:
+        raise ModelError(f"{where}: statekv.app_data 'layout' is not a valid {vlm.family} frame layout "
+                         f"({type(exc).__name__}: {exc})") from None
     return chat
+
+
+class _ChatRecord:
+    """The chat bookkeeping of a session file's app data, each field checked (type, range,
+    consistency with the session) into a ModelError naming the file and the field."""
+
+    def __init__(self, where: str, app: dict, session):
+        self.where = where
+        self.app = app
+        fps = app.get("fps")
+        self.fps = None if fps is None else self.number("fps", lo=0.0, exclusive=True)
+        self.max_frames = self.integer("max_frames", lo=1)
+        system = app.get("system")
+        if system is not None and not isinstance(system, str):
+            self.fail("system", "a string or null")
+        self.system = system
+        self.frames_in_steps = self.integer("frames_in_steps", lo=0)
+        self.video_seconds = self.number("video_seconds", lo=0.0)
+        self.next_index = self.integer("next_index", lo=0)
+        n_tokens = session.n_tokens
+        self.step_token_starts = self.int_list("step_token_starts", 0, n_tokens)
+        if any(b <= a for a, b in zip(self.step_token_starts, self.step_token_starts[1:])):
+            self.fail("step_token_starts", "strictly increasing token indices")
+        if len(self.step_token_starts) > session.stats()["steps"]:
+            self.fail("step_token_starts", f"at most one entry per step ({session.stats()['steps']})")
+        self.step_first_frames = self.int_list("step_first_frames", 0, self.next_index)
+        self.layout = app.get("layout")
+        if not isinstance(self.layout, dict):
+            self.fail("layout", "an object")
+
+    def fail(self, key: str, expected: str):
+        from ._core import ModelError
+        raise ModelError(f"{self.where}: statekv.app_data field '{key}' = {self.app.get(key)!r:.80} is not valid "
+                         f"(expected {expected})")
+
+    def integer(self, key: str, lo: int = 0, hi: int = 2**31 - 1) -> int:
+        v = self.app.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            self.fail(key, f"an integer in [{lo}, {hi}]")
+        return v
+
+    def number(self, key: str, lo: float, exclusive: bool = False) -> float:
+        v = self.app.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo or (exclusive and v == lo):
+            self.fail(key, f"a finite number {'>' if exclusive else '>='} {lo}")
+        return float(v)
+
+    def int_list(self, key: str, lo: int, hi: int) -> list[int]:
+        v = self.app.get(key, [])
+        if not isinstance(v, list) or any(isinstance(x, bool) or not isinstance(x, int) or not lo <= x <= hi for x in v):
+            self.fail(key, f"a list of integers in [{lo}, {hi}]")
+        return list(v)

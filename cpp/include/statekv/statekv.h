@@ -12,7 +12,18 @@
 //     std::vector<int32_t> answer = model.generate(prompt, 16);
 //
 // Errors: a file that cannot be run throws statekv::ModelError (the message names the file,
-// the key or tensor, and what was expected); bad arguments throw statekv::InputError.
+// the key or tensor, and what was expected); bad arguments throw statekv::InputError. Files are
+// never trusted: every tensor's type and shape is checked against its role, every
+// hyper-parameter against its range, before anything is allocated; session files carry a
+// checksum of their data. NaN or inf from a file or an input is an error, never an answer.
+//
+// Threads: one Model may be used from several threads at once, and gives the same results as
+// sequential use. The model's backend runs one graph at a time (a lock around each graph's
+// allocation and computation; encode_frames holds it for its whole call, as its encoder graph is
+// cached on the model), so concurrent calls interleave graph by graph. Each Session has its own
+// lock: calls on one session from several threads are serialized; different sessions proceed
+// concurrently between graphs. A TokenCallback runs on the calling thread with no lock of the
+// model held, but with the session's lock held: it must not call back into the same session.
 #pragma once
 
 #include <cstddef>
@@ -61,7 +72,8 @@ std::map<std::string, std::string> ggml_info();
 
 struct ModelOptions {
     std::string device;  // device name from backends(); empty: best GPU, else CPU
-    int threads = 0;     // CPU threads; 0: all hardware threads
+    int threads = 0;     // CPU threads; 0: all hardware threads; more than 2x the hardware
+                         // threads is capped (info()["threads_note"] says so)
     std::string mmproj;  // optional vision encoder + projector GGUF (llama.cpp's mmproj file)
 };
 
@@ -121,8 +133,9 @@ public:
 
     // A StateKV session (video state) over this model; see Session.
     std::unique_ptr<Session> session(const SessionOptions& options);
-    // A session saved with Session::save. Refuses (ModelError) a file that is not a session
-    // file, is truncated or corrupt, or was saved from another model.
+    // A session saved with Session::save. Refuses (ModelError naming the file) a file that is not
+    // a session file, is truncated or corrupt (payload checksum, header fields inconsistent with
+    // each other or with the data), or was saved from another model.
     std::unique_ptr<Session> load_session(const std::string& path);
 
     // Architecture, sizes, types, device, as strings/numbers.

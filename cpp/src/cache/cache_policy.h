@@ -43,7 +43,9 @@ public:
     virtual std::unique_ptr<CachePolicy> fork(const DetailedCache& d) const = 0;
     // Session files: what the policy carries besides D.
     virtual void save(StateWriter& w) const = 0;
-    virtual void load(const StateReader& r) = 0;
+    // Into a fresh policy whose D is already loaded; n_steps from the file's header (checked
+    // against what the policy stores). ModelError naming the file for inconsistent fields.
+    virtual void load(const StateReader& r, int n_steps) = 0;
 };
 
 std::unique_ptr<CachePolicy> make_cache_policy(const SessionOptions& o, const TextHParams& hp, const Backend& backend,

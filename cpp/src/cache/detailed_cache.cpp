@@ -127,19 +127,21 @@ void DetailedCache::save(StateWriter& w) const {
 
 void DetailedCache::load(const StateReader& r) {
     const GgufFile& f = r.file();
-    const int64_t id = gguf_find_key(f.ctx(), "statekv.detailed.chunks");
-    if (id < 0 || gguf_get_arr_type(f.ctx(), id) != GGUF_TYPE_INT64 || gguf_get_arr_n(f.ctx(), id) % 2 != 0) {
-        f.fail("missing or malformed statekv.detailed.chunks");
-    }
-    const auto* layout = static_cast<const int64_t*>(gguf_get_arr_data(f.ctx(), id));
-    const size_t n_chunks = gguf_get_arr_n(f.ctx(), id) / 2;
+    const std::vector<int64_t> layout = f.get_int_array("statekv.detailed.chunks", 0, std::numeric_limits<int32_t>::max());
+    if (layout.size() % 2 != 0) f.fail("statekv.detailed.chunks must hold (capacity, used) pairs, got an odd count");
+    const size_t n_chunks = layout.size() / 2;
     int64_t total = 0;
     for (size_t i = 0; i < n_chunks; ++i) {
         const int64_t cap = layout[2 * i], used = layout[2 * i + 1];
-        if (cap <= 0 || used < 0 || used > cap || cap > std::numeric_limits<int>::max()) {
-            f.fail("statekv.detailed.chunks holds an impossible chunk (" + std::to_string(used) + " of " + std::to_string(cap) + ")");
+        // reserve() makes chunks of chunk_tokens_, or of one larger step that then fills it (or
+        // leaves it empty when that step failed).
+        const bool shape_ok = cap == chunk_tokens_ || (cap > chunk_tokens_ && (used == cap || used == 0));
+        if (cap <= 0 || used < 0 || used > cap || !shape_ok) {
+            f.fail("statekv.detailed.chunks holds an impossible chunk (" + std::to_string(used) + " of " +
+                   std::to_string(cap) + " tokens; chunks of this session hold " + std::to_string(chunk_tokens_) + ")");
         }
         total += used;
+        if (total > std::numeric_limits<int32_t>::max()) f.fail("statekv.detailed.chunks holds more than 2^31 tokens");
     }
     const int64_t row = int64_t(hp_.head_dim) * hp_.n_head_kv;
     for (int il = 0; il < hp_.n_layer && total > 0; ++il) {

@@ -34,6 +34,10 @@ public:
     void begin_graph() { written_.assign(written_.size(), {nullptr, nullptr}); }
 
     int64_t size() const { return n_tokens_; }
+    // Bytes one token takes in D (keys and values of every layer).
+    double bytes_per_token() const {
+        return 2.0 * hp_.n_layer * double(ggml_row_size(type_, int64_t(hp_.head_dim) * hp_.n_head_kv));
+    }
     size_t bytes() const;
     ggml_type type() const { return type_; }
     // Shares the chunks; both sides then write only to chunks of their own.

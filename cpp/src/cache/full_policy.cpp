@@ -38,7 +38,7 @@ public:
         return std::make_unique<FullPolicy>(hp_, d);
     }
     void save(StateWriter&) const override {}  // all of it is D
-    void load(const StateReader&) override {}
+    void load(const StateReader&, int) override {}
 
 private:
     const TextHParams& hp_;

@@ -2,6 +2,7 @@
 // re-selected after every step as the B keys with the largest attention mass from the step's
 // queries (DESIGN.md section 1). Scores, top-B selection, re-ordering and gathering all run as
 // ggml ops on the device: the host never sees scores.
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 
@@ -52,15 +53,19 @@ ggml_tensor* slots_from(ggml_context* ctx, ggml_tensor* t, int64_t first, int64_
 
 class StateKVPolicy final : public CachePolicy {
 public:
-    StateKVPolicy(const TextHParams& hp, const Backend& backend, const DetailedCache& d, int budget, ggml_type type)
+    // C starts small and grows with what it holds (up to B): a budget far above the video's
+    // length costs nothing until the tokens are there.
+    StateKVPolicy(const TextHParams& hp, const Backend& backend, const DetailedCache& d, int budget, ggml_type type,
+                  int capacity = kInitialCapacity)
         : hp_(hp), backend_(backend), d_(d), budget_(budget), type_(type),
-          c_(std::make_shared<CarriedState>(hp, backend, type, budget)) {}
+          c_(std::make_shared<CarriedState>(hp, backend, type, std::max(1, std::min(budget, capacity)))) {}
 
     void begin(GraphBuilder& g, const Batch& b) override {
         if (!b.is_step && n_kept_ + b.n > budget_) {
             throw InputError("the prefix (" + std::to_string(n_kept_ + b.n) + " tokens) exceeds the budget B = " +
                              std::to_string(budget_) + "; use a larger budget");
         }
+        grow(std::min<int64_t>(budget_, n_kept_ + b.n));
         // Entry indices of the batch's tokens, the same for every KV head.
         std::vector<float> ids(static_cast<size_t>(b.n * hp_.n_head_kv));
         for (int h = 0; h < hp_.n_head_kv; ++h) {
@@ -132,10 +137,12 @@ public:
             }
         }
     }
-    void load(const StateReader& r) override {
+    void load(const StateReader& r, int) override {
         const GgufFile& f = r.file();
-        const int64_t n = f.get_u32("statekv.carried.n_kept");
-        if (n > budget_) f.fail("statekv.carried.n_kept exceeds the session's budget");
+        // C holds min(B, tokens entered) entries per head, always.
+        const int64_t want = std::min<int64_t>(budget_, d_.size());
+        const int64_t n = f.get_int("statekv.carried.n_kept", want, want);
+        grow(n);
         for (int il = 0; il < hp_.n_layer && n > 0; ++il) {
             for (ggml_tensor* t : {c_->k[il], c_->v[il], c_->ids[il]}) {
                 const std::string name = name_of(t, il);
@@ -151,7 +158,7 @@ public:
     size_t carried_bytes() const override { return ggml_backend_buffer_get_size(c_->buffer); }
 
     std::unique_ptr<CachePolicy> fork(const DetailedCache& d) const override {
-        auto p = std::make_unique<StateKVPolicy>(hp_, backend_, d, budget_, type_);
+        auto p = std::make_unique<StateKVPolicy>(hp_, backend_, d, budget_, type_, c_->capacity);
         for (size_t il = 0; il < c_->k.size(); ++il) {
             for (auto pair : {std::make_pair(c_->k[il], p->c_->k[il]), std::make_pair(c_->v[il], p->c_->v[il]),
                               std::make_pair(c_->ids[il], p->c_->ids[il])}) {
@@ -163,6 +170,29 @@ public:
     }
 
 private:
+    static constexpr int kInitialCapacity = 256;
+
+    // Room for `need` entries per head (need <= B): doubles the capacity, capped at B, and moves
+    // the kept entries [0, n_kept) of every head into the new storage.
+    void grow(int64_t need) {
+        if (need <= c_->capacity) return;
+        const int cap = static_cast<int>(std::min<int64_t>(budget_, std::max<int64_t>(need, 2 * int64_t(c_->capacity))));
+        auto bigger = std::make_shared<CarriedState>(hp_, backend_, type_, cap);
+        std::vector<uint8_t> buf;
+        for (size_t il = 0; il < c_->k.size() && n_kept_ > 0; ++il) {
+            for (auto pair : {std::make_pair(c_->k[il], bigger->k[il]), std::make_pair(c_->v[il], bigger->v[il]),
+                              std::make_pair(c_->ids[il], bigger->ids[il])}) {
+                const size_t per_head = static_cast<size_t>(n_kept_) * pair.first->nb[1];
+                buf.resize(per_head);
+                for (int h = 0; h < hp_.n_head_kv; ++h) {
+                    ggml_backend_tensor_get(pair.first, buf.data(), h * pair.first->nb[2], per_head);
+                    ggml_backend_tensor_set(pair.second, buf.data(), h * pair.second->nb[2], per_head);
+                }
+            }
+        }
+        c_ = std::move(bigger);
+    }
+
     std::string name_of(const ggml_tensor* t, int il) const {
         const char* kind = t == c_->k[il] ? "c.k." : t == c_->v[il] ? "c.v." : "c.ids.";
         return kind + std::to_string(il);

@@ -48,13 +48,24 @@ public:
         gguf_set_val_i64(w.kv(), "statekv.window.n_prefix", n_prefix_);
         gguf_set_arr_data(w.kv(), "statekv.window.step_begin", GGUF_TYPE_INT64, step_begin_.data(), step_begin_.size());
     }
-    void load(const StateReader& r) override {
+    void load(const StateReader& r, int n_steps) override {
         const GgufFile& f = r.file();
-        n_prefix_ = f.get_u32("statekv.window.n_prefix");
-        const int64_t id = gguf_find_key(f.ctx(), "statekv.window.step_begin");
-        if (id < 0 || gguf_get_arr_type(f.ctx(), id) != GGUF_TYPE_INT64) f.fail("missing statekv.window.step_begin");
-        const auto* data = static_cast<const int64_t*>(gguf_get_arr_data(f.ctx(), id));
-        step_begin_.assign(data, data + gguf_get_arr_n(f.ctx(), id));
+        const int64_t n_tokens = d_.size();
+        n_prefix_ = f.get_int("statekv.window.n_prefix", 0, n_tokens);
+        const std::vector<int64_t> begins = f.get_int_array("statekv.window.step_begin", 0, n_tokens);
+        if (static_cast<int64_t>(begins.size()) != n_steps) {
+            f.fail("statekv.window.step_begin has " + std::to_string(begins.size()) + " entries but statekv.n_steps = " +
+                   std::to_string(n_steps));
+        }
+        // The prefix is everything before the first step; steps start in order, none empty.
+        if (n_prefix_ != (begins.empty() ? n_tokens : begins.front())) {
+            f.fail("statekv.window.n_prefix = " + std::to_string(n_prefix_) + " does not end where the first step begins");
+        }
+        for (size_t i = 0; i < begins.size(); ++i) {
+            const int64_t next = i + 1 < begins.size() ? begins[i + 1] : n_tokens;
+            if (begins[i] >= next) f.fail("statekv.window.step_begin is not strictly increasing within the tokens held");
+        }
+        step_begin_ = begins;
     }
 
     int64_t carried_tokens() const override { return n_prefix_ + (d_.size() - std::max(n_prefix_, window_start())); }

@@ -40,36 +40,37 @@ namespace {
 std::vector<float> read_rgb(const GgufFile& f, const std::string& key) {
     const int64_t id = gguf_find_key(f.ctx(), key.c_str());
     if (id < 0) f.fail("missing metadata key '" + key + "' (3 per-channel values for pixel normalization)");
-    if (gguf_get_kv_type(f.ctx(), id) != GGUF_TYPE_ARRAY || gguf_get_arr_n(f.ctx(), id) != 3) {
-        f.fail("metadata key '" + key + "' must be an array of 3 numbers (R, G, B)");
+    // Types before data: gguf_get_arr_data aborts on an array of strings.
+    const bool is_array = gguf_get_kv_type(f.ctx(), id) == GGUF_TYPE_ARRAY;
+    const enum gguf_type t = is_array ? gguf_get_arr_type(f.ctx(), id) : GGUF_TYPE_COUNT;
+    if (!is_array || gguf_get_arr_n(f.ctx(), id) != 3 || (t != GGUF_TYPE_FLOAT32 && t != GGUF_TYPE_FLOAT64)) {
+        f.fail("metadata key '" + key + "' must be an array of 3 float32 values (R, G, B)");
     }
     std::vector<float> out(3);
-    const enum gguf_type t = gguf_get_arr_type(f.ctx(), id);
     const void* d = gguf_get_arr_data(f.ctx(), id);
     for (int i = 0; i < 3; ++i) {
-        if (t == GGUF_TYPE_FLOAT32) {
-            out[i] = static_cast<const float*>(d)[i];
-        } else if (t == GGUF_TYPE_FLOAT64) {
-            out[i] = static_cast<float>(static_cast<const double*>(d)[i]);
-        } else {
-            f.fail("metadata key '" + key + "' must be an array of 3 float32 values");
-        }
+        out[i] = t == GGUF_TYPE_FLOAT32 ? static_cast<const float*>(d)[i]
+                                        : static_cast<float>(static_cast<const double*>(d)[i]);
     }
     return out;
 }
+
+constexpr int64_t kMaxImage = 1 << 14;
+constexpr int64_t kMaxWidth = int64_t(1) << 20;
 
 class InternVLVision final : public VisionModel {
 public:
     InternVLVision(const GgufFile& f, WeightStore& w) {
         projector = "internvl";
-        image_size = static_cast<int>(f.get_u32("clip.vision.image_size"));
-        patch_size = static_cast<int>(f.get_u32("clip.vision.patch_size"));
-        n_embd_ = static_cast<int>(f.get_u32("clip.vision.embedding_length"));
-        n_ff_ = static_cast<int>(f.get_u32("clip.vision.feed_forward_length"));
-        n_layer_ = static_cast<int>(f.get_u32("clip.vision.block_count"));
-        n_head_ = static_cast<int>(f.get_u32("clip.vision.attention.head_count"));
-        eps_ = f.get_f32_or("clip.vision.attention.layer_norm_epsilon", 1e-6f);
-        scale_ = static_cast<int>(f.get_u32("clip.vision.projector.scale_factor"));
+        // Ranges first, before anything is sized from them (see text_model.cpp).
+        image_size = static_cast<int>(f.get_int("clip.vision.image_size", 1, kMaxImage));
+        patch_size = static_cast<int>(f.get_int("clip.vision.patch_size", 1, kMaxImage));
+        n_embd_ = static_cast<int>(f.get_int("clip.vision.embedding_length", 1, kMaxWidth));
+        n_ff_ = static_cast<int>(f.get_int("clip.vision.feed_forward_length", 1, kMaxWidth));
+        n_layer_ = static_cast<int>(f.get_int("clip.vision.block_count", 1, vision_layers_in_file(f)));
+        n_head_ = static_cast<int>(f.get_int("clip.vision.attention.head_count", 1, n_embd_));
+        eps_ = f.get_positive_f32_or("clip.vision.attention.layer_norm_epsilon", 1e-6f, 1.0f);
+        scale_ = static_cast<int>(f.get_int("clip.vision.projector.scale_factor", 1, kMaxImage));
         image_mean = read_rgb(f, "clip.vision.image_mean");
         image_std = read_rgb(f, "clip.vision.image_std");
         if (f.get_bool_or("clip.use_silu", false)) {
@@ -89,55 +90,54 @@ public:
                    std::to_string(patch_size) + " x projector.scale_factor " + std::to_string(scale_));
         }
         for (float s : image_std) {
-            if (!(s > 0.0f)) f.fail("clip.vision.image_std must be positive");
+            if (!(s > 0.0f) || !std::isfinite(s)) f.fail("clip.vision.image_std must be finite and positive");
+        }
+        for (float m : image_mean) {
+            if (!std::isfinite(m)) f.fail("clip.vision.image_mean must be finite");
         }
         grid_ = image_size / patch_size;
         rms_ = n_embd_ == 3200 && n_layer_ == 45;  // InternViT-6B (llama.cpp's rule)
 
         const int64_t C = n_embd_, F = n_ff_, P = patch_size, N = int64_t(grid_) * grid_ + 1;
         const int64_t M = C * scale_ * scale_;
-        patch_w_ = w.require("v.patch_embd.weight", {P, P, 3, C}, false);
-        if (patch_w_->type != GGML_TYPE_F32 && patch_w_->type != GGML_TYPE_F16) {
-            f.fail("tensor 'v.patch_embd.weight' has type " + std::string(ggml_type_name(patch_w_->type)) +
-                   ", expected f32 or f16");
-        }
-        patch_b_ = w.require("v.patch_embd.bias", {C}, false);
-        cls_ = w.require("v.class_embd", {C}, false);
-        pos_ = w.require("v.position_embd.weight", {C, N}, false);
+        patch_w_ = w.require("v.patch_embd.weight", {P, P, 3, C}, TensorRole::ConvKernel);
+        patch_b_ = w.require("v.patch_embd.bias", {C}, TensorRole::Float);
+        cls_ = w.require("v.class_embd", {C}, TensorRole::Float);
+        pos_ = w.require("v.position_embd.weight", {C, N}, TensorRole::Float);
         layers_.resize(n_layer_);
         for (int il = 0; il < n_layer_; ++il) {
             Layer& L = layers_[il];
             const std::string p = "v.blk." + std::to_string(il) + ".";
-            L.ln1_w = w.require(p + "ln1.weight", {C}, false);
-            L.ln1_b = w.optional(p + "ln1.bias", {C}, false);
-            L.ln2_w = w.require(p + "ln2.weight", {C}, false);
-            L.ln2_b = w.optional(p + "ln2.bias", {C}, false);
+            L.ln1_w = w.require(p + "ln1.weight", {C}, TensorRole::Float);
+            L.ln1_b = w.optional(p + "ln1.bias", {C}, TensorRole::Float);
+            L.ln2_w = w.require(p + "ln2.weight", {C}, TensorRole::Float);
+            L.ln2_b = w.optional(p + "ln2.bias", {C}, TensorRole::Float);
             L.wq = w.require(p + "attn_q.weight", {C, C});
             L.wk = w.require(p + "attn_k.weight", {C, C});
             L.wv = w.require(p + "attn_v.weight", {C, C});
-            L.bq = w.optional(p + "attn_q.bias", {C}, false);
-            L.bk = w.optional(p + "attn_k.bias", {C}, false);
-            L.bv = w.optional(p + "attn_v.bias", {C}, false);
-            L.q_norm = w.optional(p + "attn_q_norm.weight", {C}, false);
-            L.k_norm = w.optional(p + "attn_k_norm.weight", {C}, false);
+            L.bq = w.optional(p + "attn_q.bias", {C}, TensorRole::Float);
+            L.bk = w.optional(p + "attn_k.bias", {C}, TensorRole::Float);
+            L.bv = w.optional(p + "attn_v.bias", {C}, TensorRole::Float);
+            L.q_norm = w.optional(p + "attn_q_norm.weight", {C}, TensorRole::Float);
+            L.k_norm = w.optional(p + "attn_k_norm.weight", {C}, TensorRole::Float);
             if (!L.q_norm != !L.k_norm) f.fail("layer " + std::to_string(il) + " has only one of attn_q_norm / attn_k_norm");
             L.wo = w.require(p + "attn_out.weight", {C, C});
-            L.bo = w.optional(p + "attn_out.bias", {C}, false);
-            L.ls1 = w.require(p + "ls1.weight", {C}, false);
-            L.ls2 = w.require(p + "ls2.weight", {C}, false);
+            L.bo = w.optional(p + "attn_out.bias", {C}, TensorRole::Float);
+            L.ls1 = w.require(p + "ls1.weight", {C}, TensorRole::Float);
+            L.ls2 = w.require(p + "ls2.weight", {C}, TensorRole::Float);
             L.up_w = w.require(p + "ffn_up.weight", {C, F});
-            L.up_b = w.require(p + "ffn_up.bias", {F}, false);
+            L.up_b = w.require(p + "ffn_up.bias", {F}, TensorRole::Float);
             L.down_w = w.require(p + "ffn_down.weight", {F, C});
-            L.down_b = w.require(p + "ffn_down.bias", {C}, false);
+            L.down_b = w.require(p + "ffn_down.bias", {C}, TensorRole::Float);
         }
-        mm0_w_ = w.require("mm.model.mlp.0.weight", {M}, false);
-        mm0_b_ = w.require("mm.model.mlp.0.bias", {M}, false);
+        mm0_w_ = w.require("mm.model.mlp.0.weight", {M}, TensorRole::Float);
+        mm0_b_ = w.require("mm.model.mlp.0.bias", {M}, TensorRole::Float);
         mm1_w_ = w.require("mm.model.mlp.1.weight", {M, -1});
         n_embd_out = static_cast<int>(mm1_w_->ne[1]);
         const int64_t E = n_embd_out;
-        mm1_b_ = w.require("mm.model.mlp.1.bias", {E}, false);
+        mm1_b_ = w.require("mm.model.mlp.1.bias", {E}, TensorRole::Float);
         mm3_w_ = w.require("mm.model.mlp.3.weight", {E, E});
-        mm3_b_ = w.require("mm.model.mlp.3.bias", {E}, false);
+        mm3_b_ = w.require("mm.model.mlp.3.bias", {E}, TensorRole::Float);
         if (f.has("clip.vision.projection_dim") && static_cast<int>(f.get_u32("clip.vision.projection_dim")) != n_embd_out) {
             f.fail("clip.vision.projection_dim " + std::to_string(f.get_u32("clip.vision.projection_dim")) +
                    " does not match the projector's output width " + std::to_string(n_embd_out) +

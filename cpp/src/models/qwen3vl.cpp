@@ -13,15 +13,19 @@ public:
     Qwen3VL(const GgufFile& f, WeightStore& w) {
         hp.arch = "qwen3vl";
         read_common_hparams(f);
-        const std::vector<int32_t> s = f.get_i32_array("qwen3vl.rope.dimension_sections");
+        const std::vector<int64_t> s = f.get_int_array("qwen3vl.rope.dimension_sections", 0, hp.rope.n_dims / 2);
         if (s.size() < 3 || s.size() > 4) {
             f.fail("qwen3vl.rope.dimension_sections has " + std::to_string(s.size()) +
                    " entries, expected 4 (rotary pairs per axis: t, h, w, unused)");
         }
-        int pairs = 0;
+        int64_t pairs = 0;  // each entry is at most n_dims / 2, so the sum cannot overflow
         for (size_t i = 0; i < s.size(); ++i) {
-            hp.rope.sections[i] = s[i];
+            hp.rope.sections[i] = static_cast<int>(s[i]);
             pairs += s[i];
+        }
+        if (s[0] + s[1] + s[2] == 0) {
+            // ggml's multi-axis rope takes the section index modulo their sum.
+            f.fail("qwen3vl.rope.dimension_sections are all 0, expected rotary pairs for the t, h, w axes");
         }
         if (pairs * 2 > hp.rope.n_dims) {
             f.fail("qwen3vl.rope.dimension_sections sum to " + std::to_string(pairs) +
@@ -29,8 +33,7 @@ public:
         }
         hp.rope.mode = GGML_ROPE_TYPE_IMROPE;
         hp.n_position_axes = 3;
-        hp.n_deepstack = static_cast<int>(f.get_u32_or("qwen3vl.n_deepstack_layers", 0));
-        if (hp.n_deepstack > hp.n_layer) f.fail("qwen3vl.n_deepstack_layers exceeds block_count");
+        hp.n_deepstack = static_cast<int>(f.get_int_or("qwen3vl.n_deepstack_layers", 0, 0, hp.n_layer));
         load_common_weights(w, /*qkv_bias*/ false, /*qk_norm*/ true);
     }
 

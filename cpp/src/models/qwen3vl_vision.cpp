@@ -61,21 +61,30 @@ ggml_tensor* gelu_tanh_f32(ggml_context* ctx, ggml_tensor* x) {
     return ggml_mul(ctx, x, t);
 }
 
+constexpr int64_t kMaxImage = 1 << 14;
+constexpr int64_t kMaxWidth = int64_t(1) << 20;
+
 class Qwen3VLVision final : public VisionModel {
 public:
     Qwen3VLVision(const GgufFile& f, WeightStore& w) {
         projector = "qwen3vl_merger";
         frames_per_patch = 2;
-        patch_size = static_cast<int>(f.get_u32("clip.vision.patch_size"));
-        merge_ = static_cast<int>(f.get_u32_or("clip.vision.spatial_merge_size", 2));
-        n_embd_ = static_cast<int>(f.get_u32("clip.vision.embedding_length"));
-        n_ff_ = static_cast<int>(f.get_u32("clip.vision.feed_forward_length"));
-        n_layer_ = static_cast<int>(f.get_u32("clip.vision.block_count"));
-        n_head_ = static_cast<int>(f.get_u32("clip.vision.attention.head_count"));
-        eps_ = f.get_f32_or("clip.vision.attention.layer_norm_epsilon", 1e-6f);
-        n_embd_out = static_cast<int>(f.get_u32("clip.vision.projection_dim"));
+        // Ranges first, before anything is sized from them (see text_model.cpp).
+        patch_size = static_cast<int>(f.get_int("clip.vision.patch_size", 1, kMaxImage));
+        merge_ = static_cast<int>(f.get_int_or("clip.vision.spatial_merge_size", 2, 1, 64));
+        n_embd_ = static_cast<int>(f.get_int("clip.vision.embedding_length", 1, kMaxWidth));
+        n_ff_ = static_cast<int>(f.get_int("clip.vision.feed_forward_length", 1, kMaxWidth));
+        n_layer_ = static_cast<int>(f.get_int("clip.vision.block_count", 1, vision_layers_in_file(f)));
+        n_head_ = static_cast<int>(f.get_int("clip.vision.attention.head_count", 1, n_embd_));
+        eps_ = f.get_positive_f32_or("clip.vision.attention.layer_norm_epsilon", 1e-6f, 1.0f);
+        n_embd_out = static_cast<int>(f.get_int("clip.vision.projection_dim", 1, kMaxWidth));
         image_mean = read_f32_array(f, "clip.vision.image_mean", 3);
         image_std = read_f32_array(f, "clip.vision.image_std", 3);
+        for (int c = 0; c < 3; ++c) {
+            if (!std::isfinite(image_mean[c]) || !std::isfinite(image_std[c]) || !(image_std[c] > 0.0f)) {
+                f.fail("clip.vision.image_mean must be finite and clip.vision.image_std finite and positive");
+            }
+        }
         if (patch_size <= 0 || merge_ <= 0 || n_embd_ <= 0 || n_ff_ <= 0 || n_layer_ <= 0 || n_head_ <= 0 ||
             n_embd_out <= 0) {
             f.fail("clip.vision.{patch_size, spatial_merge_size, embedding_length, feed_forward_length, block_count, "
@@ -99,11 +108,15 @@ public:
         }
 
         const int64_t C = n_embd_, F = n_ff_, P = patch_size, M = C * merge_ * merge_, E = n_embd_out;
-        patch_w0_ = w.require("v.patch_embd.weight", {P, P, 3, C}, false);
-        patch_w1_ = w.require("v.patch_embd.weight.1", {P, P, 3, C}, false);
-        patch_b_ = w.require("v.patch_embd.bias", {C}, false);
-        pos_embd_ = w.require("v.position_embd.weight", {C, -1}, false);
+        patch_w0_ = w.require("v.patch_embd.weight", {P, P, 3, C}, TensorRole::ConvKernel);
+        patch_w1_ = w.require("v.patch_embd.weight.1", {P, P, 3, C}, TensorRole::ConvKernel);
+        patch_b_ = w.require("v.patch_embd.bias", {C}, TensorRole::Float);
+        pos_embd_ = w.require("v.position_embd.weight", {C, -1}, TensorRole::Float);
         const int64_t n_pos = pos_embd_->ne[1];
+        if (n_pos < 1 || n_pos > kMaxImage * kMaxImage) {
+            f.fail("tensor 'v.position_embd.weight' has " + std::to_string(n_pos) + " positions, expected a square grid of 1 to " +
+                   std::to_string(kMaxImage * kMaxImage));
+        }
         side_ = static_cast<int>(std::lround(std::sqrt(static_cast<double>(n_pos))));
         if (static_cast<int64_t>(side_) * side_ != n_pos) {
             f.fail("tensor 'v.position_embd.weight' has " + std::to_string(n_pos) +
@@ -114,36 +127,36 @@ public:
         for (int il = 0; il < n_layer_; ++il) {
             Layer& L = layers_[il];
             const std::string p = "v.blk." + std::to_string(il) + ".";
-            L.ln1_w = w.require(p + "ln1.weight", {C}, false);
-            L.ln1_b = w.require(p + "ln1.bias", {C}, false);
+            L.ln1_w = w.require(p + "ln1.weight", {C}, TensorRole::Float);
+            L.ln1_b = w.require(p + "ln1.bias", {C}, TensorRole::Float);
             L.qkv_w = w.require(p + "attn_qkv.weight", {C, 3 * C});
-            L.qkv_b = w.require(p + "attn_qkv.bias", {3 * C}, false);
+            L.qkv_b = w.require(p + "attn_qkv.bias", {3 * C}, TensorRole::Float);
             L.out_w = w.require(p + "attn_out.weight", {C, C});
-            L.out_b = w.require(p + "attn_out.bias", {C}, false);
-            L.ln2_w = w.require(p + "ln2.weight", {C}, false);
-            L.ln2_b = w.require(p + "ln2.bias", {C}, false);
+            L.out_b = w.require(p + "attn_out.bias", {C}, TensorRole::Float);
+            L.ln2_w = w.require(p + "ln2.weight", {C}, TensorRole::Float);
+            L.ln2_b = w.require(p + "ln2.bias", {C}, TensorRole::Float);
             L.up_w = w.require(p + "ffn_up.weight", {C, F});
-            L.up_b = w.require(p + "ffn_up.bias", {F}, false);
+            L.up_b = w.require(p + "ffn_up.bias", {F}, TensorRole::Float);
             L.down_w = w.require(p + "ffn_down.weight", {F, C});
-            L.down_b = w.require(p + "ffn_down.bias", {C}, false);
+            L.down_b = w.require(p + "ffn_down.bias", {C}, TensorRole::Float);
             if (is_deepstack_[il]) {
                 const std::string d = "v.deepstack." + std::to_string(il) + ".";
                 Merger& m = L.deepstack;
-                m.norm_w = w.require(d + "norm.weight", {M}, false);
-                m.norm_b = w.require(d + "norm.bias", {M}, false);
+                m.norm_w = w.require(d + "norm.weight", {M}, TensorRole::Float);
+                m.norm_b = w.require(d + "norm.bias", {M}, TensorRole::Float);
                 m.fc1_w = w.require(d + "fc1.weight", {M, M});
-                m.fc1_b = w.require(d + "fc1.bias", {M}, false);
+                m.fc1_b = w.require(d + "fc1.bias", {M}, TensorRole::Float);
                 m.fc2_w = w.require(d + "fc2.weight", {M, E});
-                m.fc2_b = w.require(d + "fc2.bias", {E}, false);
+                m.fc2_b = w.require(d + "fc2.bias", {E}, TensorRole::Float);
                 ++n_deepstack;
             }
         }
-        merger_.norm_w = w.require("v.post_ln.weight", {C}, false);
-        merger_.norm_b = w.require("v.post_ln.bias", {C}, false);
+        merger_.norm_w = w.require("v.post_ln.weight", {C}, TensorRole::Float);
+        merger_.norm_b = w.require("v.post_ln.bias", {C}, TensorRole::Float);
         merger_.fc1_w = w.require("mm.0.weight", {M, M});
-        merger_.fc1_b = w.require("mm.0.bias", {M}, false);
+        merger_.fc1_b = w.require("mm.0.bias", {M}, TensorRole::Float);
         merger_.fc2_w = w.require("mm.2.weight", {M, E});
-        merger_.fc2_b = w.require("mm.2.bias", {E}, false);
+        merger_.fc2_b = w.require("mm.2.bias", {E}, TensorRole::Float);
     }
 
     void check_input(int n_frames, int height, int width) const override {

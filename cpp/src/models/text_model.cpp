@@ -1,80 +1,135 @@
 #include "text_model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
 
 #include "gguf.h"
 
 namespace statekv {
 
+namespace {
+
+// Bounds on sizes, far above any released model and far below what would overflow the int32
+// arithmetic of graph building or allocate absurd amounts before the tensor checks run.
+constexpr int64_t kMaxWidth = int64_t(1) << 20;   // embedding / feed-forward width
+constexpr int64_t kMaxHeads = 4096;
+constexpr int64_t kMaxHeadDim = 4096;
+constexpr int64_t kMaxLayers = 4096;
+constexpr int64_t kMaxContext = int64_t(1) << 30;
+constexpr int64_t kMaxVocab = std::numeric_limits<int32_t>::max();
+
+// Number of decoder layers the file has tensors for: 1 + the largest N of a "blk.N." name, -1 if
+// a "blk." name has no valid index.
+int64_t layers_in_file(const GgufFile& f) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < gguf_get_n_tensors(f.ctx()); ++i) {
+        const char* name = gguf_get_tensor_name(f.ctx(), i);
+        if (std::strncmp(name, "blk.", 4) != 0) continue;
+        const char* p = name + 4;
+        int64_t idx = 0;
+        int digits = 0;
+        while (*p >= '0' && *p <= '9' && digits < 7) idx = idx * 10 + (*p++ - '0'), ++digits;
+        if (digits == 0 || *p != '.') f.fail("tensor '" + std::string(name) + "' has no layer index (expected blk.N.*)");
+        n = std::max(n, idx + 1);
+    }
+    return n;
+}
+
+}  // namespace
+
 void TextModel::read_common_hparams(const GgufFile& f) {
+    // Every value is range-checked here, before anything is allocated or handed to ggml (which
+    // asserts, i.e. aborts the process, on a negative epsilon or an odd rotary dimension).
     const std::string a = hp.arch + ".";
-    hp.n_embd = static_cast<int>(f.get_u32(a + "embedding_length"));
-    hp.n_layer = static_cast<int>(f.get_u32(a + "block_count"));
-    hp.n_head = static_cast<int>(f.get_u32(a + "attention.head_count"));
-    hp.n_head_kv = static_cast<int>(f.get_u32_or(a + "attention.head_count_kv", hp.n_head));
-    hp.n_ff = static_cast<int>(f.get_u32(a + "feed_forward_length"));
-    hp.n_ctx_train = static_cast<int>(f.get_u32(a + "context_length"));
-    hp.rms_eps = f.get_f32(a + "attention.layer_norm_rms_epsilon");
-    if (hp.n_embd <= 0 || hp.n_layer <= 0 || hp.n_head <= 0 || hp.n_head_kv <= 0 || hp.n_ff <= 0) {
-        f.fail("hyper-parameters embedding_length, block_count, attention.head_count(_kv) and "
-               "feed_forward_length must all be positive");
-    }
+    hp.n_embd = static_cast<int>(f.get_int(a + "embedding_length", 1, kMaxWidth));
+    hp.n_layer = static_cast<int>(f.get_int(a + "block_count", 1, kMaxLayers));
+    hp.n_head = static_cast<int>(f.get_int(a + "attention.head_count", 1, kMaxHeads));
+    hp.n_head_kv = static_cast<int>(f.get_int_or(a + "attention.head_count_kv", hp.n_head, 1, hp.n_head));
+    hp.n_ff = static_cast<int>(f.get_int(a + "feed_forward_length", 1, kMaxWidth));
+    hp.n_ctx_train = static_cast<int>(f.get_int(a + "context_length", 1, kMaxContext));
+    hp.rms_eps = f.get_positive_f32(a + "attention.layer_norm_rms_epsilon", 1.0f);
     if (hp.n_head % hp.n_head_kv != 0) {
-        f.fail("attention.head_count (" + std::to_string(hp.n_head) +
-               ") must be a multiple of attention.head_count_kv (" + std::to_string(hp.n_head_kv) + ")");
+        f.fail(a + "attention.head_count (" + std::to_string(hp.n_head) + ") must be a multiple of " + a +
+               "attention.head_count_kv (" + std::to_string(hp.n_head_kv) + ")");
     }
-    hp.head_dim = static_cast<int>(f.get_u32_or(a + "attention.key_length", hp.n_embd / hp.n_head));
-    const int v_len = static_cast<int>(f.get_u32_or(a + "attention.value_length", hp.head_dim));
-    if (v_len != hp.head_dim) f.fail("attention.value_length must equal attention.key_length");
+    if (!f.has(a + "attention.key_length") && hp.n_embd % hp.n_head != 0) {
+        f.fail(a + "embedding_length " + std::to_string(hp.n_embd) + " is not a multiple of attention.head_count " +
+               std::to_string(hp.n_head) + " (and there is no attention.key_length giving the head size)");
+    }
+    hp.head_dim = static_cast<int>(f.get_int_or(a + "attention.key_length", hp.n_embd / hp.n_head, 2, kMaxHeadDim));
+    const int64_t v_len = f.get_int_or(a + "attention.value_length", hp.head_dim, 1, kMaxHeadDim);
+    if (v_len != hp.head_dim) f.fail(a + "attention.value_length must equal " + a + "attention.key_length");
     hp.rope.mode = GGML_ROPE_TYPE_NEOX;
-    hp.rope.n_dims = static_cast<int>(f.get_u32_or(a + "rope.dimension_count", hp.head_dim));
-    hp.rope.freq_base = f.get_f32_or(a + "rope.freq_base", 10000.0f);
+    hp.rope.n_dims = static_cast<int>(f.get_int_or(a + "rope.dimension_count", hp.head_dim, 2, hp.head_dim));
+    if (hp.rope.n_dims % 2 != 0) {
+        f.fail(a + "rope.dimension_count = " + std::to_string(hp.rope.n_dims) +
+               " is odd, expected an even number of rotated dimensions (pairs) up to the head size " +
+               std::to_string(hp.head_dim));
+    }
+    hp.rope.freq_base = f.get_positive_f32_or(a + "rope.freq_base", 10000.0f, 1e30f);
     hp.rope.n_ctx_orig = hp.n_ctx_train;
+    hp.rope_scaling_factor = f.get_positive_f32_or(a + "rope.scaling.factor", 1.0f, 1e6f);
     if (f.has(a + "rope.scaling.type")) {
         const std::string t = f.get_str(a + "rope.scaling.type");
         if (t != "none") f.fail("rope.scaling.type '" + t + "' is not supported (expected none)");
     }
     // End-of-generation ids: the declared eos/eot plus the Qwen chat markers when present.
     for (const char* key : {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"}) {
-        if (f.has(key)) hp.eos_ids.push_back(static_cast<int32_t>(f.get_u32(key)));
+        if (f.has(key)) hp.eos_ids.push_back(static_cast<int32_t>(f.get_int(key, 0, kMaxVocab - 1)));
     }
     const int64_t tok = gguf_find_key(f.ctx(), "tokenizer.ggml.tokens");
     if (tok >= 0 && gguf_get_kv_type(f.ctx(), tok) == GGUF_TYPE_ARRAY &&
         gguf_get_arr_type(f.ctx(), tok) == GGUF_TYPE_STRING) {
         const size_t n = gguf_get_arr_n(f.ctx(), tok);
         for (size_t i = 0; i < n; ++i) {
-            const std::string s = gguf_get_arr_str(f.ctx(), tok, i);
-            if (s == "<|im_end|>" || s == "<|endoftext|>") hp.eos_ids.push_back(static_cast<int32_t>(i));
+            const char* s = gguf_get_arr_str(f.ctx(), tok, i);
+            if (i < static_cast<size_t>(kMaxVocab) && s && (std::strcmp(s, "<|im_end|>") == 0 || std::strcmp(s, "<|endoftext|>") == 0)) {
+                hp.eos_ids.push_back(static_cast<int32_t>(i));
+            }
         }
     }
 }
 
 void TextModel::load_common_weights(WeightStore& w, bool qkv_bias, bool qk_norm) {
     const int64_t E = hp.n_embd, D = hp.head_dim, Hq = hp.n_head * D, Hkv = hp.n_head_kv * D, F = hp.n_ff;
-    tok_embd = w.require("token_embd.weight", {E, -1}, false);
+    tok_embd = w.require("token_embd.weight", {E, -1}, TensorRole::Embedding);
+    if (tok_embd->ne[1] < 1 || tok_embd->ne[1] > kMaxVocab) {
+        w.fail("tensor 'token_embd.weight' has " + std::to_string(tok_embd->ne[1]) + " rows, expected a vocabulary of 1 to " +
+               std::to_string(kMaxVocab) + " tokens");
+    }
     hp.n_vocab = static_cast<int>(tok_embd->ne[1]);
+    // block_count against the layers present, before sizing anything from it.
+    const int64_t in_file = layers_in_file(w.file());
+    if (in_file != hp.n_layer) {
+        w.fail(hp.arch + ".block_count = " + std::to_string(hp.n_layer) + " but the file has tensors for " +
+               std::to_string(in_file) + " layers" +
+               (in_file > 0 ? " (blk.0 .. blk." + std::to_string(in_file - 1) + ")" : std::string(" (no blk.N.* tensors)")));
+    }
     layers.resize(hp.n_layer);
-    output_norm = w.require("output_norm.weight", {E}, false);
+    output_norm = w.require("output_norm.weight", {E}, TensorRole::Float);
     output = w.has("output.weight") ? w.require("output.weight", {E, hp.n_vocab}) : tok_embd;
     hp.tied_output = output == tok_embd;
+    if (hp.tied_output) w.check_role(tok_embd, TensorRole::Matmul);  // also the output projection
     for (int il = 0; il < hp.n_layer; ++il) {
         auto& L = layers[il];
         const std::string p = "blk." + std::to_string(il) + ".";
-        L.attn_norm = w.require(p + "attn_norm.weight", {E}, false);
+        L.attn_norm = w.require(p + "attn_norm.weight", {E}, TensorRole::Float);
         L.wq = w.require(p + "attn_q.weight", {E, Hq});
         L.wk = w.require(p + "attn_k.weight", {E, Hkv});
         L.wv = w.require(p + "attn_v.weight", {E, Hkv});
         L.wo = w.require(p + "attn_output.weight", {Hq, E});
         if (qkv_bias) {
-            L.bq = w.require(p + "attn_q.bias", {Hq}, false);
-            L.bk = w.require(p + "attn_k.bias", {Hkv}, false);
-            L.bv = w.require(p + "attn_v.bias", {Hkv}, false);
+            L.bq = w.require(p + "attn_q.bias", {Hq}, TensorRole::Float);
+            L.bk = w.require(p + "attn_k.bias", {Hkv}, TensorRole::Float);
+            L.bv = w.require(p + "attn_v.bias", {Hkv}, TensorRole::Float);
         }
         if (qk_norm) {
-            L.q_norm = w.require(p + "attn_q_norm.weight", {D}, false);
-            L.k_norm = w.require(p + "attn_k_norm.weight", {D}, false);
+            L.q_norm = w.require(p + "attn_q_norm.weight", {D}, TensorRole::Float);
+            L.k_norm = w.require(p + "attn_k_norm.weight", {D}, TensorRole::Float);
         }
-        L.ffn_norm = w.require(p + "ffn_norm.weight", {E}, false);
+        L.ffn_norm = w.require(p + "ffn_norm.weight", {E}, TensorRole::Float);
         L.ffn_gate = w.require(p + "ffn_gate.weight", {E, F});
         L.ffn_up = w.require(p + "ffn_up.weight", {E, F});
         L.ffn_down = w.require(p + "ffn_down.weight", {F, E});

@@ -26,6 +26,7 @@ struct TextHParams {
     int n_deepstack = 0;       // qwen3vl: layers after which DeepStack features are added
     float rms_eps = 1e-6f;
     RopeSpec rope;
+    float rope_scaling_factor = 1.0f;  // rope.scaling.factor (dynamic NTK of long sessions)
     int n_position_axes = 1;   // 3 for multi-axis RoPE (t, h, w)
     bool tied_output = false;
     std::vector<int32_t> eos_ids;  // end-of-generation token ids from the tokenizer metadata

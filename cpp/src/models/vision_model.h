@@ -35,6 +35,10 @@ public:
     virtual ggml_tensor* build(GraphBuilder& g, ggml_tensor* pixels, int n_frames, int height, int width) const = 0;
 };
 
+// Number of vision layers the file has tensors for (1 + the largest N of "v.blk.N."), so that
+// clip.vision.block_count is bounded by what is there before anything is sized from it.
+int64_t vision_layers_in_file(const GgufFile& file);
+
 // Reads clip.projector_type and dispatches to the family; unknown projectors raise ModelError
 // naming the file and the supported projectors.
 std::unique_ptr<VisionModel> load_vision_model(const GgufFile& file, WeightStore& weights);
