@@ -24,6 +24,11 @@ std::string shape_str(const int64_t* ne, int n) {
 
 bool is_float(ggml_type t) { return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16; }
 
+// A quantized type weights can be stored in: one ggml can dequantize. Q8_1 and Q8_K are only
+// the activation side of quantized dot products (no dequantization, no CPU kernel as a weight),
+// and the CPU backend still answers yes to a mul_mat with them, then crashes.
+bool is_weight_quant(ggml_type t) { return ggml_is_quantized(t) && ggml_get_type_traits(t)->to_float != nullptr; }
+
 const char* role_name(TensorRole role) {
     switch (role) {
         case TensorRole::Matmul: return "a matrix-multiplication weight";
@@ -83,7 +88,7 @@ void WeightStore::check_role(const ggml_tensor* t, TensorRole role) const {
     bool ok = false;
     switch (role) {
         case TensorRole::Matmul:
-        case TensorRole::Embedding: ok = is_float(type) || ggml_is_quantized(type); break;
+        case TensorRole::Embedding: ok = is_float(type) || is_weight_quant(type); break;
         case TensorRole::Float: ok = is_float(type); break;
         case TensorRole::ConvKernel: ok = type == GGML_TYPE_F32 || type == GGML_TYPE_F16; break;
     }
