@@ -1,5 +1,6 @@
 #include "gguf_file.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -243,6 +244,39 @@ bool GgufFile::get_bool(const std::string& key) const {
 std::vector<int32_t> GgufFile::get_i32_array(const std::string& key) const {
     const std::vector<int64_t> v = get_int_array(key, std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max());
     return std::vector<int32_t>(v.begin(), v.end());
+}
+
+std::vector<float> GgufFile::get_finite_f32_array(const std::string& key, size_t n) const {
+    const int64_t id = key_id(key);
+    const bool is_array = gguf_get_kv_type(ctx_, id) == GGUF_TYPE_ARRAY;
+    // The element type first: gguf_get_arr_data aborts on string arrays.
+    const gguf_type at = is_array ? gguf_get_arr_type(ctx_, id) : GGUF_TYPE_COUNT;
+    if (!is_array || gguf_get_arr_n(ctx_, id) != n || (at != GGUF_TYPE_FLOAT32 && at != GGUF_TYPE_FLOAT64)) {
+        fail("metadata key '" + key + "' must be an array of " + std::to_string(n) + " float32 values");
+    }
+    const void* data = gguf_get_arr_data(ctx_, id);
+    std::vector<float> out(n);
+    for (size_t i = 0; i < n; ++i) {
+        out[i] = at == GGUF_TYPE_FLOAT32 ? static_cast<const float*>(data)[i]
+                                         : static_cast<float>(static_cast<const double*>(data)[i]);
+        if (!std::isfinite(out[i])) fail("metadata key '" + key + "' holds a non-finite value");
+    }
+    return out;
+}
+
+int64_t GgufFile::layers_with_prefix(const std::string& prefix) const {
+    int64_t n = 0;
+    for (int64_t i = 0; i < gguf_get_n_tensors(ctx_); ++i) {
+        const char* name = gguf_get_tensor_name(ctx_, i);
+        if (std::strncmp(name, prefix.c_str(), prefix.size()) != 0) continue;
+        const char* p = name + prefix.size();
+        int64_t idx = 0;
+        int digits = 0;
+        while (*p >= '0' && *p <= '9' && digits < 7) idx = idx * 10 + (*p++ - '0'), ++digits;
+        if (digits == 0 || *p != '.') fail("tensor '" + std::string(name) + "' has no layer index (expected " + prefix + "N.*)");
+        n = std::max(n, idx + 1);
+    }
+    return n;
 }
 
 uint32_t GgufFile::get_u32_or(const std::string& key, uint32_t fallback) const {

@@ -45,6 +45,12 @@ public:
     float get_positive_f32_or(const std::string& key, float fallback, float hi) const;
     // Integers of an array within [lo, hi] each; the array's element type must be an integer type.
     std::vector<int64_t> get_int_array(const std::string& key, int64_t lo, int64_t hi) const;
+    // An array of exactly n finite floats (f32 or f64 elements).
+    std::vector<float> get_finite_f32_array(const std::string& key, size_t n) const;
+    // Layers the file has tensors for: 1 + the largest N of "<prefix>N." tensor names (0 if none),
+    // so a block_count is bounded by what is there before anything is sized from it. A name with
+    // the prefix but no index is an error.
+    int64_t layers_with_prefix(const std::string& prefix) const;
     float get_f32_or(const std::string& key, float fallback) const;
     bool get_bool_or(const std::string& key, bool fallback) const;
 

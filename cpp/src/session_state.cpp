@@ -94,8 +94,8 @@ void StateWriter::write(const std::string& path) const {
     std::FILE* f = std::fopen(tmp.c_str(), "wb");
     if (!f) throw InputError(path + ": cannot open for writing");
     bool ok = true;
-    // The checksum is known only once the data is written: the metadata goes first with a
-    // placeholder of the same size, and is written again at the end.
+    // The checksum is known only once the data is written: the metadata goes first with a zero
+    // checksum (a u64, so the header's size does not change) and is rewritten with the real one.
     gguf_set_val_u64(gguf_, kPayloadChecksumKey, 0);
     std::vector<uint8_t> meta(gguf_get_meta_size(gguf_));
     gguf_get_meta_data(gguf_, meta.data());

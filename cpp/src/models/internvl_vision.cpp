@@ -37,24 +37,6 @@ namespace statekv {
 
 namespace {
 
-std::vector<float> read_rgb(const GgufFile& f, const std::string& key) {
-    const int64_t id = gguf_find_key(f.ctx(), key.c_str());
-    if (id < 0) f.fail("missing metadata key '" + key + "' (3 per-channel values for pixel normalization)");
-    // Types before data: gguf_get_arr_data aborts on an array of strings.
-    const bool is_array = gguf_get_kv_type(f.ctx(), id) == GGUF_TYPE_ARRAY;
-    const enum gguf_type t = is_array ? gguf_get_arr_type(f.ctx(), id) : GGUF_TYPE_COUNT;
-    if (!is_array || gguf_get_arr_n(f.ctx(), id) != 3 || (t != GGUF_TYPE_FLOAT32 && t != GGUF_TYPE_FLOAT64)) {
-        f.fail("metadata key '" + key + "' must be an array of 3 float32 values (R, G, B)");
-    }
-    std::vector<float> out(3);
-    const void* d = gguf_get_arr_data(f.ctx(), id);
-    for (int i = 0; i < 3; ++i) {
-        out[i] = t == GGUF_TYPE_FLOAT32 ? static_cast<const float*>(d)[i]
-                                        : static_cast<float>(static_cast<const double*>(d)[i]);
-    }
-    return out;
-}
-
 constexpr int64_t kMaxImage = 1 << 14;
 constexpr int64_t kMaxWidth = int64_t(1) << 20;
 
@@ -67,12 +49,11 @@ public:
         patch_size = static_cast<int>(f.get_int("clip.vision.patch_size", 1, kMaxImage));
         n_embd_ = static_cast<int>(f.get_int("clip.vision.embedding_length", 1, kMaxWidth));
         n_ff_ = static_cast<int>(f.get_int("clip.vision.feed_forward_length", 1, kMaxWidth));
-        n_layer_ = static_cast<int>(f.get_int("clip.vision.block_count", 1, vision_layers_in_file(f)));
+        n_layer_ = static_cast<int>(f.get_int("clip.vision.block_count", 1, f.layers_with_prefix("v.blk.")));
         n_head_ = static_cast<int>(f.get_int("clip.vision.attention.head_count", 1, n_embd_));
         eps_ = f.get_positive_f32_or("clip.vision.attention.layer_norm_epsilon", 1e-6f, 1.0f);
         scale_ = static_cast<int>(f.get_int("clip.vision.projector.scale_factor", 1, kMaxImage));
-        image_mean = read_rgb(f, "clip.vision.image_mean");
-        image_std = read_rgb(f, "clip.vision.image_std");
+        read_pixel_normalization(f);
         if (f.get_bool_or("clip.use_silu", false)) {
             f.fail("clip.use_silu is set: this InternViT uses SiLU in its MLP, statekv supports GELU (clip.use_gelu)");
         }
@@ -88,12 +69,6 @@ public:
         if (image_size % patch_size != 0 || (image_size / patch_size) % scale_ != 0) {
             f.fail("clip.vision.image_size " + std::to_string(image_size) + " must be a multiple of patch_size " +
                    std::to_string(patch_size) + " x projector.scale_factor " + std::to_string(scale_));
-        }
-        for (float s : image_std) {
-            if (!(s > 0.0f) || !std::isfinite(s)) f.fail("clip.vision.image_std must be finite and positive");
-        }
-        for (float m : image_mean) {
-            if (!std::isfinite(m)) f.fail("clip.vision.image_mean must be finite");
         }
         grid_ = image_size / patch_size;
         rms_ = n_embd_ == 3200 && n_layer_ == 45;  // InternViT-6B (llama.cpp's rule)

@@ -27,17 +27,6 @@ namespace statekv {
 
 namespace {
 
-std::vector<float> read_f32_array(const GgufFile& f, const std::string& key, size_t want) {
-    const int64_t id = gguf_find_key(f.ctx(), key.c_str());
-    if (id < 0) f.fail("missing metadata key '" + key + "'");
-    if (gguf_get_kv_type(f.ctx(), id) != GGUF_TYPE_ARRAY || gguf_get_arr_type(f.ctx(), id) != GGUF_TYPE_FLOAT32 ||
-        gguf_get_arr_n(f.ctx(), id) != want) {
-        f.fail("metadata key '" + key + "' must be an array of " + std::to_string(want) + " float32 values");
-    }
-    const float* d = static_cast<const float*>(gguf_get_arr_data(f.ctx(), id));
-    return std::vector<float>(d, d + want);
-}
-
 std::vector<bool> read_bool_array(const GgufFile& f, const std::string& key) {
     const int64_t id = gguf_find_key(f.ctx(), key.c_str());
     if (id < 0) f.fail("missing metadata key '" + key + "'");
@@ -74,17 +63,11 @@ public:
         merge_ = static_cast<int>(f.get_int_or("clip.vision.spatial_merge_size", 2, 1, 64));
         n_embd_ = static_cast<int>(f.get_int("clip.vision.embedding_length", 1, kMaxWidth));
         n_ff_ = static_cast<int>(f.get_int("clip.vision.feed_forward_length", 1, kMaxWidth));
-        n_layer_ = static_cast<int>(f.get_int("clip.vision.block_count", 1, vision_layers_in_file(f)));
+        n_layer_ = static_cast<int>(f.get_int("clip.vision.block_count", 1, f.layers_with_prefix("v.blk.")));
         n_head_ = static_cast<int>(f.get_int("clip.vision.attention.head_count", 1, n_embd_));
         eps_ = f.get_positive_f32_or("clip.vision.attention.layer_norm_epsilon", 1e-6f, 1.0f);
         n_embd_out = static_cast<int>(f.get_int("clip.vision.projection_dim", 1, kMaxWidth));
-        image_mean = read_f32_array(f, "clip.vision.image_mean", 3);
-        image_std = read_f32_array(f, "clip.vision.image_std", 3);
-        for (int c = 0; c < 3; ++c) {
-            if (!std::isfinite(image_mean[c]) || !std::isfinite(image_std[c]) || !(image_std[c] > 0.0f)) {
-                f.fail("clip.vision.image_mean must be finite and clip.vision.image_std finite and positive");
-            }
-        }
+        read_pixel_normalization(f);
         if (patch_size <= 0 || merge_ <= 0 || n_embd_ <= 0 || n_ff_ <= 0 || n_layer_ <= 0 || n_head_ <= 0 ||
             n_embd_out <= 0) {
             f.fail("clip.vision.{patch_size, spatial_merge_size, embedding_length, feed_forward_length, block_count, "

@@ -20,23 +20,6 @@ constexpr int64_t kMaxLayers = 4096;
 constexpr int64_t kMaxContext = int64_t(1) << 30;
 constexpr int64_t kMaxVocab = std::numeric_limits<int32_t>::max();
 
-// Number of decoder layers the file has tensors for: 1 + the largest N of a "blk.N." name, -1 if
-// a "blk." name has no valid index.
-int64_t layers_in_file(const GgufFile& f) {
-    int64_t n = 0;
-    for (int64_t i = 0; i < gguf_get_n_tensors(f.ctx()); ++i) {
-        const char* name = gguf_get_tensor_name(f.ctx(), i);
-        if (std::strncmp(name, "blk.", 4) != 0) continue;
-        const char* p = name + 4;
-        int64_t idx = 0;
-        int digits = 0;
-        while (*p >= '0' && *p <= '9' && digits < 7) idx = idx * 10 + (*p++ - '0'), ++digits;
-        if (digits == 0 || *p != '.') f.fail("tensor '" + std::string(name) + "' has no layer index (expected blk.N.*)");
-        n = std::max(n, idx + 1);
-    }
-    return n;
-}
-
 }  // namespace
 
 void TextModel::read_common_hparams(const GgufFile& f) {
@@ -101,7 +84,7 @@ void TextModel::load_common_weights(WeightStore& w, bool qkv_bias, bool qk_norm)
     }
     hp.n_vocab = static_cast<int>(tok_embd->ne[1]);
     // block_count against the layers present, before sizing anything from it.
-    const int64_t in_file = layers_in_file(w.file());
+    const int64_t in_file = w.file().layers_with_prefix("blk.");
     if (in_file != hp.n_layer) {
         w.fail(hp.arch + ".block_count = " + std::to_string(hp.n_layer) + " but the file has tensors for " +
                std::to_string(in_file) + " layers" +

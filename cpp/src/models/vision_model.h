@@ -33,11 +33,11 @@ public:
     // Graph: pixels [W, H, 3, n_frames] F32 (preprocessed) -> rows
     // [n_embd_out * (1 + n_deepstack), tokens_per_patch * n_frames / frames_per_patch].
     virtual ggml_tensor* build(GraphBuilder& g, ggml_tensor* pixels, int n_frames, int height, int width) const = 0;
-};
 
-// Number of vision layers the file has tensors for (1 + the largest N of "v.blk.N."), so that
-// clip.vision.block_count is bounded by what is there before anything is sized from it.
-int64_t vision_layers_in_file(const GgufFile& file);
+protected:
+    // clip.vision.image_mean / image_std: 3 finite values each, std positive.
+    void read_pixel_normalization(const GgufFile& f);
+};
 
 // Reads clip.projector_type and dispatches to the family; unknown projectors raise ModelError
 // naming the file and the supported projectors.

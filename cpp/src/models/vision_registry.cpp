@@ -9,18 +9,12 @@
 
 namespace statekv {
 
-int64_t vision_layers_in_file(const GgufFile& f) {
-    int64_t n = 0;
-    for (int64_t i = 0; i < gguf_get_n_tensors(f.ctx()); ++i) {
-        const char* name = gguf_get_tensor_name(f.ctx(), i);
-        if (std::strncmp(name, "v.blk.", 6) != 0) continue;
-        const char* p = name + 6;
-        int64_t idx = 0;
-        int digits = 0;
-        while (*p >= '0' && *p <= '9' && digits < 7) idx = idx * 10 + (*p++ - '0'), ++digits;
-        if (digits > 0 && *p == '.') n = std::max(n, idx + 1);
+void VisionModel::read_pixel_normalization(const GgufFile& f) {
+    image_mean = f.get_finite_f32_array("clip.vision.image_mean", 3);
+    image_std = f.get_finite_f32_array("clip.vision.image_std", 3);
+    for (float s : image_std) {
+        if (!(s > 0.0f)) f.fail("clip.vision.image_std must be positive (one value per RGB channel)");
     }
-    return n;
 }
 
 std::unique_ptr<VisionModel> load_vision_model(const GgufFile& file, WeightStore& weights) {
