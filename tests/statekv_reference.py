@@ -1,4 +1,4 @@
-"""A short, readable PyTorch reference of StateKV (DESIGN.md section 1).
+"""A short, readable PyTorch reference of StateKV (docs/DESIGN.md section 1).
 
 Written over transformers' own modules of a (tiny) ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM`` or
 ``Qwen3VLForConditionalGeneration`` (text model: 3-axis M-RoPE positions and DeepStack rows), in

@@ -8,7 +8,7 @@ tower (width 32, 2 layers, 2 heads) and the tiny Qwen2 text model of tests/tiny.
 3 layers, 4 / 2 heads), the real InternVL3 vocabulary layout (Qwen2.5 added tokens, then
 ``<img>`` 151665, ``</img>`` 151666, ``<IMG_CONTEXT>`` 151667, ...; vocab_size 151674) and the
 chat template of the ``-hf`` checkpoints. Every expected number comes from transformers or from
-the PyTorch reference of DESIGN.md section 1 (tests/statekv_reference.py), never from statekv.
+the PyTorch reference of docs/DESIGN.md section 1 (tests/statekv_reference.py), never from statekv.
 
 transformers' InternVL video processor needs torchvision, which is not installed here: frames are
 compared against the checkpoint's image processor (``GotOcr2ImageProcessorPil``, one tile per

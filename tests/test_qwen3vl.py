@@ -8,7 +8,7 @@ learned position grid, DeepStack after vision layers 0 and 1), converted by stat
 to a text GGUF and an mmproj GGUF (f32).
 
 About the references: transformers' Qwen3-VL *video* processor needs torchvision for its resize
-and normalization, and torchvision is not installed here (see shared/NOTES-formats.md). So the
+and normalization, and torchvision is not installed here (see docs/DESIGN.md section 7). So the
 preprocessing is compared with what can run: the HF image processor's own PIL operations
 (resize, rescale, normalize) applied per frame, transformers' published video ``smart_resize``,
 ``sample_frames`` (called on a real ``Qwen3VLVideoProcessor``), ``patchify`` (temporal pairing with
@@ -460,7 +460,7 @@ def test_statekv_large_budget_equals_full(q3model, video8):
 
 def test_statekv_small_budget_matches_reference(q3model, q3hf, hf_tokenizer):
     """B = 24 tokens (about 1.5 steps): after every step the carried keys equal the PyTorch
-    reference's (DESIGN.md section 1, with 3-axis positions and DeepStack rows), and the question
+    reference's (docs/DESIGN.md section 1, with 3-axis positions and DeepStack rows), and the question
     logits match in the middle of the video and at the end."""
     frames = random_video(9, 14, 64, 96)
     px = q3.preprocess_frames(frames, size=(64, 96))

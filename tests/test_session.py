@@ -1,4 +1,4 @@
-"""The StateKV Session API against the PyTorch reference of DESIGN.md section 1
+"""The StateKV Session API against the PyTorch reference of docs/DESIGN.md section 1
 (tests/statekv_reference.py) and against transformers' plain forward.
 
 Tiny random Qwen2 / Qwen3 (/ Qwen3-VL) models from tests/conftest.py: 3 layers, 4 query heads,

@@ -1,6 +1,6 @@
 // `statekv`: the carried state C holds, per layer and KV head, at most B (key, value) pairs,
 // re-selected after every step as the B keys with the largest attention mass from the step's
-// queries (DESIGN.md section 1). Scores, top-B selection, re-ordering and gathering all run as
+// queries (docs/DESIGN.md section 1). Scores, top-B selection, re-ordering and gathering all run as
 // ggml ops on the device: the host never sees scores.
 #include <algorithm>
 #include <cmath>
