@@ -7,12 +7,12 @@
 #
 # LLAMA_BUILD_BIN_DIR: the bin/ folder of llama.cpp built from the llama-cpp-python==0.3.36 sdist
 # (see docs/benchmarks.md). OUT_DIR: models, logs and results. PARTS: any of
-# text,vision,video (default: all). statekv must be installed in the active Python.
+# text,vision,qwen3vl,video (default: all). statekv must be installed in the active Python.
 set -euo pipefail
 LLAMA_BIN=${1:?llama.cpp bin dir}
 OUT=${2:?output dir}
 T=${3:-2}
-PARTS=${4:-text,vision,video}
+PARTS=${4:-text,vision,qwen3vl,video}
 mkdir -p "$OUT"
 cd "$OUT"
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
@@ -48,6 +48,26 @@ EOF
   log "vision: statekv bench frames (encoder + one LLM step at depth 0)"
   statekv bench frames --shape internvl3-1b --type q8_0 --mmproj-type f16 -t "$T" --modes full --steps 3 \
     --encode-reps 3 --compare 1,3 --json statekv_frames_vision.json --plot '' > statekv_frames_vision.txt 2>&1
+fi
+
+if has qwen3vl; then
+  # The Qwen3-VL-2B tower on one 640x352 image (20x11 merged tokens on both sides).
+  [ -f qwen3-vl-2b-q8_0.gguf ] || statekv bench make-model --shape qwen3-vl-2b --type q8_0 qwen3-vl-2b-q8_0.gguf -q
+  MMPROJ_QWEN3VL=$(python -c "from statekv.bench.vision import random_mmproj_path; from statekv.bench.frames import _cache_dir; print(random_mmproj_path('qwen3-vl-2b', 'f16', _cache_dir()))")
+  python - <<'EOF'
+import numpy as np
+from PIL import Image
+rng = np.random.default_rng(0)
+Image.fromarray(rng.integers(0, 255, (352, 640, 3), dtype=np.uint8)).save("frame640x352.png")
+EOF
+  log "qwen3vl: llama-mtmd-cli (image encode, 3 runs)"
+  for i in 1 2 3; do
+    "$LLAMA_BIN/llama-mtmd-cli" -m qwen3-vl-2b-q8_0.gguf --mmproj "$MMPROJ_QWEN3VL" --image frame640x352.png \
+      -p "Describe." -n 1 -t "$T" --temp 0 -fa on -c 4096 > mtmd_qwen3vl_$i.log 2>&1 || true
+  done
+  log "qwen3vl: statekv bench frames (encoder)"
+  statekv bench frames --shape qwen3-vl-2b --type q8_0 --mmproj-type f16 -t "$T" --modes full --steps 2 \
+    --encode-reps 3 --source-size 640x352 --json statekv_frames_qwen3vl.json --plot '' > statekv_frames_qwen3vl.txt 2>&1
 fi
 
 if has video; then

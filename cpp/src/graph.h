@@ -38,6 +38,10 @@ public:
 
     void expand(ggml_tensor* t) { ggml_build_forward_expand(gf_, t); }
 
+    // The graph runs on the CPU backend, so statekv's own CPU kernels (ggml custom ops, see
+    // exact_activations.h) may be used; other devices get ggml's built-in ops.
+    bool on_cpu = false;
+
 private:
     ggml_context* ctx_ = nullptr;
     ggml_cgraph* gf_ = nullptr;

@@ -289,6 +289,7 @@ std::vector<float> Model::encode_frames(const float* pixels, int n, int h, int w
         vg.g.reset();
         vg.n = -1;
         vg.g = std::make_unique<GraphBuilder>(Impl::kMaxNodes);
+        vg.g->on_cpu = m.backend.is_cpu();
         std::vector<float> zeros(n_values, 0.0f);
         vg.pixels = vg.g->input_f32(zeros, {w, h, 3, n}, "pixels");
         vg.out = v.build(*vg.g, vg.pixels, n, h, w);

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "gguf.h"
+#include "../exact_activations.h"
 #include "vision_model.h"
 
 namespace statekv {
@@ -38,16 +39,6 @@ std::vector<bool> read_bool_array(const GgufFile& f, const std::string& key) {
     std::vector<bool> out(n);
     for (size_t i = 0; i < n; ++i) out[i] = d[i] != 0;
     return out;
-}
-
-// GELU with the tanh approximation (PyTorch's gelu(approximate="tanh"), Qwen3-VL's vision MLP),
-// computed in f32: ggml_gelu rounds its input to f16 for a table lookup on the CPU.
-ggml_tensor* gelu_tanh_f32(ggml_context* ctx, ggml_tensor* x) {
-    const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-    ggml_tensor* x3 = ggml_mul(ctx, ggml_sqr(ctx, x), x);
-    ggml_tensor* inner = ggml_scale(ctx, ggml_add(ctx, x, ggml_scale(ctx, x3, 0.044715f)), k);
-    ggml_tensor* t = ggml_scale_bias(ctx, ggml_tanh(ctx, inner), 0.5f, 0.5f);  // (1 + tanh) / 2
-    return ggml_mul(ctx, x, t);
 }
 
 constexpr int64_t kMaxImage = 1 << 14;
@@ -262,7 +253,7 @@ public:
             x = ggml_add(ctx, x, linear(ctx, cur, L.out_w, L.out_b));
 
             cur = layer_norm(ctx, x, L.ln2_w, L.ln2_b, eps_);
-            cur = gelu_tanh_f32(ctx, linear(ctx, cur, L.up_w, L.up_b));
+            cur = gelu_tanh_exact(ctx, linear(ctx, cur, L.up_w, L.up_b), g.on_cpu);  // gelu_pytorch_tanh
             x = ggml_add(ctx, x, linear(ctx, cur, L.down_w, L.down_b));
 
             if (is_deepstack_[il]) {

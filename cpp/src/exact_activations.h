@@ -1,0 +1,21 @@
+// Activations computed exactly in f32 on the CPU at the speed of ggml's table-based ones.
+//
+// ggml's CPU GELU (ggml_gelu) rounds its input to f16 and looks the result up in a table, an error
+// of about 5e-4 relative that the transformers reference does not have; composing the exact formula
+// from ggml's elementwise ops costs six passes over memory and a scalar tanhf per element (measured
+// on the Qwen3-VL-2B vision tower: 7.9 s per frame against llama.cpp's 6.5 s, see docs/performance.md).
+// These kernels do the exact formula in one pass with a vectorizable exp, as a ggml custom op.
+// Custom ops run on the CPU backend only, so a graph for another device uses ggml's own op there
+// (GPU backends compute GELU in f32 without a table).
+#pragma once
+
+#include "ggml.h"
+
+namespace statekv {
+
+// PyTorch's gelu(x, approximate="tanh") = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))),
+// written as x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)). `on_cpu`: the graph runs on the CPU
+// backend (use the fused kernel); otherwise ggml_gelu.
+ggml_tensor* gelu_tanh_exact(ggml_context* ctx, ggml_tensor* x, bool on_cpu);
+
+}  // namespace statekv
