@@ -1,18 +1,19 @@
 #include <algorithm>
-#include <cmath>
-#include <mutex>
-#include <cstdio>
 #include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <mutex>
 #include <numeric>
 #include <random>
-#include <limits>
 #include <set>
 #include <thread>
 
-#include "attention.h"
-#include "cache/kv_cache.h"
-#include "ggml-alloc.h"
+#include "generate.h"
+#include "graph/run.h"
+#include "memory/kv_cache.h"
 #include "model_impl.h"
+#include "models/registry.h"
 
 namespace statekv {
 
@@ -46,29 +47,7 @@ Model::Impl::Impl(const std::string& p, const ModelOptions& options)
         mmproj_file = std::make_unique<GgufFile>(options.mmproj);
         mmproj_weights = std::make_unique<WeightStore>(*mmproj_file, backend);
         vision = load_vision_model(*mmproj_file, *mmproj_weights);
-        // Which text decoders each projector was trained with (InternVL3 pairs with Qwen2.5,
-        // InternVL3.5 with Qwen3; Qwen3-VL's merger with its own decoder).
-        static const std::map<std::string, std::vector<std::string>> pairs = {
-            {"internvl", {"qwen2", "qwen3"}},
-            {"qwen3vl_merger", {"qwen3vl"}},
-        };
-        const auto it = pairs.find(vision->projector);
-        if (it != pairs.end() && std::find(it->second.begin(), it->second.end(), text->hp.arch) == it->second.end()) {
-            std::string archs;
-            for (const auto& a : it->second) archs += (archs.empty() ? "" : " or ") + a;
-            throw ModelError(options.mmproj + ": a '" + vision->projector + "' projector goes with a " + archs +
-                             " text model, but " + p + " is " + text->hp.arch + ": these two files are not a pair");
-        }
-        if (vision->n_embd_out != text->hp.n_embd) {
-            throw ModelError(options.mmproj + ": the projector's output width " + std::to_string(vision->n_embd_out) +
-                             " does not match the embedding width " + std::to_string(text->hp.n_embd) + " of " + p +
-                             " (" + text->hp.arch + "): these two files are not a pair");
-        }
-        if (vision->n_deepstack != text->hp.n_deepstack) {
-            throw ModelError(options.mmproj + ": the projector gives " + std::to_string(vision->n_deepstack) +
-                             " DeepStack feature slices but " + p + " expects " + std::to_string(text->hp.n_deepstack) +
-                             ": these two files are not a pair");
-        }
+        check_pair(*vision, options.mmproj, *text, p);
         mmproj_weights->load();
         vision_sched = backend.new_scheduler(kMaxNodes);
     }
@@ -85,7 +64,7 @@ const VisionModel& Model::Impl::require_vision() const {
     return *vision;
 }
 
-void Model::Impl::validate(const Tokens& in) const {
+void Model::Impl::validate(const Tokens& in, bool rows_on_device) const {
     const auto& hp = text->hp;
     const size_t n = in.ids.size();
     if (n == 0) throw InputError("empty token sequence");
@@ -111,7 +90,10 @@ void Model::Impl::validate(const Tokens& in) const {
     }
     const size_t k = in.embedding_rows.size();
     if (k == 0 && !in.embeddings.empty()) throw InputError("embeddings given without embedding_rows");
-    if (k > 0) {
+    if (rows_on_device && !in.embeddings.empty()) {
+        throw InputError("a step of add_frames takes its visual rows from the frames: give embedding_rows only, no embeddings");
+    }
+    if (k > 0 && !rows_on_device) {
         const size_t width = in.embeddings.size() / k;
         const size_t full = static_cast<size_t>(text->embedding_width());
         if (in.embeddings.size() % k != 0 || (width != static_cast<size_t>(hp.n_embd) && width != full)) {
@@ -125,13 +107,13 @@ void Model::Impl::validate(const Tokens& in) const {
                                  " is not finite (NaN or inf)");
             }
         }
-        std::set<int32_t> seen;
-        for (int32_t r : in.embedding_rows) {
-            if (r < 0 || static_cast<size_t>(r) >= n) {
-                throw InputError("embedding row " + std::to_string(r) + " is out of range [0, " + std::to_string(n) + ")");
-            }
-            if (!seen.insert(r).second) throw InputError("embedding row " + std::to_string(r) + " appears twice");
+    }
+    std::set<int32_t> seen;
+    for (int32_t r : in.embedding_rows) {
+        if (r < 0 || static_cast<size_t>(r) >= n) {
+            throw InputError("embedding row " + std::to_string(r) + " is out of range [0, " + std::to_string(n) + ")");
         }
+        if (!seen.insert(r).second) throw InputError("embedding row " + std::to_string(r) + " appears twice");
     }
 }
 
@@ -156,7 +138,7 @@ int Model::Impl::last_position(const Tokens& in, int default_pos0) const {
 }
 
 DecoderInputs Model::Impl::make_inputs(GraphBuilder& g, const Tokens& in, int default_pos0,
-                                       const std::vector<int32_t>& output_rows) const {
+                                       const std::vector<int32_t>& output_rows, const DeviceRows* device_rows) const {
     const auto& hp = text->hp;
     const int n = static_cast<int>(in.ids.size());
     DecoderInputs d;
@@ -170,7 +152,8 @@ DecoderInputs Model::Impl::make_inputs(GraphBuilder& g, const Tokens& in, int de
     }
     if (hp.n_position_axes > 1) {
         // Four streams (t, h, w, extra). Rotary pairs outside the t/h/w sections rotate with
-        // the temporal position, as transformers' Qwen3-VL does (llama.cpp feeds them 0).
+        // the temporal position, as transformers does (llama.cpp feeds them 0; docs/DESIGN.md
+        // section 7).
         std::vector<int32_t> streams(4 * static_cast<size_t>(n));
         for (int a = 0; a < 3; ++a) {
             const bool per_axis = !in.positions.empty() && in.n_position_axes > 1;
@@ -183,12 +166,17 @@ DecoderInputs Model::Impl::make_inputs(GraphBuilder& g, const Tokens& in, int de
     }
     if (!in.embedding_rows.empty()) {
         const int k = static_cast<int>(in.embedding_rows.size());
-        const int width = static_cast<int>(in.embeddings.size() / k);
         const int full = text->embedding_width();
-        if (width == full) {
+        if (device_rows) {
+            // The encoder's rows, read in place (their width is the full one: checked when the
+            // mmproj was paired with this model).
+            ggml_tensor* r = device_rows->rows;
+            d.embeddings = ggml_view_2d(g.ctx(), r, r->ne[0], k, r->nb[1], static_cast<size_t>(device_rows->first) * r->nb[1]);
+        } else if (static_cast<int>(in.embeddings.size() / k) == full) {
             d.embeddings = g.input_f32(in.embeddings, {full, k}, "embeddings");
         } else {
             // Main slice only: DeepStack slices are zero.
+            const int width = static_cast<int>(in.embeddings.size() / k);
             std::vector<float> padded(static_cast<size_t>(full) * k, 0.0f);
             for (int r = 0; r < k; ++r) std::copy_n(&in.embeddings[size_t(r) * width], width, &padded[size_t(r) * full]);
             d.embeddings = g.input_f32(padded, {full, k}, "embeddings");
@@ -198,8 +186,6 @@ DecoderInputs Model::Impl::make_inputs(GraphBuilder& g, const Tokens& in, int de
     if (!output_rows.empty()) d.output_rows = g.input_i32(output_rows, "output_rows");
     return d;
 }
-
-std::vector<float> Model::Impl::compute(GraphBuilder& g, ggml_tensor* out) { return run_graph(sched, g, out, backend); }
 
 void Model::Impl::check_memory(double bytes, const std::string& what) const {
     size_t free = 0, total = 0;
@@ -231,45 +217,100 @@ void Model::Impl::check_finite(const std::vector<float>& out, const std::string&
     }
 }
 
-std::vector<float> run_graph(ggml_backend_sched_t sched, GraphBuilder& g, ggml_tensor* out, const Backend& backend) {
-    if (out) {
-        ggml_set_output(out);
-        g.expand(out);
-    }
+const Model::Impl::VisionGraph& Model::Impl::encode(PixelKind kind, const void* pixels, int n, int h, int w) {
+    const VisionModel& v = require_vision();
+    v.check_input(n, h, w);
+    const size_t n_values = static_cast<size_t>(n) * 3 * h * w;
     std::lock_guard<std::mutex> lock(backend.compute_mutex());
-    ggml_backend_sched_reset(sched);
-    // A fresh allocation plan for every graph: ggml reuses the previous plan when the node count
-    // matches and every node still fits, even if in-place decisions made for other shapes no
-    // longer hold (seen with broadcast adds); planning costs microseconds.
-    if (!ggml_backend_sched_reserve(sched, g.graph()) || !ggml_backend_sched_alloc_graph(sched, g.graph())) {
-        throw InputError("not enough device memory for the compute graph (" + std::to_string(ggml_graph_n_nodes(g.graph())) +
-                         " nodes); use fewer tokens per call");
+    VisionGraph& vg = vision_graph;
+    if (vg.kind != kind || vg.n != n || vg.h != h || vg.w != w) {
+        // The encoder graph depends only on the input kind and the batch shape: built once per
+        // shape, its allocation kept on the vision scheduler.
+        vg = VisionGraph();
+        vg.g = std::make_unique<GraphBuilder>(kMaxNodes);
+        GraphBuilder& g = *vg.g;
+        g.on_cpu = backend.is_cpu();
+        ggml_tensor* px = nullptr;
+        if (kind == PixelKind::Bytes) {
+            vg.input = g.input_late(GGML_TYPE_I32, {static_cast<int64_t>(n_values)}, "pixel_bytes");
+            px = v.normalize(g, vg.input, n, h, w);
+        } else {
+            vg.input = g.input_late(GGML_TYPE_F32, {w, h, 3, n}, "pixels");
+            px = vg.input;
+        }
+        vg.out = v.build(g, px, n, h, w);
+        ggml_set_output(vg.out);
+        g.expand(vg.out);
+        if (kind == PixelKind::Bytes) {
+            // x - x is 0 for every finite x and NaN for NaN or inf: one scalar tells.
+            vg.finite = ggml_sum(g.ctx(), ggml_sub(g.ctx(), vg.out, vg.out));
+            ggml_set_output(vg.finite);
+            g.expand(vg.finite);
+        }
+        allocate_graph(vision_sched, g, "encoding " + std::to_string(n) + " frames at once", "use smaller batches");
+        vg.kind = kind;
+        vg.n = n;
+        vg.h = h;
+        vg.w = w;
     }
-    g.upload_inputs();
-    if (ggml_backend_sched_graph_compute(sched, g.graph()) != GGML_STATUS_SUCCESS) {
-        throw ModelError("graph computation failed on device " + backend.device_name());
+    if (kind == PixelKind::Bytes) {
+        // Bytes (frame, row, column, channel) -> byte ids (frame, channel, row, column), written
+        // straight into the input when the device's memory is the host's.
+        const auto* bytes = static_cast<const uint8_t*>(pixels);
+        const bool host = ggml_backend_buffer_is_host(vg.input->buffer);
+        std::vector<int32_t> staging(host ? 0 : n_values);
+        int32_t* ids = host ? static_cast<int32_t*>(vg.input->data) : staging.data();
+        const size_t plane = static_cast<size_t>(h) * w;
+        for (size_t f = 0; f < static_cast<size_t>(n); ++f) {
+            const uint8_t* src = bytes + f * plane * 3;
+            int32_t* dst = ids + f * plane * 3;
+            for (size_t p = 0; p < plane; ++p) {
+                for (int c = 0; c < 3; ++c) dst[c * plane + p] = VisionModel::byte_id(c, src[3 * p + c]);
+            }
+        }
+        if (!host) ggml_backend_tensor_set(vg.input, staging.data(), 0, n_values * sizeof(int32_t));
+    } else {
+        ggml_backend_tensor_set(vg.input, pixels, 0, n_values * sizeof(float));
     }
-    if (!out) return {};
-    std::vector<float> host(ggml_nelements(out));
-    ggml_backend_tensor_get(out, host.data(), 0, host.size() * sizeof(float));
-    return host;
+    compute_graph(vision_sched, *vg.g, backend, "vision encoder computation");
+    if (vg.finite) {
+        float x = 0.0f;
+        ggml_backend_tensor_get(vg.finite, &x, 0, sizeof(x));
+        if (!std::isfinite(x)) check_finite({x}, mmproj_file->path(), "vision encoder");
+    }
+    return vg;
 }
 
 Model::Model(const std::string& text_gguf, const ModelOptions& options)
-    : impl(std::make_shared<Impl>(text_gguf, options)) {}
+    : impl_(std::make_shared<Impl>(text_gguf, options)) {}
 
 Model::~Model() = default;
 
-bool Model::has_vision() const { return impl->vision != nullptr; }
-int Model::vision_tokens_per_patch(int height, int width) const { return impl->require_vision().tokens_per_patch(height, width); }
+bool Model::has_vision() const { return impl_->vision != nullptr; }
+int Model::vision_tokens_per_patch(int height, int width) const { return impl_->require_vision().tokens_per_patch(height, width); }
 int Model::vision_row_width() const {
-    const VisionModel& v = impl->require_vision();
+    const VisionModel& v = impl_->require_vision();
     return v.n_embd_out * (1 + v.n_deepstack);
 }
-int Model::vision_frames_per_patch() const { return impl->require_vision().frames_per_patch; }
+int Model::vision_frames_per_patch() const { return impl_->require_vision().frames_per_patch; }
+
+VisionInfo Model::vision_info() const {
+    const VisionModel& v = impl_->require_vision();
+    VisionInfo i;
+    i.projector = v.projector;
+    i.image_size = v.image_size;
+    i.patch_size = v.patch_size;
+    i.size_multiple = v.size_multiple;
+    i.frames_per_patch = v.frames_per_patch;
+    i.n_deepstack = v.n_deepstack;
+    i.row_width = vision_row_width();
+    i.image_mean = v.image_mean;
+    i.image_std = v.image_std;
+    return i;
+}
 
 std::vector<float> Model::encode_frames(const float* pixels, int n, int h, int w) {
-    Impl& m = *impl;
+    Impl& m = *impl_;
     const VisionModel& v = m.require_vision();
     if (n <= 0) throw InputError("encode_frames needs at least one frame");
     v.check_input(n, h, w);
@@ -280,90 +321,37 @@ std::vector<float> Model::encode_frames(const float* pixels, int n, int h, int w
                              " is not finite (NaN or inf)");
         }
     }
-    // The cached encoder graph and the vision scheduler are shared by every caller.
-    std::lock_guard<std::mutex> lock(m.backend.compute_mutex());
-    auto& vg = m.vision_graph;
-    const size_t n_values = static_cast<size_t>(n) * 3 * h * w;
-    if (vg.n != n || vg.h != h || vg.w != w) {
-        // The encoder graph depends only on the batch shape: build it once per shape.
-        vg.g.reset();
-        vg.n = -1;
-        vg.g = std::make_unique<GraphBuilder>(Impl::kMaxNodes);
-        vg.g->on_cpu = m.backend.is_cpu();
-        std::vector<float> zeros(n_values, 0.0f);
-        vg.pixels = vg.g->input_f32(zeros, {w, h, 3, n}, "pixels");
-        vg.out = v.build(*vg.g, vg.pixels, n, h, w);
-        ggml_set_output(vg.out);
-        vg.g->expand(vg.out);
-        ggml_backend_sched_reset(m.vision_sched);
-        // A fresh plan for the new shape (see run_graph).
-        if (!ggml_backend_sched_reserve(m.vision_sched, vg.g->graph()) ||
-            !ggml_backend_sched_alloc_graph(m.vision_sched, vg.g->graph())) {
-            throw InputError("not enough device memory to encode " + std::to_string(n) + " frames at once; use smaller batches");
-        }
-        vg.n = n;
-        vg.h = h;
-        vg.w = w;
-    }
-    vg.g->set_input(vg.pixels, pixels);
-    vg.g->upload_inputs();
-    if (ggml_backend_sched_graph_compute(m.vision_sched, vg.g->graph()) != GGML_STATUS_SUCCESS) {
-        throw ModelError("vision encoder computation failed on device " + m.backend.device_name());
-    }
-    std::vector<float> out(ggml_nelements(vg.out));
-    ggml_backend_tensor_get(vg.out, out.data(), 0, out.size() * sizeof(float));
+    std::lock_guard<std::mutex> lock(m.vision_mutex);
+    std::vector<float> out = read_f32(m.encode(Impl::PixelKind::Normalized, pixels, n, h, w).out);
     m.check_finite(out, m.mmproj_file->path(), "vision encoder");
     return out;
 }
 
-int Model::n_vocab() const { return impl->text->hp.n_vocab; }
-int Model::n_embd() const { return impl->text->hp.n_embd; }
+int Model::n_vocab() const { return impl_->text->hp.n_vocab; }
+int Model::n_embd() const { return impl_->text->hp.n_embd; }
 
 std::vector<float> Model::logits(const Tokens& input) {
-    impl->validate(input);
+    Impl& m = *impl_;
+    m.validate(input);
     const int64_t n = static_cast<int64_t>(input.ids.size());
-    impl->check_memory(impl->prefill_bytes(n, n, n), "a logits call of " + std::to_string(n) + " tokens");
+    m.check_memory(m.prefill_bytes(n, n, n), "a logits call of " + std::to_string(n) + " tokens");
     GraphBuilder g(Impl::kMaxNodes);
-    DecoderInputs in = impl->make_inputs(g, input, 0, {});
-    CausalSelfAttention attn(impl->text->hp);
-    std::vector<float> out = impl->compute(g, impl->text->build(g, in, attn));
-    impl->check_finite(out, impl->path, "model");
+    DecoderInputs in = m.make_inputs(g, input, 0, {});
+    CausalSelfAttention attn(m.text->kv_shape().scale());
+    std::vector<float> out = run_graph(m.sched, g, m.text->build(g, in, attn), m.backend);
+    m.check_finite(out, m.path, "model");
     return out;
 }
 
 namespace {
 
-// Slice [b, e) of a batch (ids, positions on every axis, embeddings of the rows inside it).
-Tokens slice_tokens(const Tokens& in, int b, int e) {
-    Tokens out;
-    const int n = static_cast<int>(in.ids.size());
-    out.ids.assign(in.ids.begin() + b, in.ids.begin() + e);
-    out.n_position_axes = in.n_position_axes;
-    if (!in.positions.empty()) {
-        for (int a = 0; a < in.n_position_axes; ++a) {
-            out.positions.insert(out.positions.end(), in.positions.begin() + a * n + b, in.positions.begin() + a * n + e);
-        }
-    }
-    if (!in.embedding_rows.empty()) {
-        const size_t width = in.embeddings.size() / in.embedding_rows.size();
-        for (size_t r = 0; r < in.embedding_rows.size(); ++r) {
-            const int row = in.embedding_rows[r];
-            if (row < b || row >= e) continue;
-            out.embedding_rows.push_back(row - b);
-            out.embeddings.insert(out.embeddings.end(), in.embeddings.begin() + r * width,
-                                  in.embeddings.begin() + (r + 1) * width);
-        }
-    }
-    return out;
-}
-
-int argmax(const float* v, int n) { return static_cast<int>(std::max_element(v, v + n) - v); }
+constexpr int kPromptUbatch = 512;
 
 }  // namespace
 
 std::vector<int32_t> Model::generate(const Tokens& prompt, int max_tokens, const GenerateOptions& options,
                                      const TokenCallback& on_token) {
-    Impl& m = *impl;
+    Impl& m = *impl_;
     const auto& hp = m.text->hp;
     m.validate(prompt);
     if (max_tokens < 0) throw InputError("max_tokens must be >= 0");
@@ -375,49 +363,44 @@ std::vector<int32_t> Model::generate(const Tokens& prompt, int max_tokens, const
     const int n_total = static_cast<int>(n_total64);
     const ggml_type kv = parse_kv_type(options.kv_type);
     m.check_memory(double(n_total) * hp.n_layer * 2.0 * hp.n_head_kv * double(ggml_row_size(kv, hp.head_dim)) +
-                       m.prefill_bytes(std::min(n_prompt, 512), n_total, 1),
+                       m.prefill_bytes(std::min(n_prompt, kPromptUbatch), n_total, 1),
                    "a KV cache of " + std::to_string(n_total) + " tokens (prompt + max_tokens)");
-    KVCache cache(hp, m.backend, n_total, kv);
-    std::set<int32_t> stop(options.stop.begin(), options.stop.end());
-    if (!options.ignore_eos) stop.insert(hp.eos_ids.begin(), hp.eos_ids.end());
-
-    // Prefill in micro-batches; logits of the last prompt token only.
-    const int ubatch = 512;
-    std::vector<float> last;
-    for (int b = 0; b < n_prompt; b += ubatch) {
-        const int e = std::min(n_prompt, b + ubatch);
-        Tokens part = slice_tokens(prompt, b, e);
+    const KVShape shape = m.text->kv_shape();
+    KVCache cache(shape, m.backend, n_total, kv);
+    // One decoder batch over the cache: tokens at slots [n_past, ...), logits of `rows`.
+    auto batch = [&](const Tokens& part, int n_past, int pos0, const std::vector<int32_t>& rows) {
         GraphBuilder g(Impl::kMaxNodes);
-        DecoderInputs in = m.make_inputs(g, part, b, e == n_prompt ? std::vector<int32_t>{e - b - 1} : std::vector<int32_t>{0});
-        KVCacheAttention attn(hp, cache, b);
-        last = m.compute(g, m.text->build(g, in, attn));
+        DecoderInputs in = m.make_inputs(g, part, pos0, rows);
+        KVCacheAttention attn(cache, shape.scale(), n_past);
+        return run_graph(m.sched, g, m.text->build(g, in, attn), m.backend);
+    };
+    // Prefill in micro-batches; logits of the last prompt token only.
+    std::vector<float> last;
+    for (int b = 0; b < n_prompt; b += kPromptUbatch) {
+        const int e = std::min(n_prompt, b + kPromptUbatch);
+        last = batch(slice_tokens(prompt, b, e), b, b, {e == n_prompt ? e - b - 1 : 0});
     }
     m.check_finite(last, m.path, "model");
-    std::vector<int32_t> out;
-    int pos = m.last_position(prompt, 0) + 1;
-    for (int i = 0; i < max_tokens; ++i) {
-        const int32_t tok = argmax(last.data(), hp.n_vocab);
-        out.push_back(tok);
-        if (on_token && !on_token(tok)) break;
-        if (stop.count(tok) || i + 1 == max_tokens) break;
-        Tokens next;
-        next.ids = {tok};
-        GraphBuilder g(Impl::kMaxNodes);
-        DecoderInputs in = m.make_inputs(g, next, pos++, {});
-        KVCacheAttention attn(hp, cache, n_prompt + i);
-        last = m.compute(g, m.text->build(g, in, attn));
-        m.check_finite(last, m.path, "model");
-    }
-    return out;
+    Sampler greedy{SamplingOptions()};
+    const int pos0 = m.last_position(prompt, 0) + 1;
+    return decode(std::move(last), max_tokens, greedy, {}, stop_tokens(hp.eos_ids, options.stop, options.ignore_eos),
+                  on_token, [&](int32_t tok, int i) {
+                      Tokens next;
+                      next.ids = {tok};
+                      std::vector<float> logits = batch(next, n_prompt + i, pos0 + i, {});
+                      m.check_finite(logits, m.path, "model");
+                      return logits;
+                  });
 }
 
 PromptBenchResult Model::bench_prompt(int n_prompt, int n_depth, int repetitions, const std::string& kv_type, int n_ubatch) {
-    Impl& m = *impl;
+    Impl& m = *impl_;
     const auto& hp = m.text->hp;
     if (n_prompt <= 0 || n_depth < 0 || repetitions <= 0 || n_ubatch <= 0) {
         throw InputError("bench_prompt needs n_prompt > 0, n_depth >= 0, repetitions > 0, n_ubatch > 0");
     }
-    KVCache cache(hp, m.backend, n_depth + n_prompt, parse_kv_type(kv_type));
+    const KVShape shape = m.text->kv_shape();
+    KVCache cache(shape, m.backend, n_depth + n_prompt, parse_kv_type(kv_type));
     std::mt19937 rng(1234);
     std::uniform_int_distribution<int32_t> dist(0, hp.n_vocab - 1);
     auto run = [&](int b, int n) {
@@ -427,8 +410,8 @@ PromptBenchResult Model::bench_prompt(int n_prompt, int n_depth, int repetitions
             for (int i = 0; i < len; ++i) part.ids.push_back(dist(rng));
             GraphBuilder g(Impl::kMaxNodes);
             DecoderInputs in = m.make_inputs(g, part, b + u, {len - 1});
-            KVCacheAttention attn(hp, cache, b + u);
-            m.compute(g, m.text->build(g, in, attn));
+            KVCacheAttention attn(cache, shape.scale(), b + u);
+            run_graph(m.sched, g, m.text->build(g, in, attn), m.backend);
         }
     };
     PromptBenchResult r;
@@ -445,9 +428,9 @@ PromptBenchResult Model::bench_prompt(int n_prompt, int n_depth, int repetitions
 }
 
 std::map<std::string, std::string> Model::info() const {
-    const auto& hp = impl->text->hp;
+    const auto& hp = impl_->text->hp;
     std::map<std::string, std::string> out{
-        {"path", impl->path},
+        {"path", impl_->path},
         {"architecture", hp.arch},
         {"n_vocab", std::to_string(hp.n_vocab)},
         {"n_embd", std::to_string(hp.n_embd)},
@@ -466,19 +449,19 @@ std::map<std::string, std::string> Model::info() const {
              for (int32_t id : hp.eos_ids) ids += (ids.empty() ? "" : ",") + std::to_string(id);
              return ids;
          }()},
-        {"device", impl->backend.device_name()},
-        {"threads", std::to_string(impl->backend.threads())},
-        {"threads_note", impl->threads_note},
-        {"weights_bytes", std::to_string(impl->weights.bytes())},
+        {"device", impl_->backend.device_name()},
+        {"threads", std::to_string(impl_->backend.threads())},
+        {"threads_note", impl_->threads_note},
+        {"weights_bytes", std::to_string(impl_->weights.bytes())},
     };
-    if (const VisionModel* v = impl->vision.get()) {
-        out["mmproj"] = impl->mmproj_file->path();
+    if (const VisionModel* v = impl_->vision.get()) {
+        out["mmproj"] = impl_->mmproj_file->path();
         out["vision.projector"] = v->projector;
         out["vision.patch_size"] = std::to_string(v->patch_size);
         out["vision.image_size"] = std::to_string(v->image_size);
         out["vision.frames_per_patch"] = std::to_string(v->frames_per_patch);
         out["vision.n_deepstack"] = std::to_string(v->n_deepstack);
-        out["vision.weights_bytes"] = std::to_string(impl->mmproj_weights->bytes());
+        out["vision.weights_bytes"] = std::to_string(impl_->mmproj_weights->bytes());
         auto join = [](const std::vector<float>& xs) {
             std::string s;
             for (float x : xs) s += (s.empty() ? "" : ",") + std::to_string(x);
@@ -488,7 +471,7 @@ std::map<std::string, std::string> Model::info() const {
         out["vision.image_std"] = join(v->image_std);
     }
     std::string types;
-    for (const auto& [t, c] : impl->weights.type_counts()) types += (types.empty() ? "" : ",") + t + ":" + std::to_string(c);
+    for (const auto& [t, c] : impl_->weights.type_counts()) types += (types.empty() ? "" : ",") + t + ":" + std::to_string(c);
     out["tensor_types"] = types;
     return out;
 }

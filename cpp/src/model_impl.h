@@ -2,18 +2,26 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "backend.h"
-#include "gguf_file.h"
-#include "graph.h"
+#include "graph/builder.h"
+#include "io/gguf_file.h"
+#include "io/weights.h"
 #include "models/text_model.h"
 #include "models/vision_model.h"
 #include "statekv/statekv.h"
-#include "weights.h"
 
 namespace statekv {
+
+// Visual rows already on the device (the vision encoder's output, read in place): rows
+// [first, first + k) of `rows` [row_width, *], for a batch's k embedding_rows.
+struct DeviceRows {
+    ggml_tensor* rows = nullptr;
+    int64_t first = 0;
+};
 
 struct Model::Impl {
     Impl(const std::string& path, const ModelOptions& options);
@@ -28,34 +36,42 @@ struct Model::Impl {
     static constexpr size_t kMaxNodes = 32768;
 
     // Vision (optional): the mmproj file, its weights, the encoder, and the last encoder graph
-    // (rebuilt only when the batch shape changes).
+    // (rebuilt only when the input kind or the batch shape changes).
     std::unique_ptr<GgufFile> mmproj_file;
     std::unique_ptr<WeightStore> mmproj_weights;
     std::unique_ptr<VisionModel> vision;
     ggml_backend_sched_t vision_sched = nullptr;
+    enum class PixelKind { Normalized, Bytes };
     struct VisionGraph {
+        PixelKind kind = PixelKind::Normalized;
         int n = -1, h = -1, w = -1;
         std::unique_ptr<GraphBuilder> g;
-        ggml_tensor* pixels = nullptr;
-        ggml_tensor* out = nullptr;
+        ggml_tensor* input = nullptr;   // F32 [W, H, 3, n], or I32 byte ids [W * H * 3 * n]
+        ggml_tensor* out = nullptr;     // rows [row_width, n_rows]
+        ggml_tensor* finite = nullptr;  // Bytes: a scalar that is NaN iff `out` holds NaN or inf
     } vision_graph;
+    // Held while the encoder graph is built, run, and its output read (by copy, or in place by
+    // the steps of Session::add_frames). Taken before the backend's compute lock.
+    std::mutex vision_mutex;
     const VisionModel& require_vision() const;
+    // Runs the encoder over n frames (pixels as `kind` says: floats n x 3 x h x w, or bytes
+    // n x h x w x 3) and returns its graph, `out` computed. The caller holds vision_mutex.
+    const VisionGraph& encode(PixelKind kind, const void* pixels, int n, int h, int w);
 
     // Checks a batch against the model (ids, positions, embeddings, rows); InputError if bad.
-    void validate(const Tokens& in) const;
+    // rows_on_device: the visual rows come as DeviceRows (embeddings must be empty).
+    void validate(const Tokens& in, bool rows_on_device = false) const;
     // Graph inputs for a batch. default_pos0: first position when none are given.
-    // output_rows: rows whose logits are wanted (empty: all).
-    DecoderInputs make_inputs(GraphBuilder& g, const Tokens& in, int default_pos0,
-                              const std::vector<int32_t>& output_rows) const;
+    // output_rows: rows whose logits are wanted (empty: all). device_rows: the batch's visual
+    // rows on the device instead of in.embeddings.
+    DecoderInputs make_inputs(GraphBuilder& g, const Tokens& in, int default_pos0, const std::vector<int32_t>& output_rows,
+                              const DeviceRows* device_rows = nullptr) const;
     // Identifies the model a session file belongs to: architecture, sizes, and a hash of the
     // first bytes of the embedding table and of the output norm.
     std::string fingerprint() const;
 
     // Largest position over all axes of a batch (default positions included).
     int last_position(const Tokens& in, int default_pos0) const;
-
-    // Allocate, upload, compute on the model's scheduler; copy `out` (F32) to the host.
-    std::vector<float> compute(GraphBuilder& g, ggml_tensor* out);
 
     // InputError when a call would need more than the device's memory (checked before
     // allocating, so a long prompt fails with a message instead of growing until the OS kills it).
@@ -68,11 +84,5 @@ struct Model::Impl {
 
     std::string threads_note;  // why the thread count differs from the one asked for
 };
-
-// Allocate, upload and compute a graph on a scheduler; returns `out` (F32, may be nullptr) on the
-// host. Everything the graph must compute besides `out` has been expanded into it already.
-std::vector<float> run_graph(ggml_backend_sched_t sched, GraphBuilder& g, ggml_tensor* out, const Backend& backend);
-
-
 
 }  // namespace statekv

@@ -9,13 +9,13 @@
 #include <numeric>
 #include <set>
 
-#include "attention.h"
-#include "cache/cache_policy.h"
-#include "cache/detailed_cache.h"
-#include "cache/kv_cache.h"
+#include "generate.h"
+#include "graph/run.h"
+#include "io/session_file.h"
+#include "memory/cache_policy.h"
+#include "memory/detailed_cache.h"
+#include "memory/kv_cache.h"
 #include "model_impl.h"
-#include "sampling.h"
-#include "session_state.h"
 #include "gguf.h"
 
 namespace statekv {
@@ -25,24 +25,6 @@ namespace {
 constexpr float kMaxRopeScale = 1e6f;
 
 }  // namespace
-
-std::unique_ptr<CachePolicy> make_full_policy(const TextHParams& hp, const DetailedCache& d);
-std::unique_ptr<CachePolicy> make_window_policy(const TextHParams& hp, const DetailedCache& d, int window);
-std::unique_ptr<CachePolicy> make_statekv_policy(const TextHParams& hp, const Backend& backend, const DetailedCache& d,
-                                                 int budget, ggml_type type);
-
-std::unique_ptr<CachePolicy> make_cache_policy(const SessionOptions& o, const TextHParams& hp, const Backend& backend,
-                                               const DetailedCache& d) {
-    if (o.mode == "full") return make_full_policy(hp, d);
-    if (o.mode == "window") return make_window_policy(hp, d, o.window);
-    if (o.mode == "statekv") {
-        // The carried state is small (B per head): keep it exact when D is f32, else f16
-        // (quantized types cannot be concatenated and re-gathered in place).
-        const ggml_type c_type = d.type() == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
-        return make_statekv_policy(hp, backend, d, o.budget, c_type);
-    }
-    throw InputError("unknown mode '" + o.mode + "' (expected full, window or statekv)");
-}
 
 namespace {
 
@@ -63,39 +45,13 @@ private:
     ggml_tensor* slots_;
 };
 
-// Question and answer tokens: attend over all of D plus themselves, kept in a separate tail
-// cache so D and C are never touched.
-class QuestionAttention final : public LayerAttention {
-public:
-    QuestionAttention(const TextHParams& hp, const DetailedCache& d, KVCache& tail, int n_tail_past)
-        : hp_(hp), d_(d), tail_(tail), n_tail_past_(n_tail_past) {}
-    ggml_tensor* attend(GraphBuilder& g, int layer, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v) override {
-        const int n = static_cast<int>(q->ne[2]);
-        if (!slots_) {
-            std::vector<int32_t> s(n);
-            std::iota(s.begin(), s.end(), n_tail_past_);
-            slots_ = g.input_i32(s, "tail_slots");
-        }
-        std::vector<KVSegment> segs = d_.view(g, layer, 0, d_.size());
-        segs.push_back(tail_.write_and_view(g.ctx(), layer, k, v, slots_, n_tail_past_ + n, d_.size()));
-        return segmented_attention(g, q, segs, d_.size() + n_tail_past_, 1.0f / std::sqrt(float(hp_.head_dim)));
-    }
-
-private:
-    const TextHParams& hp_;
-    const DetailedCache& d_;
-    KVCache& tail_;
-    int n_tail_past_;
-    ggml_tensor* slots_ = nullptr;
-};
-
 }  // namespace
 
 struct Session::Impl {
-    Impl(std::shared_ptr<Model::Impl> m, const SessionOptions& o) : model(std::move(m)), options(o) {
+    Impl(std::shared_ptr<Model::Impl> m, const SessionOptions& o)
+        : model(std::move(m)), options(o), shape(model->text->kv_shape()) {
         const auto& hp = model->text->hp;
-        if (o.mode == "statekv" && o.budget <= 0) throw InputError("budget must be a positive number of tokens, got " + std::to_string(o.budget));
-        if (o.mode == "window" && o.window <= 0) throw InputError("window must be a positive number of steps, got " + std::to_string(o.window));
+        check_cache_policy_options(o);
         if (o.expected_length < 0) throw InputError("expected_length must be >= 0");
         if (o.rope_scale != 0.0f && !(o.rope_scale >= 1.0f && o.rope_scale <= kMaxRopeScale)) {
             throw InputError("rope_scale must be in [1, " + std::to_string(int(kMaxRopeScale)) + "] (or 0 for none), got " +
@@ -130,26 +86,26 @@ struct Session::Impl {
         const int chunk = o.detailed_chunk > 0 ? o.detailed_chunk
                           : o.expected_length > 0 ? std::max(4096, o.expected_length)
                                                   : 16384;
-        d = std::make_unique<DetailedCache>(hp, model->backend, parse_kv_type(o.kv_type), chunk);
+        d = std::make_unique<DetailedCache>(shape, model->backend, parse_kv_type(o.kv_type), chunk);
         // The first chunk is allocated with the first batch: its size comes from the options
         // (expected_length), so check it now, before a long video is decoded for nothing.
         model->check_memory(double(chunk) * d->bytes_per_token(),
                             "a detailed cache chunk of " + std::to_string(chunk) + " tokens (expected_length / detailed_chunk)");
-        policy = make_cache_policy(o, hp, model->backend, *d);
+        policy = make_cache_policy(o, shape, model->backend, *d);
         sched = model->backend.new_scheduler(Model::Impl::kMaxNodes);
     }
     ~Impl() {
         if (sched) ggml_backend_sched_free(sched);
     }
 
-    // Positions must continue after everything entered so far, and the first (temporal) axis
-    // never goes back within a batch: the cache is causal in entry order.
-    void check_positions(const Tokens& t) const {
+    // Positions must continue after `next` (the session's next position), and the first
+    // (temporal) axis never goes back within a batch: the cache is causal in entry order.
+    static void check_positions(const Tokens& t, int next) {
         if (t.positions.empty()) return;
         const int n = static_cast<int>(t.ids.size());
         const int32_t first = *std::min_element(t.positions.begin(), t.positions.begin() + n);
-        if (first < next_pos) {
-            throw InputError("positions must continue after the last position " + std::to_string(next_pos - 1) +
+        if (first < next) {
+            throw InputError("positions must continue after the last position " + std::to_string(next - 1) +
                              " of the session, got " + std::to_string(first));
         }
         for (int i = 1; i < n; ++i) {
@@ -168,23 +124,30 @@ struct Session::Impl {
         }
     }
 
-    // One prefix or step batch through the policy.
-    void run_batch(const Tokens& t, bool is_step) {
-        model->validate(t);
-        check_positions(t);
-        check_context(model->last_position(t, next_pos));
+    // Checks a prefix or step batch entering after n_past tokens at position `next`; returns the
+    // position after it.
+    int check_batch(const Tokens& t, bool is_step, int64_t n_past, int next, bool rows_on_device) const {
+        model->validate(t, rows_on_device);
+        check_positions(t, next);
+        const int last = model->last_position(t, next);
+        check_context(last);
         const int64_t n = static_cast<int64_t>(t.ids.size());
-        model->check_memory(model->prefill_bytes(n, d->size() + n, 0) + double(n) * d->bytes_per_token(),
+        model->check_memory(model->prefill_bytes(n, n_past + n, 0) + double(n) * d->bytes_per_token(),
                             std::string(is_step ? "a step" : "a prefix") + " of " + std::to_string(n) + " tokens");
+        return last + 1;
+    }
+
+    // One prefix or step batch through the policy; device_rows: its visual rows on the device.
+    void run_batch(const Tokens& t, bool is_step, const DeviceRows* device_rows = nullptr) {
+        const int after = check_batch(t, is_step, d->size(), next_pos, device_rows != nullptr);
         Batch b;
         b.is_step = is_step;
         b.n_past = d->size();
         b.n = static_cast<int64_t>(t.ids.size());
-        b.step_index = n_steps;
         d->reserve(static_cast<int>(b.n));
         d->begin_graph();
         GraphBuilder g(Model::Impl::kMaxNodes);
-        DecoderInputs in = model->make_inputs(g, t, next_pos, {});
+        DecoderInputs in = model->make_inputs(g, t, next_pos, {}, device_rows);
         in.no_logits = true;
         in.rope = &rope;
         ggml_tensor* slots = g.input_i32(d->next_slots(static_cast<int>(b.n)), "d_slots");
@@ -194,22 +157,31 @@ struct Session::Impl {
         run_graph(sched, g, nullptr, model->backend);
         d->commit(static_cast<int>(b.n));
         policy->commit(b);
-        next_pos = model->last_position(t, next_pos) + 1;
+        next_pos = after;
         if (is_step) ++n_steps;
     }
 
     // Logits of the given rows of a question batch over D + tail (tail slots from n_tail_past).
-    std::vector<float> question_batch(const Tokens& t, KVCache& tail, int n_tail_past, int pos0,
+    std::vector<float> question_batch(const Tokens& t, const KVCache& tail, int n_tail_past, int pos0,
                                       const std::vector<int32_t>& rows) {
         d->begin_graph();
         GraphBuilder g(Model::Impl::kMaxNodes);
         DecoderInputs in = model->make_inputs(g, t, pos0, rows);
         in.rope = &rope;
-        QuestionAttention attn(model->text->hp, *d, tail, n_tail_past);
+        // Question and answer tokens attend over all of D plus themselves, kept in a separate
+        // tail cache so D and C are never touched.
+        KVCacheAttention attn(tail, shape.scale(), n_tail_past, d->size(),
+                              [this](GraphBuilder& gb, int layer) { return d->view(gb, layer, 0, d->size()); });
         std::vector<float> out = run_graph(sched, g, model->text->build(g, in, attn), model->backend);
         model->check_finite(out, source.empty() ? model->path : model->path + " with the session loaded from " + source,
                             "model");
         return out;
+    }
+
+    // The tail cache of a question: f32 when D is, else f16.
+    std::unique_ptr<KVCache> new_tail(int capacity) const {
+        return std::make_unique<KVCache>(shape, model->backend, capacity,
+                                         d->type() == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16);
     }
 
     // Serializes the calls on one session (its caches, positions and scheduler); calls on
@@ -218,6 +190,7 @@ struct Session::Impl {
 
     std::shared_ptr<Model::Impl> model;
     SessionOptions options;
+    KVShape shape;
     RopeSpec rope;
     int64_t n_ctx = 0;
     std::unique_ptr<DetailedCache> d;
@@ -231,7 +204,7 @@ struct Session::Impl {
 };
 
 std::unique_ptr<Session> Model::session(const SessionOptions& options) {
-    return std::unique_ptr<Session>(new Session(std::make_unique<Session::Impl>(impl, options)));
+    return std::unique_ptr<Session>(new Session(std::make_unique<Session::Impl>(impl_, options)));
 }
 
 Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -250,6 +223,52 @@ void Session::add_step(const Tokens& tokens) {
     impl_->step_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
 
+void Session::add_frames(const uint8_t* pixels, int n_frames, int height, int width, const std::vector<Tokens>& steps) {
+    Impl& s = *impl_;
+    std::lock_guard<std::mutex> lock(s.mutex);
+    const auto t0 = std::chrono::steady_clock::now();
+    Model::Impl& m = *s.model;
+    const VisionModel& v = m.require_vision();
+    if (!pixels) throw InputError("add_frames: no pixel data");
+    if (n_frames <= 0) throw InputError("add_frames needs at least one frame");
+    v.check_input(n_frames, height, width);
+    const int n_patches = n_frames / v.frames_per_patch;
+    const int per_patch = v.tokens_per_patch(height, width);
+    if (static_cast<int>(steps.size()) != n_patches) {
+        throw InputError("add_frames: " + std::to_string(n_frames) + " frames make " + std::to_string(n_patches) +
+                         " step(s) of " + std::to_string(v.frames_per_patch) + " frame(s), but " +
+                         std::to_string(steps.size()) + " step layouts were given");
+    }
+    // Every step before anything runs: a bad one leaves the session as it was.
+    int64_t n_past = s.d->size();
+    int next = s.next_pos;
+    for (size_t k = 0; k < steps.size(); ++k) {
+        if (static_cast<int>(steps[k].embedding_rows.size()) != per_patch) {
+            throw InputError("add_frames: step " + std::to_string(k) + " places " + std::to_string(steps[k].embedding_rows.size()) +
+                             " visual rows, but frames of " + std::to_string(height) + " x " + std::to_string(width) +
+                             " give " + std::to_string(per_patch) + " rows per step");
+        }
+        try {
+            next = s.check_batch(steps[k], true, n_past, next, /*rows_on_device*/ true);
+        } catch (const InputError& e) {
+            throw InputError("add_frames: step " + std::to_string(k) + ": " + e.what());
+        }
+        n_past += static_cast<int64_t>(steps[k].ids.size());
+    }
+    // The encoder's output stays where it is computed; each step reads its rows in place, so the
+    // vision lock is held until the last step is committed.
+    std::lock_guard<std::mutex> vision_lock(m.vision_mutex);
+    ggml_tensor* rows = m.encode(Model::Impl::PixelKind::Bytes, pixels, n_frames, height, width).out;
+    const double encode_share =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / static_cast<double>(n_patches);
+    for (size_t k = 0; k < steps.size(); ++k) {
+        const auto t1 = std::chrono::steady_clock::now();
+        const DeviceRows step_rows{rows, static_cast<int64_t>(k) * per_patch};
+        s.run_batch(steps[k], true, &step_rows);
+        s.step_seconds.push_back(encode_share + std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count());
+    }
+}
+
 namespace {
 
 constexpr int kQuestionUbatch = 512;
@@ -260,29 +279,19 @@ std::vector<float> Session::question_logits(const Tokens& question) {
     Impl& s = *impl_;
     std::lock_guard<std::mutex> lock(s.mutex);
     s.model->validate(question);
-    s.check_positions(question);
+    s.check_positions(question, s.next_pos);
     s.check_context(s.model->last_position(question, s.next_pos));
     const int n = static_cast<int>(question.ids.size());
     const int n_vocab = s.model->text->hp.n_vocab;
     if (!question.embedding_rows.empty() && n > kQuestionUbatch) throw InputError("question embeddings are limited to 512 tokens");
     s.model->check_memory(s.model->prefill_bytes(std::min(n, kQuestionUbatch), s.d->size() + n, n),
                           "question logits of " + std::to_string(n) + " tokens");
-    KVCache tail(s.model->text->hp, s.model->backend, n, s.d->type() == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16);
+    std::unique_ptr<KVCache> tail = s.new_tail(n);
     std::vector<float> out;
     out.reserve(static_cast<size_t>(n) * n_vocab);
     for (int b = 0; b < n; b += kQuestionUbatch) {
         const int e = std::min(n, b + kQuestionUbatch);
-        Tokens part;
-        part.ids.assign(question.ids.begin() + b, question.ids.begin() + e);
-        part.n_position_axes = question.n_position_axes;
-        for (int a = 0; a < (question.positions.empty() ? 0 : question.n_position_axes); ++a) {
-            part.positions.insert(part.positions.end(), question.positions.begin() + a * n + b, question.positions.begin() + a * n + e);
-        }
-        if (b == 0) {
-            part.embeddings = question.embeddings;
-            part.embedding_rows = question.embedding_rows;
-        }
-        std::vector<float> l = s.question_batch(part, tail, b, s.next_pos + b, {});
+        std::vector<float> l = s.question_batch(slice_tokens(question, b, e), *tail, b, s.next_pos + b, {});
         out.insert(out.end(), l.begin(), l.end());
     }
     return out;
@@ -294,33 +303,22 @@ std::vector<int32_t> Session::generate(const Tokens& question, int max_tokens, c
     std::lock_guard<std::mutex> lock(s.mutex);
     const auto& hp = s.model->text->hp;
     s.model->validate(question);
-    s.check_positions(question);
+    s.check_positions(question, s.next_pos);
     validate_sampling(options);
     if (max_tokens < 0) throw InputError("max_tokens must be >= 0");
     const int n = static_cast<int>(question.ids.size());
     if (n > kQuestionUbatch) throw InputError("questions are limited to 512 tokens per call");
     const int last_q = s.model->last_position(question, s.next_pos);
     s.check_context(last_q + max_tokens);
-    KVCache tail(hp, s.model->backend, n + std::max(1, max_tokens),
-                 s.d->type() == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16);
+    std::unique_ptr<KVCache> tail = s.new_tail(n + std::max(1, max_tokens));
     Sampler sampler(options);
-    std::vector<int32_t> history(question.ids.begin(), question.ids.end());
-    std::set<int32_t> stop(options.stop.begin(), options.stop.end());
-    if (!options.ignore_eos) stop.insert(hp.eos_ids.begin(), hp.eos_ids.end());
-    std::vector<float> logits = s.question_batch(question, tail, 0, s.next_pos, {n - 1});
-    std::vector<int32_t> out;
-    int pos = last_q + 1;
-    for (int i = 0; i < max_tokens; ++i) {
-        const int32_t tok = sampler.sample(logits, history);
-        out.push_back(tok);
-        history.push_back(tok);
-        if (on_token && !on_token(tok)) break;
-        if (stop.count(tok) || i + 1 == max_tokens) break;
-        Tokens next;
-        next.ids = {tok};
-        logits = s.question_batch(next, tail, n + i, pos++, {});
-    }
-    return out;
+    std::vector<float> logits = s.question_batch(question, *tail, 0, s.next_pos, {n - 1});
+    return decode(std::move(logits), max_tokens, sampler, question.ids,
+                  stop_tokens(hp.eos_ids, options.stop, options.ignore_eos), on_token, [&](int32_t tok, int i) {
+                      Tokens next;
+                      next.ids = {tok};
+                      return s.question_batch(next, *tail, n + i, last_q + 1 + i, {});
+                  });
 }
 
 std::vector<int32_t> Session::carried(int layer, int* n_kept) {
@@ -392,9 +390,9 @@ std::unique_ptr<Session> Model::load_session(const std::string& path) {
                "payload checksum: save the session again" : "") + ")");
     }
     const std::string saved = f.get_str("statekv.model.fingerprint");
-    const std::string mine = impl->fingerprint();
+    const std::string mine = impl_->fingerprint();
     if (saved != mine) {
-        f.fail("saved from another model (" + saved + ") than " + impl->path + " (" + mine + ")");
+        f.fail("saved from another model (" + saved + ") than " + impl_->path + " (" + mine + ")");
     }
     r.verify_checksum();
     constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
@@ -408,7 +406,7 @@ std::unique_ptr<Session> Model::load_session(const std::string& path) {
     o.detailed_chunk = static_cast<int>(f.get_int("statekv.options.detailed_chunk", 0, kMaxInt));
     std::unique_ptr<Session::Impl> s;
     try {
-        s = std::make_unique<Session::Impl>(impl, o);
+        s = std::make_unique<Session::Impl>(impl_, o);
     } catch (const InputError& e) {
         f.fail(std::string("the saved session options are not valid: ") + e.what());
     }

@@ -19,11 +19,13 @@
 //
 // Threads: one Model may be used from several threads at once, and gives the same results as
 // sequential use. The model's backend runs one graph at a time (a lock around each graph's
-// allocation and computation; encode_frames holds it for its whole call, as its encoder graph is
-// cached on the model), so concurrent calls interleave graph by graph. Each Session has its own
-// lock: calls on one session from several threads are serialized; different sessions proceed
-// concurrently between graphs. A TokenCallback runs on the calling thread with no lock of the
-// model held, but with the session's lock held: it must not call back into the same session.
+// allocation and computation), so concurrent calls interleave graph by graph. The vision encoder's
+// graph is cached on the model: encode_frames and Session::add_frames hold the model's vision lock
+// for their whole call (add_frames until its steps, which read the encoder's output in place, are
+// committed). Each Session has its own lock: calls on one session from several threads are
+// serialized; different sessions proceed concurrently between graphs. A TokenCallback runs on the
+// calling thread with no lock of the model held, but with the session's lock held: it must not
+// call back into the same session.
 #pragma once
 
 #include <cstddef>
@@ -110,6 +112,18 @@ struct PromptBenchResult {
 class Session;
 struct SessionOptions;
 
+// The mmproj's image geometry and pixel normalization (Model::vision_info).
+struct VisionInfo {
+    std::string projector;     // clip.projector_type
+    int image_size = 0;        // fixed frame side in pixels, 0 when variable
+    int patch_size = 0;
+    int size_multiple = 0;     // frame height and width must be multiples of it
+    int frames_per_patch = 1;  // frames per temporal patch (one step's visual rows)
+    int n_deepstack = 0;       // DeepStack slices per visual row
+    int row_width = 0;         // floats per visual row: n_embd * (1 + n_deepstack)
+    std::vector<float> image_mean, image_std;  // per RGB channel, as stored in the mmproj (f32)
+};
+
 class Model {
 public:
     explicit Model(const std::string& text_gguf, const ModelOptions& options = {});
@@ -148,14 +162,19 @@ public:
     // preprocessed as the family's processor does. Returns the visual rows of each temporal
     // patch, row-major: n_patches x tokens_per_patch x row_width, where row_width is n_embd, or
     // n_embd * (1 + n_deepstack) with DeepStack features (llama.cpp's layout).
+    // Session::add_frames does the same from bytes without the rows leaving the device.
     std::vector<float> encode_frames(const float* pixels, int n_frames, int height, int width);
     bool has_vision() const;
     int vision_tokens_per_patch(int height, int width) const;
     int vision_row_width() const;
     int vision_frames_per_patch() const;
+    // The mmproj's geometry and normalization constants (read once, when the mmproj loads).
+    VisionInfo vision_info() const;
 
-    struct Impl;
-    std::shared_ptr<Impl> impl;  // shared with sessions that outlive the handle
+private:
+    friend class Session;
+    struct Impl;                  // opaque (cpp/src/model_impl.h)
+    std::shared_ptr<Impl> impl_;  // shared with sessions that outlive the handle
 };
 
 // How a session keeps its video state.
@@ -196,12 +215,13 @@ struct SessionStats {
     std::vector<double> step_seconds;  // wall time of each add_step
 };
 
-// The video state of one conversation. Frame steps enter with add_step; questions read the
-// detailed cache and never change the state.
+// The video state of one conversation. Frame steps enter with add_step (visual rows given) or
+// add_frames (pixels given); questions read the detailed cache and never change the state.
 //
 //     auto s = model.session({"statekv", /*budget*/ 4096});
 //     s->prefill(system_and_user_header);
 //     for (auto& frame : frames) s->add_step(frame);   // constant cost per step
+//     s->add_frames(rgb, 2, 448, 448, {step1, step2}); // or: pixels in, rows stay on the device
 //     auto answer = s->generate(question, 128, {});
 class Session {
 public:
@@ -214,6 +234,16 @@ public:
     void prefill(const Tokens& tokens);
     // One frame step: attends to C and itself; enters D; C is re-selected.
     void add_step(const Tokens& tokens);
+    // Frames to committed steps without their visual rows leaving the device. pixels: n_frames x
+    // height x width x 3 bytes (RGB, row-major HWC per frame, frames in order), already resized to
+    // the model's input geometry (vision_info()); normalization (the mmproj's mean/std, rescaled as
+    // the family's processor does) happens in the encoder graph. steps: one per temporal patch
+    // (n_frames / frames_per_patch), each a step's tokens as add_step takes them, with
+    // embedding_rows naming where that patch's tokens_per_patch visual rows go, in the encoder's
+    // row order, and embeddings empty. Every step is checked before anything runs; they are then
+    // committed in order, as add_step would (the encoder's time is shared equally among their
+    // step_seconds). InputError for bad pixels, steps or a model without an mmproj.
+    void add_frames(const uint8_t* pixels, int n_frames, int height, int width, const std::vector<Tokens>& steps);
     // Logits (n x n_vocab) of question tokens attending over all of D; the state is unchanged.
     std::vector<float> question_logits(const Tokens& question);
     // Question then sampled answer over all of D; the state is unchanged.
@@ -232,10 +262,9 @@ public:
     int64_t n_tokens() const;     // tokens entered (prefix + steps)
     int next_position() const;    // first position after everything entered
 
-    struct Impl;
-
 private:
     friend class Model;
+    struct Impl;  // opaque (cpp/src/session.cpp)
     explicit Session(std::unique_ptr<Impl> impl);
     std::unique_ptr<Impl> impl_;
 };

@@ -30,8 +30,7 @@
 #include <string>
 #include <vector>
 
-#include "gguf.h"
-#include "vision_model.h"
+#include "models/vision_model.h"
 
 namespace statekv {
 
@@ -43,7 +42,6 @@ constexpr int64_t kMaxWidth = int64_t(1) << 20;
 class InternVLVision final : public VisionModel {
 public:
     InternVLVision(const GgufFile& f, WeightStore& w) {
-        projector = "internvl";
         // Ranges first, before anything is sized from them (see text_model.cpp).
         image_size = static_cast<int>(f.get_int("clip.vision.image_size", 1, kMaxImage));
         patch_size = static_cast<int>(f.get_int("clip.vision.patch_size", 1, kMaxImage));
@@ -53,7 +51,7 @@ public:
         n_head_ = static_cast<int>(f.get_int("clip.vision.attention.head_count", 1, n_embd_));
         eps_ = f.get_positive_f32_or("clip.vision.attention.layer_norm_epsilon", 1e-6f, 1.0f);
         scale_ = static_cast<int>(f.get_int("clip.vision.projector.scale_factor", 1, kMaxImage));
-        read_pixel_normalization(f);
+        read_pixel_normalization(f, ByteRescale::F32);
         if (f.get_bool_or("clip.use_silu", false)) {
             f.fail("clip.use_silu is set: this InternViT uses SiLU in its MLP, statekv supports GELU (clip.use_gelu)");
         }
@@ -71,6 +69,7 @@ public:
                    std::to_string(patch_size) + " x projector.scale_factor " + std::to_string(scale_));
         }
         grid_ = image_size / patch_size;
+        size_multiple = image_size;
         rms_ = n_embd_ == 3200 && n_layer_ == 45;  // InternViT-6B (llama.cpp's rule)
 
         const int64_t C = n_embd_, F = n_ff_, P = patch_size, N = int64_t(grid_) * grid_ + 1;

@@ -2,17 +2,18 @@
 // RoPE (temporal, height, width position streams) and DeepStack: visual features from
 // intermediate vision layers are added to the hidden states at the visual rows after each of
 // the first n_deepstack decoder layers.
-#include "text_model.h"
+#include "models/text_model.h"
 
 namespace statekv {
 
 namespace {
 
+const DecoderTraits kTraits = {"qwen3vl", /*qkv_bias*/ false, /*qk_norm*/ true, {"<|im_end|>", "<|endoftext|>"}};
+
 class Qwen3VL final : public TextModel {
 public:
     Qwen3VL(const GgufFile& f, WeightStore& w) {
-        hp.arch = "qwen3vl";
-        read_common_hparams(f);
+        read_common_hparams(f, kTraits);
         const std::vector<int64_t> s = f.get_int_array("qwen3vl.rope.dimension_sections", 0, hp.rope.n_dims / 2);
         if (s.size() < 3 || s.size() > 4) {
             f.fail("qwen3vl.rope.dimension_sections has " + std::to_string(s.size()) +
@@ -34,7 +35,7 @@ public:
         hp.rope.mode = GGML_ROPE_TYPE_IMROPE;
         hp.n_position_axes = 3;
         hp.n_deepstack = static_cast<int>(f.get_int_or("qwen3vl.n_deepstack_layers", 0, 0, hp.n_layer));
-        load_common_weights(w, /*qkv_bias*/ false, /*qk_norm*/ true);
+        load_common_weights(w, kTraits);
     }
 
     // DeepStack: slice il+1 of each visual row's embedding is added after block il.

@@ -20,26 +20,12 @@
 #include <string>
 #include <vector>
 
-#include "gguf.h"
-#include "../exact_activations.h"
-#include "vision_model.h"
+#include "graph/exact_activations.h"
+#include "models/vision_model.h"
 
 namespace statekv {
 
 namespace {
-
-std::vector<bool> read_bool_array(const GgufFile& f, const std::string& key) {
-    const int64_t id = gguf_find_key(f.ctx(), key.c_str());
-    if (id < 0) f.fail("missing metadata key '" + key + "'");
-    if (gguf_get_kv_type(f.ctx(), id) != GGUF_TYPE_ARRAY || gguf_get_arr_type(f.ctx(), id) != GGUF_TYPE_BOOL) {
-        f.fail("metadata key '" + key + "' must be an array of booleans (one per vision layer)");
-    }
-    const size_t n = gguf_get_arr_n(f.ctx(), id);
-    const int8_t* d = static_cast<const int8_t*>(gguf_get_arr_data(f.ctx(), id));
-    std::vector<bool> out(n);
-    for (size_t i = 0; i < n; ++i) out[i] = d[i] != 0;
-    return out;
-}
 
 constexpr int64_t kMaxImage = 1 << 14;
 constexpr int64_t kMaxWidth = int64_t(1) << 20;
@@ -47,7 +33,6 @@ constexpr int64_t kMaxWidth = int64_t(1) << 20;
 class Qwen3VLVision final : public VisionModel {
 public:
     Qwen3VLVision(const GgufFile& f, WeightStore& w) {
-        projector = "qwen3vl_merger";
         frames_per_patch = 2;
         // Ranges first, before anything is sized from them (see text_model.cpp).
         patch_size = static_cast<int>(f.get_int("clip.vision.patch_size", 1, kMaxImage));
@@ -58,7 +43,7 @@ public:
         n_head_ = static_cast<int>(f.get_int("clip.vision.attention.head_count", 1, n_embd_));
         eps_ = f.get_positive_f32_or("clip.vision.attention.layer_norm_epsilon", 1e-6f, 1.0f);
         n_embd_out = static_cast<int>(f.get_int("clip.vision.projection_dim", 1, kMaxWidth));
-        read_pixel_normalization(f);
+        read_pixel_normalization(f, ByteRescale::F64);
         if (patch_size <= 0 || merge_ <= 0 || n_embd_ <= 0 || n_ff_ <= 0 || n_layer_ <= 0 || n_head_ <= 0 ||
             n_embd_out <= 0) {
             f.fail("clip.vision.{patch_size, spatial_merge_size, embedding_length, feed_forward_length, block_count, "
@@ -69,7 +54,7 @@ public:
                    std::to_string(n_head_) + " must give a head size divisible by 4 (2-D rotary embedding)");
         }
         if (f.has("clip.vision.is_deepstack_layers")) {
-            is_deepstack_ = read_bool_array(f, "clip.vision.is_deepstack_layers");
+            is_deepstack_ = f.get_bool_array("clip.vision.is_deepstack_layers");
         } else {  // a file without the flags: the DeepStack mergers present say which layers
             is_deepstack_.assign(n_layer_, false);
             for (int il = 0; il < n_layer_; ++il) {
@@ -97,6 +82,7 @@ public:
                    " positions, expected a square grid (side x side)");
         }
         image_size = 0;  // variable: any multiple of patch_size * spatial_merge_size
+        size_multiple = patch_size * merge_;
         layers_.resize(n_layer_);
         for (int il = 0; il < n_layer_; ++il) {
             Layer& L = layers_[il];

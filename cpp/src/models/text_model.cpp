@@ -1,11 +1,8 @@
-#include "text_model.h"
+#include "models/text_model.h"
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
-
-#include "gguf.h"
 
 namespace statekv {
 
@@ -22,7 +19,8 @@ constexpr int64_t kMaxVocab = std::numeric_limits<int32_t>::max();
 
 }  // namespace
 
-void TextModel::read_common_hparams(const GgufFile& f) {
+void TextModel::read_common_hparams(const GgufFile& f, const DecoderTraits& traits) {
+    hp.arch = traits.arch;
     // Every value is range-checked here, before anything is allocated or handed to ggml (which
     // asserts, i.e. aborts the process, on a negative epsilon or an odd rotary dimension).
     const std::string a = hp.arch + ".";
@@ -58,24 +56,16 @@ void TextModel::read_common_hparams(const GgufFile& f) {
         const std::string t = f.get_str(a + "rope.scaling.type");
         if (t != "none") f.fail("rope.scaling.type '" + t + "' is not supported (expected none)");
     }
-    // End-of-generation ids: the declared eos/eot plus the Qwen chat markers when present.
+    // End-of-generation ids: the declared eos/eot, then the family's end-of-turn tokens present.
     for (const char* key : {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"}) {
         if (f.has(key)) hp.eos_ids.push_back(static_cast<int32_t>(f.get_int(key, 0, kMaxVocab - 1)));
     }
-    const int64_t tok = gguf_find_key(f.ctx(), "tokenizer.ggml.tokens");
-    if (tok >= 0 && gguf_get_kv_type(f.ctx(), tok) == GGUF_TYPE_ARRAY &&
-        gguf_get_arr_type(f.ctx(), tok) == GGUF_TYPE_STRING) {
-        const size_t n = gguf_get_arr_n(f.ctx(), tok);
-        for (size_t i = 0; i < n; ++i) {
-            const char* s = gguf_get_arr_str(f.ctx(), tok, i);
-            if (i < static_cast<size_t>(kMaxVocab) && s && (std::strcmp(s, "<|im_end|>") == 0 || std::strcmp(s, "<|endoftext|>") == 0)) {
-                hp.eos_ids.push_back(static_cast<int32_t>(i));
-            }
-        }
+    for (int64_t id : f.indices_of_strings("tokenizer.ggml.tokens", traits.end_of_turn)) {
+        if (id < kMaxVocab) hp.eos_ids.push_back(static_cast<int32_t>(id));
     }
 }
 
-void TextModel::load_common_weights(WeightStore& w, bool qkv_bias, bool qk_norm) {
+void TextModel::load_common_weights(WeightStore& w, const DecoderTraits& traits) {
     const int64_t E = hp.n_embd, D = hp.head_dim, Hq = hp.n_head * D, Hkv = hp.n_head_kv * D, F = hp.n_ff;
     tok_embd = w.require("token_embd.weight", {E, -1}, TensorRole::Embedding);
     if (tok_embd->ne[1] < 1 || tok_embd->ne[1] > kMaxVocab) {
@@ -103,12 +93,12 @@ void TextModel::load_common_weights(WeightStore& w, bool qkv_bias, bool qk_norm)
         L.wk = w.require(p + "attn_k.weight", {E, Hkv});
         L.wv = w.require(p + "attn_v.weight", {E, Hkv});
         L.wo = w.require(p + "attn_output.weight", {Hq, E});
-        if (qkv_bias) {
+        if (traits.qkv_bias) {
             L.bq = w.require(p + "attn_q.bias", {Hq}, TensorRole::Float);
             L.bk = w.require(p + "attn_k.bias", {Hkv}, TensorRole::Float);
             L.bv = w.require(p + "attn_v.bias", {Hkv}, TensorRole::Float);
         }
-        if (qk_norm) {
+        if (traits.qk_norm) {
             L.q_norm = w.require(p + "attn_q_norm.weight", {D}, TensorRole::Float);
             L.k_norm = w.require(p + "attn_k_norm.weight", {D}, TensorRole::Float);
         }
@@ -174,24 +164,20 @@ ggml_tensor* TextModel::build(GraphBuilder& g, const DecoderInputs& in, LayerAtt
 
 ggml_tensor* TextModel::after_layer(GraphBuilder&, const DecoderInputs&, int, ggml_tensor* x) const { return x; }
 
-std::unique_ptr<TextModel> load_text_model(const GgufFile& file, WeightStore& weights) {
-    const std::string arch = file.get_str("general.architecture");
-    using Factory = std::unique_ptr<TextModel> (*)(const GgufFile&, WeightStore&);
-    static const std::pair<const char*, Factory> families[] = {
-        {"qwen2", make_qwen2},
-        {"qwen3", make_qwen3},
-        {"qwen3vl", make_qwen3vl},
-    };
-    std::string known;
-    for (const auto& [name, make] : families) {
-        if (arch == name) return make(file, weights);
-        known += known.empty() ? name : std::string(", ") + name;
+namespace {
+
+class PlainDecoder final : public TextModel {
+public:
+    PlainDecoder(const GgufFile& f, WeightStore& w, const DecoderTraits& traits) {
+        read_common_hparams(f, traits);
+        load_common_weights(w, traits);
     }
-    if (arch == "clip") {
-        file.fail("general.architecture is 'clip': this is an mmproj (vision) file; pass the text "
-                  "model GGUF as the model and this file as mmproj");
-    }
-    file.fail("unknown architecture '" + arch + "' in general.architecture (supported: " + known + ")");
+};
+
+}  // namespace
+
+std::unique_ptr<TextModel> make_plain_decoder(const GgufFile& file, WeightStore& weights, const DecoderTraits& traits) {
+    return std::make_unique<PlainDecoder>(file, weights, traits);
 }
 
 }  // namespace statekv

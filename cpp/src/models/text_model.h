@@ -1,15 +1,16 @@
 // The text decoder of a model family: hyper-parameters from GGUF metadata, weights, and the
-// forward graph. One implementation per family in models/<family>.cpp.
+// forward graph. One file per family in models/ (listed in models/registry.cpp); the shared
+// pre-norm decoder lives here once.
 #pragma once
 
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "../gguf_file.h"
-#include "../graph.h"
-#include "../weights.h"
+#include "graph/attention.h"
+#include "io/gguf_file.h"
+#include "io/weights.h"
+#include "memory/kv_store.h"
 
 namespace statekv {
 
@@ -23,13 +24,23 @@ struct TextHParams {
     int head_dim = 0;
     int n_ff = 0;
     int n_ctx_train = 0;
-    int n_deepstack = 0;       // qwen3vl: layers after which DeepStack features are added
+    int n_deepstack = 0;       // layers after which DeepStack features are added (0: none)
     float rms_eps = 1e-6f;
     RopeSpec rope;
     float rope_scaling_factor = 1.0f;  // rope.scaling.factor (dynamic NTK of long sessions)
     int n_position_axes = 1;   // 3 for multi-axis RoPE (t, h, w)
     bool tied_output = false;
-    std::vector<int32_t> eos_ids;  // end-of-generation token ids from the tokenizer metadata
+    std::vector<int32_t> eos_ids;  // end-of-generation token ids (tokenizer metadata + the family's)
+};
+
+// What a family file declares about its decoder beyond what the GGUF says.
+struct DecoderTraits {
+    const char* arch;  // general.architecture
+    bool qkv_bias;     // q/k/v projections have biases
+    bool qk_norm;      // RMSNorm of each query and key head before RoPE
+    // Token texts that end a turn in the family's chat format; their ids (looked up in
+    // tokenizer.ggml.tokens) stop generation besides tokenizer.ggml.eos_token_id / eot_token_id.
+    std::vector<std::string> end_of_turn;
 };
 
 struct DecoderLayerWeights {
@@ -47,16 +58,6 @@ struct DecoderLayerWeights {
     ggml_tensor* ffn_gate = nullptr;
     ggml_tensor* ffn_up = nullptr;
     ggml_tensor* ffn_down = nullptr;
-};
-
-// Attention of one layer for the tokens of the current graph. The cache policy decides what the
-// queries see (themselves only, a KV cache, a carried state) and what is stored.
-class LayerAttention {
-public:
-    virtual ~LayerAttention() = default;
-    // q: [head_dim, n_head, n_tokens]; k, v: [head_dim, n_head_kv, n_tokens], RoPE applied.
-    // Returns [head_dim * n_head, n_tokens].
-    virtual ggml_tensor* attend(GraphBuilder& g, int layer, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v) = 0;
 };
 
 // Graph inputs of one forward pass, already built as graph tensors.
@@ -87,9 +88,11 @@ public:
 
     // Width of a row of `embeddings`: n_embd, or n_embd * (1 + n_deepstack) with DeepStack.
     int embedding_width() const { return hp.n_embd * (1 + hp.n_deepstack); }
+    // The shape of its keys and values, for the caches.
+    KVShape kv_shape() const { return {hp.n_layer, hp.n_head_kv, hp.head_dim}; }
 
 protected:
-    // Family hook after each block (DeepStack injection for Qwen3-VL).
+    // Family hook after each block (e.g. DeepStack injection).
     virtual ggml_tensor* after_layer(GraphBuilder& g, const DecoderInputs& in, int il, ggml_tensor* x) const;
 
     // Shared pieces of the families' forward passes.
@@ -100,18 +103,13 @@ protected:
     ggml_tensor* feed_forward(GraphBuilder& g, int il, ggml_tensor* x) const;
     ggml_tensor* logits(GraphBuilder& g, const DecoderInputs& in, ggml_tensor* x) const;
 
-    // Loading helpers: the hyper-parameters every Qwen-style decoder has, and one layer's tensors.
-    void read_common_hparams(const GgufFile& f);
-    void load_common_weights(WeightStore& w, bool qkv_bias, bool qk_norm);
+    // Loading helpers: the hyper-parameters of the shared pre-norm decoder (with the end-of-turn
+    // ids), and its tensors.
+    void read_common_hparams(const GgufFile& f, const DecoderTraits& traits);
+    void load_common_weights(WeightStore& w, const DecoderTraits& traits);
 };
 
-// Reads general.architecture and dispatches to the family; unknown architectures raise
-// ModelError naming the file and the architectures that are supported.
-std::unique_ptr<TextModel> load_text_model(const GgufFile& file, WeightStore& weights);
-
-// Family factories (one per models/<family>.cpp).
-std::unique_ptr<TextModel> make_qwen2(const GgufFile& file, WeightStore& weights);
-std::unique_ptr<TextModel> make_qwen3(const GgufFile& file, WeightStore& weights);
-std::unique_ptr<TextModel> make_qwen3vl(const GgufFile& file, WeightStore& weights);
+// The shared decoder as it is, for families that only declare traits.
+std::unique_ptr<TextModel> make_plain_decoder(const GgufFile& file, WeightStore& weights, const DecoderTraits& traits);
 
 }  // namespace statekv

@@ -7,16 +7,14 @@
 #include <memory>
 #include <vector>
 
-#include "../backend.h"
-#include "../graph.h"
-#include "../models/text_model.h"
-#include "../session_state.h"
+#include "io/state_io.h"
+#include "memory/kv_store.h"
 
 namespace statekv {
 
 class DetailedCache {
 public:
-    DetailedCache(const TextHParams& hp, const Backend& backend, ggml_type type, int chunk_tokens);
+    DetailedCache(const KVShape& shape, const Backend& backend, ggml_type type, int chunk_tokens);
 
     // Room for n more tokens, all in one writable chunk (a step never straddles chunks).
     void reserve(int n);
@@ -36,7 +34,7 @@ public:
     int64_t size() const { return n_tokens_; }
     // Bytes one token takes in D (keys and values of every layer).
     double bytes_per_token() const {
-        return 2.0 * hp_.n_layer * double(ggml_row_size(type_, int64_t(hp_.head_dim) * hp_.n_head_kv));
+        return 2.0 * shape_.n_layer * double(ggml_row_size(type_, shape_.row()));
     }
     size_t bytes() const;
     ggml_type type() const { return type_; }
@@ -45,21 +43,18 @@ public:
 
     // Session files: tensors d.k.<layer>, d.v.<layer> of shape [head_dim * n_head_kv, size()],
     // and the chunk layout, which load() rebuilds exactly (same segments, same numbers).
-    void save(StateWriter& w) const;
+    void save(StateOut& out) const;
     // Into an empty cache.
-    void load(const StateReader& r);
+    void load(const StateIn& in);
 
 private:
     struct Chunk {
-        Chunk(const TextHParams& hp, const Backend& backend, ggml_type type, int capacity);
-        ~Chunk();
-        int capacity;
+        Chunk(const KVShape& shape, const Backend& backend, ggml_type type, int capacity);
+        KVStore store;  // token-major, not zeroed: only written slots are read
         int used = 0;
-        ggml_context* ctx = nullptr;
-        ggml_backend_buffer_t buffer = nullptr;
-        std::vector<ggml_tensor*> k, v;  // per layer [head_dim * n_head_kv, capacity]
     };
-    const TextHParams& hp_;
+    std::shared_ptr<Chunk> new_chunk(int capacity) const;
+    KVShape shape_;
     const Backend& backend_;
     ggml_type type_;
     int chunk_tokens_;

@@ -7,9 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "../graph.h"
-#include "../models/text_model.h"
-#include "detailed_cache.h"
+#include "memory/detailed_cache.h"
+#include "memory/kv_store.h"
 
 namespace statekv {
 
@@ -20,7 +19,6 @@ struct Batch {
     bool is_step = false;
     int64_t n_past = 0;  // tokens in D before this batch
     int64_t n = 0;       // tokens in this batch
-    int step_index = 0;  // steps before this one
 };
 
 class CachePolicy {
@@ -42,13 +40,23 @@ public:
     // An independent copy reading the given (forked) detailed cache.
     virtual std::unique_ptr<CachePolicy> fork(const DetailedCache& d) const = 0;
     // Session files: what the policy carries besides D.
-    virtual void save(StateWriter& w) const = 0;
+    virtual void save(StateOut& out) const = 0;
     // Into a fresh policy whose D is already loaded; n_steps from the file's header (checked
     // against what the policy stores). ModelError naming the file for inconsistent fields.
-    virtual void load(const StateReader& r, int n_steps) = 0;
+    virtual void load(const StateIn& in, int n_steps) = 0;
 };
 
-std::unique_ptr<CachePolicy> make_cache_policy(const SessionOptions& o, const TextHParams& hp, const Backend& backend,
+// The one check of the policy options (mode, budget, window): InputError for a bad one.
+void check_cache_policy_options(const SessionOptions& o);
+
+// The policy the options ask for, over D.
+std::unique_ptr<CachePolicy> make_cache_policy(const SessionOptions& o, const KVShape& shape, const Backend& backend,
                                                const DetailedCache& d);
+
+// The implementations (memory/<mode>_policy.cpp).
+std::unique_ptr<CachePolicy> make_full_policy(const KVShape& shape, const DetailedCache& d);
+std::unique_ptr<CachePolicy> make_window_policy(const KVShape& shape, const DetailedCache& d, int window);
+std::unique_ptr<CachePolicy> make_statekv_policy(const KVShape& shape, const Backend& backend, const DetailedCache& d,
+                                                 int budget, ggml_type type);
 
 }  // namespace statekv

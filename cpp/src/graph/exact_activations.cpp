@@ -1,4 +1,4 @@
-#include "exact_activations.h"
+#include "graph/exact_activations.h"
 
 #include <algorithm>
 #include <cstdint>

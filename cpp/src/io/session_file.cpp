@@ -1,4 +1,4 @@
-#include "session_state.h"
+#include "io/session_file.h"
 
 #include <algorithm>
 #include <cmath>
@@ -78,7 +78,15 @@ StateWriter::~StateWriter() {
     ggml_free(meta_);
 }
 
-void StateWriter::add_tensor(const std::string& name, ggml_type type, const std::vector<int64_t>& shape,
+void StateWriter::put_int(const std::string& key, int64_t value) { gguf_set_val_i64(gguf_, key.c_str(), value); }
+
+void StateWriter::put_bool(const std::string& key, bool value) { gguf_set_val_bool(gguf_, key.c_str(), value); }
+
+void StateWriter::put_int_array(const std::string& key, const std::vector<int64_t>& values) {
+    gguf_set_arr_data(gguf_, key.c_str(), GGUF_TYPE_INT64, values.data(), values.size());
+}
+
+void StateWriter::put_tensor(const std::string& name, ggml_type type, const std::vector<int64_t>& shape,
                              std::vector<Piece> pieces) {
     ggml_tensor* t = ggml_new_tensor(meta_, type, static_cast<int>(shape.size()), shape.data());
     ggml_set_name(t, name.c_str());
@@ -128,13 +136,12 @@ void StateWriter::write(const std::string& path) const {
     }
 }
 
-const ggml_tensor* StateReader::tensor(const std::string& name, ggml_type type, const std::vector<int64_t>& shape) const {
+void StateReader::expect_tensor(const std::string& name, ggml_type type, const std::vector<int64_t>& shape) const {
     const ggml_tensor* t = file_.tensor_meta(name);
     if (!t) file_.fail("missing tensor '" + name + "' (not a complete statekv session file)");
     bool same = t->type == type;
     for (int i = 0; i < GGML_MAX_DIMS; ++i) same = same && t->ne[i] == (i < (int)shape.size() ? shape[i] : 1);
     if (!same) file_.fail("tensor '" + name + "' has another type or shape than this session expects");
-    return t;
 }
 
 void StateReader::verify_checksum() const {

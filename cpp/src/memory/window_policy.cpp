@@ -1,12 +1,9 @@
 // `window` (the recency baseline, "ReKV" in the StateKV authors' release): the carried state is
 // the prefix plus the tokens of the last R steps, the same set in every layer and head. Both
 // are ranges of D, so the policy holds no storage: a step attends to views of D.
-#include <cmath>
+#include <algorithm>
 
-#include "gguf.h"
-
-#include "../attention.h"
-#include "cache_policy.h"
+#include "memory/cache_policy.h"
 
 namespace statekv {
 
@@ -14,7 +11,7 @@ namespace {
 
 class WindowPolicy final : public CachePolicy {
 public:
-    WindowPolicy(const TextHParams& hp, const DetailedCache& d, int window) : hp_(hp), d_(d), window_(window) {}
+    WindowPolicy(const KVShape& shape, const DetailedCache& d, int window) : shape_(shape), d_(d), window_(window) {}
 
     void begin(GraphBuilder&, const Batch&) override {}
 
@@ -24,7 +21,7 @@ public:
         if (start > n_prefix_) segs = d_.view(g, layer, 0, n_prefix_);
         const auto recent = d_.view(g, layer, start > n_prefix_ ? start : 0, b.n_past + b.n);
         segs.insert(segs.end(), recent.begin(), recent.end());
-        return segmented_attention(g, q, segs, b.n_past, 1.0f / std::sqrt(float(hp_.head_dim)));
+        return segmented_attention(g, q, segs, b.n_past, shape_.scale());
     }
 
     void commit(const Batch& b) override {
@@ -41,15 +38,14 @@ public:
         for (int64_t i = std::max(n_prefix_, window_start()); i < d_.size(); ++i) row.push_back(static_cast<int32_t>(i));
         *n_kept = static_cast<int>(row.size());
         std::vector<int32_t> out;
-        for (int h = 0; h < hp_.n_head_kv; ++h) out.insert(out.end(), row.begin(), row.end());
+        for (int h = 0; h < shape_.n_head_kv; ++h) out.insert(out.end(), row.begin(), row.end());
         return out;
     }
-    void save(StateWriter& w) const override {
-        gguf_set_val_i64(w.kv(), "statekv.window.n_prefix", n_prefix_);
-        gguf_set_arr_data(w.kv(), "statekv.window.step_begin", GGUF_TYPE_INT64, step_begin_.data(), step_begin_.size());
+    void save(StateOut& out) const override {
+        out.put_int("statekv.window.n_prefix", n_prefix_);
+        out.put_int_array("statekv.window.step_begin", step_begin_);
     }
-    void load(const StateReader& r, int n_steps) override {
-        const GgufFile& f = r.file();
+    void load(const StateIn& f, int n_steps) override {
         const int64_t n_tokens = d_.size();
         n_prefix_ = f.get_int("statekv.window.n_prefix", 0, n_tokens);
         const std::vector<int64_t> begins = f.get_int_array("statekv.window.step_begin", 0, n_tokens);
@@ -72,7 +68,7 @@ public:
     size_t carried_bytes() const override { return 0; }  // views of D
 
     std::unique_ptr<CachePolicy> fork(const DetailedCache& d) const override {
-        auto p = std::make_unique<WindowPolicy>(hp_, d, window_);
+        auto p = std::make_unique<WindowPolicy>(shape_, d, window_);
         p->n_prefix_ = n_prefix_;
         p->step_begin_ = step_begin_;
         return p;
@@ -86,7 +82,7 @@ private:
         return n <= static_cast<size_t>(window_) ? step_begin_.front() : step_begin_[n - window_];
     }
 
-    const TextHParams& hp_;
+    KVShape shape_;
     const DetailedCache& d_;
     int window_;
     int64_t n_prefix_ = 0;
@@ -95,8 +91,8 @@ private:
 
 }  // namespace
 
-std::unique_ptr<CachePolicy> make_window_policy(const TextHParams& hp, const DetailedCache& d, int window) {
-    return std::make_unique<WindowPolicy>(hp, d, window);
+std::unique_ptr<CachePolicy> make_window_policy(const KVShape& shape, const DetailedCache& d, int window) {
+    return std::make_unique<WindowPolicy>(shape, d, window);
 }
 
 }  // namespace statekv

@@ -3,7 +3,7 @@
 // ggml's CPU GELU (ggml_gelu) rounds its input to f16 and looks the result up in a table, an error
 // of about 5e-4 relative that the transformers reference does not have; composing the exact formula
 // from ggml's elementwise ops costs six passes over memory and a scalar tanhf per element (measured
-// on the Qwen3-VL-2B vision tower: 7.9 s per frame against llama.cpp's 6.5 s, see docs/performance.md).
+// on a 2B model's vision tower, named in docs/performance.md: 7.9 s per frame against llama.cpp's 6.5 s).
 // These kernels do the exact formula in one pass with a vectorizable exp, as a ggml custom op.
 // Custom ops run on the CPU backend only, so a graph for another device uses ggml's own op there
 // (GPU backends compute GELU in f32 without a table).

@@ -1,55 +1,49 @@
-#include "attention.h"
+#include "graph/attention.h"
 
+#include <algorithm>
 #include <cmath>
-#include <numeric>
+#include <string>
 
 namespace statekv {
 
-ggml_tensor* CausalSelfAttention::attend(GraphBuilder& g, int, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v) {
-    const int n = static_cast<int>(q->ne[2]);
-    if (!mask_) {
-        std::vector<uint16_t> m = causal_mask_f16(n, n, 0);
-        mask_ = g.input(GGML_TYPE_F16, {n, n}, m.data(), "causal_mask");
+ggml_tensor* causal_mask(GraphBuilder& g, const std::vector<KeyRun>& keys, int64_t q0, int64_t n_q, bool finite,
+                         bool null_if_all_visible) {
+    int64_t n_kv = 0, last = -1;
+    std::string key = "kq_mask " + std::to_string(q0) + " " + std::to_string(n_q) + (finite ? " finite" : "");
+    for (const KeyRun& r : keys) {
+        n_kv += r.n;
+        if (r.n > 0) last = std::max(last, r.begin + r.n - 1);
+        key += " " + std::to_string(r.begin) + ":" + std::to_string(r.n);
     }
+    if (null_if_all_visible && last <= q0) return nullptr;
+    return g.shared_input(key, [&] {
+        const uint16_t visible = ggml_fp32_to_fp16(0.0f);
+        const uint16_t hidden = ggml_fp32_to_fp16(finite ? -65504.0f : -INFINITY);
+        std::vector<uint16_t> m(static_cast<size_t>(n_kv * n_q));
+        for (int64_t i = 0; i < n_q; ++i) {
+            uint16_t* row = &m[static_cast<size_t>(i * n_kv)];
+            for (const KeyRun& r : keys) {
+                for (int64_t t = 0; t < r.n; ++t) *row++ = r.begin + t <= q0 + i ? visible : hidden;
+            }
+        }
+        return g.input(GGML_TYPE_F16, {n_kv, n_q}, m.data(), "kq_mask");
+    });
+}
+
+ggml_tensor* CausalSelfAttention::attend(GraphBuilder& g, int, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v) {
+    const int64_t n = q->ne[2];
     ggml_context* ctx = g.ctx();
     ggml_tensor* kp = ggml_permute(ctx, k, 0, 2, 1, 3);
     ggml_tensor* vp = ggml_permute(ctx, v, 0, 2, 1, 3);
-    return flash_attention(ctx, q, kp, vp, mask_, 1.0f / std::sqrt(static_cast<float>(hp_.head_dim)));
+    return flash_attention(ctx, q, kp, vp, causal_mask(g, {{0, n}}, 0, n), scale_);
 }
-
-ggml_tensor* KVCacheAttention::attend(GraphBuilder& g, int layer, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v) {
-    const int n = static_cast<int>(q->ne[2]);
-    if (!slots_) {
-        std::vector<int32_t> slots(n);
-        std::iota(slots.begin(), slots.end(), n_past_);
-        slots_ = g.input_i32(slots, "kv_slots");
-    }
-    const KVSegment all = cache_.write_and_view(g.ctx(), layer, k, v, slots_, n_past_ + n, 0);
-    return segmented_attention(g, q, {all}, n_past_, 1.0f / std::sqrt(static_cast<float>(hp_.head_dim)));
-}
-
-}  // namespace statekv
-
-namespace statekv {
 
 namespace {
 
-// F16 mask rows for queries q0.. over keys begin..begin+n_kv-1; nullptr when all are visible.
-ggml_tensor* segment_mask(GraphBuilder& g, int64_t begin, int64_t n_kv, int64_t q0, int64_t n_q, bool finite) {
-    if (begin + n_kv - 1 <= q0) return nullptr;
-    const std::string key = "segment_mask " + std::to_string(begin) + " " + std::to_string(n_kv) + " " +
-                            std::to_string(q0) + " " + std::to_string(n_q) + (finite ? " finite" : "");
-    return g.shared_input(key, [&] {
-        const uint16_t zero = ggml_fp32_to_fp16(0.0f);
-        // A finite "minus infinity" keeps rows that see nothing of a segment NaN-free; they get
-        // weight exp(-65504 - lse) = 0 when segments are merged.
-        const uint16_t off = ggml_fp32_to_fp16(finite ? -65504.0f : -INFINITY);
-        std::vector<uint16_t> m(static_cast<size_t>(n_kv * n_q));
-        for (int64_t i = 0; i < n_q; ++i) {
-            for (int64_t j = 0; j < n_kv; ++j) m[i * n_kv + j] = begin + j <= q0 + i ? zero : off;
-        }
-        return g.input(GGML_TYPE_F16, {n_kv, n_q}, m.data(), "segment_mask");
-    });
+std::vector<KeyRun> runs_of(const std::vector<KVSegment>& segments) {
+    std::vector<KeyRun> runs;
+    for (const KVSegment& s : segments) runs.push_back({s.begin, s.n});
+    return runs;
 }
 
 }  // namespace
@@ -60,7 +54,7 @@ ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vec
     const int64_t n_q = q->ne[2];
     if (segments.size() == 1) {
         const KVSegment& s = segments[0];
-        return flash_attention(ctx, q, s.k, s.v, segment_mask(g, s.begin, s.n, q0, n_q, false), scale);
+        return flash_attention(ctx, q, s.k, s.v, causal_mask(g, {{s.begin, s.n}}, q0, n_q, false, true), scale);
     }
     if (!ggml_is_quantized(segments[0].k->type) && !ggml_is_quantized(segments[0].v->type)) {
         // Float caches: the segments' keys and values gathered into one contiguous K/V for one
@@ -73,24 +67,8 @@ ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vec
             k = ggml_concat(ctx, k, segments[c].k, 1);
             v = ggml_concat(ctx, v, segments[c].v, 1);
         }
-        ggml_tensor* mask = nullptr;
-        const KVSegment& last = segments.back();
-        if (last.begin + last.n - 1 > q0) {  // the queries' own keys are among them: causal mask
-            std::string key = "gathered_mask " + std::to_string(q0) + " " + std::to_string(n_q);
-            for (const KVSegment& s : segments) key += " " + std::to_string(s.begin) + ":" + std::to_string(s.n);
-            mask = g.shared_input(key, [&] {
-                const uint16_t zero = ggml_fp32_to_fp16(0.0f), off = ggml_fp32_to_fp16(-INFINITY);
-                const int64_t n_kv = k->ne[1];
-                std::vector<uint16_t> m(static_cast<size_t>(n_kv * n_q));
-                for (int64_t i = 0; i < n_q; ++i) {
-                    int64_t j = 0;
-                    for (const KVSegment& s : segments) {
-                        for (int64_t t = 0; t < s.n; ++t, ++j) m[i * n_kv + j] = s.begin + t <= q0 + i ? zero : off;
-                    }
-                }
-                return g.input(GGML_TYPE_F16, {n_kv, n_q}, m.data(), "gathered_mask");
-            });
-        }
+        // The queries' own keys may be among them: a causal mask then.
+        ggml_tensor* mask = causal_mask(g, runs_of(segments), q0, n_q, false, true);
         return flash_attention(ctx, q, k, v, mask, scale);
     }
     // Quantized caches (concat cannot cut their blocks): one fused attention per segment, merged
@@ -98,7 +76,7 @@ ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vec
     ggml_tensor* qp = ggml_permute(ctx, q, 0, 2, 1, 3);  // [d, n_q, H]
     std::vector<ggml_tensor*> outs, lses;
     for (const KVSegment& s : segments) {
-        ggml_tensor* mask = segment_mask(g, s.begin, s.n, q0, n_q, true);
+        ggml_tensor* mask = causal_mask(g, {{s.begin, s.n}}, q0, n_q, true, true);
         ggml_tensor* o = ggml_flash_attn_ext(ctx, qp, s.k, s.v, mask, scale, 0.0f, 0.0f);  // [d, H, n_q]
         ggml_flash_attn_ext_set_prec(o, GGML_PREC_F32);
         outs.push_back(o);
@@ -128,21 +106,13 @@ ScoredAttention scored_attention(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k
     const int64_t n_kv = k->ne[1], H_kv = k->ne[2], G = H / H_kv;
     const int64_t per_query = n_kv * H * int64_t(sizeof(float)) * 2;  // scores and probabilities
     const int64_t tile = std::max<int64_t>(1, std::min<int64_t>(n_q, int64_t(max_probability_bytes) / per_query));
-    const uint16_t visible = ggml_fp32_to_fp16(0.0f), hidden = ggml_fp32_to_fp16(-INFINITY);
     ggml_tensor* out = nullptr;
     ggml_tensor* scores = nullptr;
     for (int64_t i0 = 0; i0 < n_q; i0 += tile) {
         const int64_t nt = std::min(tile, n_q - i0);
-        // Query i (0-based in the step) sees the n_visible carried keys and step keys 0..i.
-        const std::string tile_key = std::to_string(n_kv) + " " + std::to_string(n_visible) + " " +
-                                     std::to_string(i0) + " " + std::to_string(nt);
-        ggml_tensor* mask = g.shared_input("step_mask " + tile_key, [&] {
-            std::vector<uint16_t> m(static_cast<size_t>(n_kv * nt));
-            for (int64_t i = 0; i < nt; ++i) {
-                for (int64_t j = 0; j < n_kv; ++j) m[i * n_kv + j] = j < n_visible + i0 + i + 1 ? visible : hidden;
-            }
-            return g.input(GGML_TYPE_F16, {n_kv, nt}, m.data(), "step_mask");
-        });
+        // Query i (0-based in the step) sees the n_visible carried keys and step keys 0..i: keys
+        // numbered 0.. in order, the tile's queries numbered from n_visible + i0.
+        ggml_tensor* mask = causal_mask(g, {{0, n_kv}}, n_visible + i0, nt);
         ggml_tensor* qt = ggml_view_3d(ctx, q, d, H, nt, q->nb[1], q->nb[2], i0 * q->nb[2]);
         // The output comes from the fused kernel (one pass, no probability matrix); the explicit
         // probabilities below exist only to be reduced into the key scores.

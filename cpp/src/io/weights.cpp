@@ -1,4 +1,4 @@
-#include "weights.h"
+#include "io/weights.h"
 
 #include <cmath>
 #include <cstring>

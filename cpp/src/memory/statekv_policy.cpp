@@ -6,10 +6,8 @@
 #include <cmath>
 #include <numeric>
 
-#include "../attention.h"
-#include "cache_policy.h"
-#include "ggml-alloc.h"
-#include "gguf.h"
+#include "memory/cache_policy.h"
+#include "statekv/statekv.h"
 
 namespace statekv {
 
@@ -17,31 +15,10 @@ namespace {
 
 // Storage of C: per layer keys/values [head_dim, capacity, n_head_kv] and the entry index of
 // each kept token [1, capacity, n_head_kv] (F32: exact up to 2^24 tokens).
-struct CarriedState {
-    CarriedState(const TextHParams& hp, const Backend& backend, ggml_type type, int capacity) : capacity(capacity) {
-        ggml_init_params ip{ggml_tensor_overhead() * (3 * hp.n_layer + 1), nullptr, true};
-        ctx = ggml_init(ip);
-        for (int il = 0; il < hp.n_layer; ++il) {
-            k.push_back(ggml_new_tensor_3d(ctx, type, hp.head_dim, capacity, hp.n_head_kv));
-            v.push_back(ggml_new_tensor_3d(ctx, type, hp.head_dim, capacity, hp.n_head_kv));
-            ids.push_back(ggml_new_tensor_3d(ctx, GGML_TYPE_F32, 1, capacity, hp.n_head_kv));
-        }
-        buffer = ggml_backend_alloc_ctx_tensors_from_buft(ctx, backend.default_buffer_type());
-        if (!buffer) {
-            ggml_free(ctx);
-            throw InputError("out of memory allocating the carried state (" + std::to_string(capacity) + " tokens)");
-        }
-        ggml_backend_buffer_clear(buffer, 0);
-    }
-    ~CarriedState() {
-        ggml_backend_buffer_free(buffer);
-        ggml_free(ctx);
-    }
-    int capacity;
-    ggml_context* ctx = nullptr;
-    ggml_backend_buffer_t buffer = nullptr;
-    std::vector<ggml_tensor*> k, v, ids;
-};
+std::shared_ptr<KVStore> new_carried_state(const KVShape& shape, const Backend& backend, ggml_type type, int capacity) {
+    return std::make_shared<KVStore>(shape, backend, type, capacity, KVStore::Layout::HeadMajor, /*with_ids*/ true,
+                                     /*clear*/ true, "the carried state (" + std::to_string(capacity) + " tokens)");
+}
 
 // First n slots of a [x, capacity, heads] tensor.
 ggml_tensor* first_slots(ggml_context* ctx, ggml_tensor* t, int64_t n) {
@@ -55,10 +32,10 @@ class StateKVPolicy final : public CachePolicy {
 public:
     // C starts small and grows with what it holds (up to B): a budget far above the video's
     // length costs nothing until the tokens are there.
-    StateKVPolicy(const TextHParams& hp, const Backend& backend, const DetailedCache& d, int budget, ggml_type type,
+    StateKVPolicy(const KVShape& shape, const Backend& backend, const DetailedCache& d, int budget, ggml_type type,
                   int capacity = kInitialCapacity)
-        : hp_(hp), backend_(backend), d_(d), budget_(budget), type_(type),
-          c_(std::make_shared<CarriedState>(hp, backend, type, std::max(1, std::min(budget, capacity)))) {}
+        : shape_(shape), backend_(backend), d_(d), budget_(budget), type_(type),
+          c_(new_carried_state(shape, backend, type, std::max(1, std::min(budget, capacity)))) {}
 
     void begin(GraphBuilder& g, const Batch& b) override {
         if (!b.is_step && n_kept_ + b.n > budget_) {
@@ -67,16 +44,16 @@ public:
         }
         grow(std::min<int64_t>(budget_, n_kept_ + b.n));
         // Entry indices of the batch's tokens, the same for every KV head.
-        std::vector<float> ids(static_cast<size_t>(b.n * hp_.n_head_kv));
-        for (int h = 0; h < hp_.n_head_kv; ++h) {
+        std::vector<float> ids(static_cast<size_t>(b.n * shape_.n_head_kv));
+        for (int h = 0; h < shape_.n_head_kv; ++h) {
             for (int64_t i = 0; i < b.n; ++i) ids[h * b.n + i] = static_cast<float>(b.n_past + i);
         }
-        batch_ids_ = g.input_f32(ids, {1, b.n, hp_.n_head_kv}, "batch_ids");
+        batch_ids_ = g.input_f32(ids, {1, b.n, shape_.n_head_kv}, "batch_ids");
     }
 
     ggml_tensor* attend(GraphBuilder& g, int layer, const Batch& b, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v) override {
         ggml_context* ctx = g.ctx();
-        const float scale = 1.0f / std::sqrt(float(hp_.head_dim));
+        const float scale = shape_.scale();
         ggml_tensor* kb = ggml_permute(ctx, k, 0, 2, 1, 3);  // [d, n, H_kv]
         ggml_tensor* vb = ggml_permute(ctx, v, 0, 2, 1, 3);
         if (!b.is_step) {
@@ -89,12 +66,12 @@ public:
         // [C ; step] in C's type (f16 unless the session is all f32: the scores then run on
         // the same f16 dot products fused attention uses). Keys of C are visible to every query
         // of the step; the step is causal.
-        const ggml_type t = c_->k[layer]->type;
+        const ggml_type t = c_->k(layer)->type;
         ggml_tensor* ks = ggml_cast(ctx, kb, t);
         ggml_tensor* vs = ggml_cast(ctx, vb, t);
-        ggml_tensor* k_all = n_kept_ ? ggml_concat(ctx, first_slots(ctx, c_->k[layer], n_kept_), ks, 1) : ks;
-        ggml_tensor* v_all = n_kept_ ? ggml_concat(ctx, first_slots(ctx, c_->v[layer], n_kept_), vs, 1) : vs;
-        ggml_tensor* ids_all = n_kept_ ? ggml_concat(ctx, first_slots(ctx, c_->ids[layer], n_kept_), batch_ids_, 1)
+        ggml_tensor* k_all = n_kept_ ? ggml_concat(ctx, first_slots(ctx, c_->k(layer), n_kept_), ks, 1) : ks;
+        ggml_tensor* v_all = n_kept_ ? ggml_concat(ctx, first_slots(ctx, c_->v(layer), n_kept_), vs, 1) : vs;
+        ggml_tensor* ids_all = n_kept_ ? ggml_concat(ctx, first_slots(ctx, c_->ids(layer), n_kept_), batch_ids_, 1)
                                        : batch_ids_;
         ScoredAttention a = scored_attention(g, q, k_all, v_all, n_kept_, scale);
         const int64_t n_all = n_kept_ + b.n;
@@ -107,7 +84,7 @@ public:
         ggml_tensor* k_sel = ggml_get_rows(ctx, k_all, top);                          // [d, B, H_kv]
         ggml_tensor* v_sel = ggml_get_rows(ctx, v_all, top);
         ggml_tensor* id_sel = ggml_get_rows(ctx, ids_all, top);                       // [1, B, H_kv]
-        ggml_tensor* order = ggml_argsort(ctx, ggml_reshape_2d(ctx, id_sel, budget_, hp_.n_head_kv), GGML_SORT_ORDER_ASC);
+        ggml_tensor* order = ggml_argsort(ctx, ggml_reshape_2d(ctx, id_sel, budget_, shape_.n_head_kv), GGML_SORT_ORDER_ASC);
         store(g, layer, ggml_get_rows(ctx, k_sel, order), ggml_get_rows(ctx, v_sel, order),
               ggml_get_rows(ctx, id_sel, order), 0);
         return a.out;
@@ -117,51 +94,50 @@ public:
 
     std::vector<int32_t> carried(int layer, int* n_kept) const override {
         *n_kept = static_cast<int>(n_kept_);
-        std::vector<float> ids(static_cast<size_t>(c_->capacity) * hp_.n_head_kv);
-        ggml_backend_tensor_get(c_->ids[layer], ids.data(), 0, ids.size() * sizeof(float));
+        std::vector<float> ids(static_cast<size_t>(c_->capacity()) * shape_.n_head_kv);
+        ggml_backend_tensor_get(c_->ids(layer), ids.data(), 0, ids.size() * sizeof(float));
         std::vector<int32_t> out;
-        for (int h = 0; h < hp_.n_head_kv; ++h) {
-            for (int64_t i = 0; i < n_kept_; ++i) out.push_back(static_cast<int32_t>(ids[h * c_->capacity + i]));
+        for (int h = 0; h < shape_.n_head_kv; ++h) {
+            for (int64_t i = 0; i < n_kept_; ++i) out.push_back(static_cast<int32_t>(ids[h * c_->capacity() + i]));
         }
         return out;
     }
-    void save(StateWriter& w) const override {
-        gguf_set_val_i64(w.kv(), "statekv.carried.n_kept", n_kept_);
+    void save(StateOut& out) const override {
+        out.put_int("statekv.carried.n_kept", n_kept_);
         if (n_kept_ == 0) return;
-        for (int il = 0; il < hp_.n_layer; ++il) {
-            for (ggml_tensor* t : {c_->k[il], c_->v[il], c_->ids[il]}) {
+        for (int il = 0; il < shape_.n_layer; ++il) {
+            for (ggml_tensor* t : {c_->k(il), c_->v(il), c_->ids(il)}) {
                 // Slots [0, n_kept) of each head.
-                std::vector<StateWriter::Piece> pieces;
-                for (int h = 0; h < hp_.n_head_kv; ++h) pieces.push_back({t, h * t->nb[2], static_cast<size_t>(n_kept_) * t->nb[1]});
-                w.add_tensor(name_of(t, il), t->type, {t->ne[0], n_kept_, t->ne[2]}, pieces);
+                std::vector<StateOut::Piece> pieces;
+                for (int h = 0; h < shape_.n_head_kv; ++h) pieces.push_back({t, h * t->nb[2], static_cast<size_t>(n_kept_) * t->nb[1]});
+                out.put_tensor(name_of(t, il), t->type, {t->ne[0], n_kept_, t->ne[2]}, pieces);
             }
         }
     }
-    void load(const StateReader& r, int) override {
-        const GgufFile& f = r.file();
+    void load(const StateIn& in, int) override {
         // C holds min(B, tokens entered) entries per head, always.
         const int64_t want = std::min<int64_t>(budget_, d_.size());
-        const int64_t n = f.get_int("statekv.carried.n_kept", want, want);
+        const int64_t n = in.get_int("statekv.carried.n_kept", want, want);
         grow(n);
-        for (int il = 0; il < hp_.n_layer && n > 0; ++il) {
-            for (ggml_tensor* t : {c_->k[il], c_->v[il], c_->ids[il]}) {
+        for (int il = 0; il < shape_.n_layer && n > 0; ++il) {
+            for (ggml_tensor* t : {c_->k(il), c_->v(il), c_->ids(il)}) {
                 const std::string name = name_of(t, il);
-                r.tensor(name, t->type, {t->ne[0], n, t->ne[2]});
+                in.expect_tensor(name, t->type, {t->ne[0], n, t->ne[2]});
                 const size_t per_head = static_cast<size_t>(n) * t->nb[1];
-                for (int h = 0; h < hp_.n_head_kv; ++h) r.read(name, h * per_head, t, h * t->nb[2], per_head);
+                for (int h = 0; h < shape_.n_head_kv; ++h) in.read(name, h * per_head, t, h * t->nb[2], per_head);
             }
         }
         n_kept_ = n;
     }
 
     int64_t carried_tokens() const override { return n_kept_; }
-    size_t carried_bytes() const override { return ggml_backend_buffer_get_size(c_->buffer); }
+    size_t carried_bytes() const override { return c_->bytes(); }
 
     std::unique_ptr<CachePolicy> fork(const DetailedCache& d) const override {
-        auto p = std::make_unique<StateKVPolicy>(hp_, backend_, d, budget_, type_, c_->capacity);
-        for (size_t il = 0; il < c_->k.size(); ++il) {
-            for (auto pair : {std::make_pair(c_->k[il], p->c_->k[il]), std::make_pair(c_->v[il], p->c_->v[il]),
-                              std::make_pair(c_->ids[il], p->c_->ids[il])}) {
+        auto p = std::make_unique<StateKVPolicy>(shape_, backend_, d, budget_, type_, c_->capacity());
+        for (int il = 0; il < shape_.n_layer; ++il) {
+            for (auto pair : {std::make_pair(c_->k(il), p->c_->k(il)), std::make_pair(c_->v(il), p->c_->v(il)),
+                              std::make_pair(c_->ids(il), p->c_->ids(il))}) {
                 ggml_backend_tensor_copy(pair.first, pair.second);
             }
         }
@@ -175,16 +151,16 @@ private:
     // Room for `need` entries per head (need <= B): doubles the capacity, capped at B, and moves
     // the kept entries [0, n_kept) of every head into the new storage.
     void grow(int64_t need) {
-        if (need <= c_->capacity) return;
-        const int cap = static_cast<int>(std::min<int64_t>(budget_, std::max<int64_t>(need, 2 * int64_t(c_->capacity))));
-        auto bigger = std::make_shared<CarriedState>(hp_, backend_, type_, cap);
+        if (need <= c_->capacity()) return;
+        const int cap = static_cast<int>(std::min<int64_t>(budget_, std::max<int64_t>(need, 2 * int64_t(c_->capacity()))));
+        auto bigger = new_carried_state(shape_, backend_, type_, cap);
         std::vector<uint8_t> buf;
-        for (size_t il = 0; il < c_->k.size() && n_kept_ > 0; ++il) {
-            for (auto pair : {std::make_pair(c_->k[il], bigger->k[il]), std::make_pair(c_->v[il], bigger->v[il]),
-                              std::make_pair(c_->ids[il], bigger->ids[il])}) {
+        for (int il = 0; il < shape_.n_layer && n_kept_ > 0; ++il) {
+            for (auto pair : {std::make_pair(c_->k(il), bigger->k(il)), std::make_pair(c_->v(il), bigger->v(il)),
+                              std::make_pair(c_->ids(il), bigger->ids(il))}) {
                 const size_t per_head = static_cast<size_t>(n_kept_) * pair.first->nb[1];
                 buf.resize(per_head);
-                for (int h = 0; h < hp_.n_head_kv; ++h) {
+                for (int h = 0; h < shape_.n_head_kv; ++h) {
                     ggml_backend_tensor_get(pair.first, buf.data(), h * pair.first->nb[2], per_head);
                     ggml_backend_tensor_set(pair.second, buf.data(), h * pair.second->nb[2], per_head);
                 }
@@ -194,7 +170,7 @@ private:
     }
 
     std::string name_of(const ggml_tensor* t, int il) const {
-        const char* kind = t == c_->k[il] ? "c.k." : t == c_->v[il] ? "c.v." : "c.ids.";
+        const char* kind = t == c_->k(il) ? "c.k." : t == c_->v(il) ? "c.v." : "c.ids.";
         return kind + std::to_string(il);
     }
 
@@ -202,26 +178,26 @@ private:
     void store(GraphBuilder& g, int layer, ggml_tensor* k, ggml_tensor* v, ggml_tensor* ids, int64_t first) {
         ggml_context* ctx = g.ctx();
         const int64_t n = k->ne[1];
-        g.expand(ggml_cpy(ctx, k, slots_from(ctx, c_->k[layer], first, n)));
-        g.expand(ggml_cpy(ctx, v, slots_from(ctx, c_->v[layer], first, n)));
-        g.expand(ggml_cpy(ctx, ids, slots_from(ctx, c_->ids[layer], first, n)));
+        g.expand(ggml_cpy(ctx, k, slots_from(ctx, c_->k(layer), first, n)));
+        g.expand(ggml_cpy(ctx, v, slots_from(ctx, c_->v(layer), first, n)));
+        g.expand(ggml_cpy(ctx, ids, slots_from(ctx, c_->ids(layer), first, n)));
     }
 
-    const TextHParams& hp_;
+    KVShape shape_;
     const Backend& backend_;
     const DetailedCache& d_;
     int budget_;
     ggml_type type_;
-    std::shared_ptr<CarriedState> c_;
+    std::shared_ptr<KVStore> c_;
     int64_t n_kept_ = 0;
     ggml_tensor* batch_ids_ = nullptr;
 };
 
 }  // namespace
 
-std::unique_ptr<CachePolicy> make_statekv_policy(const TextHParams& hp, const Backend& backend, const DetailedCache& d,
+std::unique_ptr<CachePolicy> make_statekv_policy(const KVShape& shape, const Backend& backend, const DetailedCache& d,
                                                  int budget, ggml_type type) {
-    return std::make_unique<StateKVPolicy>(hp, backend, d, budget, type);
+    return std::make_unique<StateKVPolicy>(shape, backend, d, budget, type);
 }
 
 }  // namespace statekv

@@ -1,10 +1,6 @@
 // `full`: the carried state is all of D. Every query attends to every earlier token: the
 // unmodified model, the exact reference.
-#include <cmath>
-#include <numeric>
-
-#include "../attention.h"
-#include "cache_policy.h"
+#include "memory/cache_policy.h"
 
 namespace statekv {
 
@@ -12,13 +8,12 @@ namespace {
 
 class FullPolicy final : public CachePolicy {
 public:
-    FullPolicy(const TextHParams& hp, const DetailedCache& d) : hp_(hp), d_(d) {}
+    FullPolicy(const KVShape& shape, const DetailedCache& d) : shape_(shape), d_(d) {}
 
     void begin(GraphBuilder&, const Batch&) override {}
 
     ggml_tensor* attend(GraphBuilder& g, int layer, const Batch& b, ggml_tensor* q, ggml_tensor*, ggml_tensor*) override {
-        return segmented_attention(g, q, d_.view(g, layer, 0, b.n_past + b.n), b.n_past,
-                                   1.0f / std::sqrt(float(hp_.head_dim)));
+        return segmented_attention(g, q, d_.view(g, layer, 0, b.n_past + b.n), b.n_past, shape_.scale());
     }
 
     void commit(const Batch&) override {}
@@ -26,7 +21,7 @@ public:
     std::vector<int32_t> carried(int, int* n_kept) const override {
         *n_kept = static_cast<int>(d_.size());
         std::vector<int32_t> out;
-        for (int h = 0; h < hp_.n_head_kv; ++h) {
+        for (int h = 0; h < shape_.n_head_kv; ++h) {
             for (int i = 0; i < *n_kept; ++i) out.push_back(i);
         }
         return out;
@@ -35,20 +30,20 @@ public:
     size_t carried_bytes() const override { return 0; }  // views of D: nothing of its own
 
     std::unique_ptr<CachePolicy> fork(const DetailedCache& d) const override {
-        return std::make_unique<FullPolicy>(hp_, d);
+        return std::make_unique<FullPolicy>(shape_, d);
     }
-    void save(StateWriter&) const override {}  // all of it is D
-    void load(const StateReader&, int) override {}
+    void save(StateOut&) const override {}  // all of it is D
+    void load(const StateIn&, int) override {}
 
 private:
-    const TextHParams& hp_;
+    KVShape shape_;
     const DetailedCache& d_;
 };
 
 }  // namespace
 
-std::unique_ptr<CachePolicy> make_full_policy(const TextHParams& hp, const DetailedCache& d) {
-    return std::make_unique<FullPolicy>(hp, d);
+std::unique_ptr<CachePolicy> make_full_policy(const KVShape& shape, const DetailedCache& d) {
+    return std::make_unique<FullPolicy>(shape, d);
 }
 
 }  // namespace statekv

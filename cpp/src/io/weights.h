@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "backend.h"
-#include "gguf_file.h"
+#include "io/gguf_file.h"
 
 namespace statekv {
 

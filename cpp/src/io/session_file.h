@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "gguf_file.h"
-#include "graph.h"
+#include "io/gguf_file.h"
+#include "io/state_io.h"
 
 struct gguf_context;
 
@@ -32,22 +32,21 @@ private:
 
 constexpr const char* kPayloadChecksumKey = "statekv.payload.checksum";
 
-class StateWriter {
+// The GGUF writer of StateOut: keys into the file's metadata, tensors into its data section.
+class StateWriter final : public StateOut {
 public:
     StateWriter();
     ~StateWriter();
     StateWriter(const StateWriter&) = delete;
     StateWriter& operator=(const StateWriter&) = delete;
 
+    // The file's metadata, for the session's own header fields.
     gguf_context* kv() const { return gguf_; }
-    // A byte range of a device tensor.
-    struct Piece {
-        const ggml_tensor* src;
-        size_t offset;
-        size_t nbytes;
-    };
-    // Tensor `name` of the file (type, shape) whose data is the concatenation of `pieces`.
-    void add_tensor(const std::string& name, ggml_type type, const std::vector<int64_t>& shape, std::vector<Piece> pieces);
+    void put_int(const std::string& key, int64_t value) override;
+    void put_bool(const std::string& key, bool value) override;
+    void put_int_array(const std::string& key, const std::vector<int64_t>& values) override;
+    void put_tensor(const std::string& name, ggml_type type, const std::vector<int64_t>& shape,
+                    std::vector<Piece> pieces) override;
     // Writes to path + ".partial", then renames: a failed save leaves no file behind.
     void write(const std::string& path) const;
 
@@ -57,17 +56,21 @@ private:
     std::vector<std::vector<Piece>> pieces_;
 };
 
-class StateReader {
+// The GGUF reader of StateIn; errors name the file.
+class StateReader final : public StateIn {
 public:
     explicit StateReader(const std::string& path) : file_(path) {}
     const GgufFile& file() const { return file_; }
     // Refuses (ModelError naming the file) a payload whose checksum differs from the one stored.
     void verify_checksum() const;
-    // The stored tensor `name` with its expected type and shape; ModelError naming the file
-    // otherwise.
-    const ggml_tensor* tensor(const std::string& name, ggml_type type, const std::vector<int64_t>& shape) const;
-    // Copies bytes [src_offset, src_offset + nbytes) of stored tensor `name` to dst at dst_offset.
-    void read(const std::string& name, size_t src_offset, ggml_tensor* dst, size_t dst_offset, size_t nbytes) const;
+    int64_t get_int(const std::string& key, int64_t lo, int64_t hi) const override { return file_.get_int(key, lo, hi); }
+    bool get_bool_or(const std::string& key, bool fallback) const override { return file_.get_bool_or(key, fallback); }
+    std::vector<int64_t> get_int_array(const std::string& key, int64_t lo, int64_t hi) const override {
+        return file_.get_int_array(key, lo, hi);
+    }
+    void expect_tensor(const std::string& name, ggml_type type, const std::vector<int64_t>& shape) const override;
+    void read(const std::string& name, size_t src_offset, ggml_tensor* dst, size_t dst_offset, size_t nbytes) const override;
+    [[noreturn]] void fail(const std::string& what) const override { file_.fail(what); }
 
 private:
     GgufFile file_;

@@ -176,20 +176,24 @@ float GgufFile::get_positive_f32_or(const std::string& key, float fallback, floa
     return has(key) ? get_positive_f32(key, hi) : fallback;
 }
 
-std::vector<int64_t> GgufFile::get_int_array(const std::string& key, int64_t lo, int64_t hi) const {
+int64_t GgufFile::array_id(const std::string& key, std::initializer_list<int> types, const std::string& expected) const {
     const int64_t id = key_id(key);
     if (gguf_get_kv_type(ctx_, id) != GGUF_TYPE_ARRAY) {
-        fail("metadata key '" + key + "' has type " + type_name(gguf_get_kv_type(ctx_, id)) +
-             ", expected an array of integers");
+        fail("metadata key '" + key + "' has type " + type_name(gguf_get_kv_type(ctx_, id)) + ", expected " + expected);
     }
     const gguf_type at = gguf_get_arr_type(ctx_, id);
-    const size_t n = gguf_get_arr_n(ctx_, id);
-    // The element type first: gguf_get_arr_data aborts on string arrays.
-    switch (at) {
-        case GGUF_TYPE_UINT8: case GGUF_TYPE_INT8: case GGUF_TYPE_UINT16: case GGUF_TYPE_INT16:
-        case GGUF_TYPE_UINT32: case GGUF_TYPE_INT32: case GGUF_TYPE_UINT64: case GGUF_TYPE_INT64: break;
-        default: fail("metadata key '" + key + "' is an array of " + type_name(at) + ", expected integers");
+    if (std::find(types.begin(), types.end(), static_cast<int>(at)) == types.end()) {
+        fail("metadata key '" + key + "' is an array of " + type_name(at) + ", expected " + expected);
     }
+    return id;
+}
+
+std::vector<int64_t> GgufFile::get_int_array(const std::string& key, int64_t lo, int64_t hi) const {
+    const int64_t id = array_id(key, {GGUF_TYPE_UINT8, GGUF_TYPE_INT8, GGUF_TYPE_UINT16, GGUF_TYPE_INT16, GGUF_TYPE_UINT32,
+                                      GGUF_TYPE_INT32, GGUF_TYPE_UINT64, GGUF_TYPE_INT64},
+                                "an array of integers");
+    const gguf_type at = gguf_get_arr_type(ctx_, id);
+    const size_t n = gguf_get_arr_n(ctx_, id);
     const void* data = gguf_get_arr_data(ctx_, id);
     std::vector<int64_t> out(n);
     for (size_t i = 0; i < n; ++i) {
@@ -241,25 +245,37 @@ bool GgufFile::get_bool(const std::string& key) const {
     return gguf_get_val_bool(ctx_, id);
 }
 
-std::vector<int32_t> GgufFile::get_i32_array(const std::string& key) const {
-    const std::vector<int64_t> v = get_int_array(key, std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max());
-    return std::vector<int32_t>(v.begin(), v.end());
-}
-
 std::vector<float> GgufFile::get_finite_f32_array(const std::string& key, size_t n) const {
-    const int64_t id = key_id(key);
-    const bool is_array = gguf_get_kv_type(ctx_, id) == GGUF_TYPE_ARRAY;
-    // The element type first: gguf_get_arr_data aborts on string arrays.
-    const gguf_type at = is_array ? gguf_get_arr_type(ctx_, id) : GGUF_TYPE_COUNT;
-    if (!is_array || gguf_get_arr_n(ctx_, id) != n || (at != GGUF_TYPE_FLOAT32 && at != GGUF_TYPE_FLOAT64)) {
-        fail("metadata key '" + key + "' must be an array of " + std::to_string(n) + " float32 values");
-    }
+    const std::string expected = "an array of " + std::to_string(n) + " float32 values";
+    const int64_t id = array_id(key, {GGUF_TYPE_FLOAT32, GGUF_TYPE_FLOAT64}, expected);
+    if (gguf_get_arr_n(ctx_, id) != n) fail("metadata key '" + key + "' must be " + expected);
+    const bool f32 = gguf_get_arr_type(ctx_, id) == GGUF_TYPE_FLOAT32;
     const void* data = gguf_get_arr_data(ctx_, id);
     std::vector<float> out(n);
     for (size_t i = 0; i < n; ++i) {
-        out[i] = at == GGUF_TYPE_FLOAT32 ? static_cast<const float*>(data)[i]
-                                         : static_cast<float>(static_cast<const double*>(data)[i]);
+        out[i] = f32 ? static_cast<const float*>(data)[i] : static_cast<float>(static_cast<const double*>(data)[i]);
         if (!std::isfinite(out[i])) fail("metadata key '" + key + "' holds a non-finite value");
+    }
+    return out;
+}
+
+std::vector<bool> GgufFile::get_bool_array(const std::string& key) const {
+    const int64_t id = array_id(key, {GGUF_TYPE_BOOL}, "an array of bool");
+    const size_t n = gguf_get_arr_n(ctx_, id);
+    const auto* data = static_cast<const int8_t*>(gguf_get_arr_data(ctx_, id));
+    std::vector<bool> out(n);
+    for (size_t i = 0; i < n; ++i) out[i] = data[i] != 0;
+    return out;
+}
+
+std::vector<int64_t> GgufFile::indices_of_strings(const std::string& key, const std::vector<std::string>& wanted) const {
+    const int64_t id = gguf_find_key(ctx_, key.c_str());
+    if (id < 0 || gguf_get_kv_type(ctx_, id) != GGUF_TYPE_ARRAY || gguf_get_arr_type(ctx_, id) != GGUF_TYPE_STRING) return {};
+    std::vector<int64_t> out;
+    const size_t n = gguf_get_arr_n(ctx_, id);
+    for (size_t i = 0; i < n; ++i) {
+        const char* s = gguf_get_arr_str(ctx_, id, i);
+        if (s && std::find(wanted.begin(), wanted.end(), s) != wanted.end()) out.push_back(static_cast<int64_t>(i));
     }
     return out;
 }
@@ -279,12 +295,6 @@ int64_t GgufFile::layers_with_prefix(const std::string& prefix) const {
     return n;
 }
 
-uint32_t GgufFile::get_u32_or(const std::string& key, uint32_t fallback) const {
-    return has(key) ? get_u32(key) : fallback;
-}
-float GgufFile::get_f32_or(const std::string& key, float fallback) const {
-    return has(key) ? get_f32(key) : fallback;
-}
 bool GgufFile::get_bool_or(const std::string& key, bool fallback) const {
     return has(key) ? get_bool(key) : fallback;
 }
