@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <limits>
 
 #include "statekv/statekv.h"
 
@@ -29,6 +30,7 @@ Tokens make_tokens(const py::array& ids, const py::object& positions, const py::
     t.ids = to_vector<int32_t>(ids_arr);
     if (!positions.is_none()) {
         py::array p = py::array::ensure(positions);
+        if (!p) throw InputError("positions must be an integer array of shape (n,) or (n_axes, n)");
         if (p.ndim() == 1) {
             t.n_position_axes = 1;
         } else if (p.ndim() == 2) {
@@ -53,6 +55,81 @@ Tokens make_tokens(const py::array& ids, const py::object& positions, const py::
         throw InputError("embedding_rows given without embeddings");
     }
     return t;
+}
+
+// Frames for Session::add_frames: a C-contiguous uint8 array (n_frames, height, width, 3).
+py::array_t<uint8_t, py::array::c_style> frame_bytes(const py::object& pixels) {
+    const char* expected = "pixels must be a uint8 array of shape (n_frames, height, width, 3): RGB bytes, already resized";
+    py::array a = py::array::ensure(pixels);
+    if (!a || !a.dtype().is(py::dtype::of<uint8_t>())) throw InputError(expected);
+    if (a.ndim() != 4 || a.shape(3) != 3) throw InputError(std::string(expected) + ", got " + std::to_string(a.ndim()) + " dimensions");
+    for (int i = 0; i < 3; ++i) {
+        if (a.shape(i) <= 0 || a.shape(i) > std::numeric_limits<int>::max()) {
+            throw InputError(std::string(expected) + ", got a dimension of " + std::to_string(a.shape(i)));
+        }
+    }
+    return py::array_t<uint8_t, py::array::c_style>::ensure(a);
+}
+
+// The step layouts of Session::add_frames: token ids, where each step's visual rows go, and
+// optional positions, one entry per step.
+std::vector<Tokens> frame_steps(const py::sequence& tokens, const py::sequence& rows, const py::object& positions) {
+    const size_t n = py::len(tokens);
+    if (py::len(rows) != n) {
+        throw InputError("embedding_rows must give one row list per step (" + std::to_string(n) + "), got " +
+                         std::to_string(py::len(rows)));
+    }
+    if (!positions.is_none() && py::len(positions) != n) {
+        throw InputError("positions must give one entry per step (" + std::to_string(n) + ") or be None");
+    }
+    std::vector<Tokens> steps;
+    for (size_t i = 0; i < n; ++i) {
+        const py::object pos = positions.is_none() ? py::none() : py::object(py::reinterpret_borrow<py::sequence>(positions)[i]);
+        py::array ids = py::array::ensure(py::object(tokens[i]));
+        if (!ids) throw InputError("tokens of step " + std::to_string(i) + " must be a 1-D sequence of token ids");
+        Tokens t = make_tokens(ids, pos, py::none(), py::none());
+        py::array r = py::array::ensure(py::object(rows[i]));
+        if (!r || r.ndim() != 1) throw InputError("embedding_rows of step " + std::to_string(i) + " must be a 1-D sequence of row indices");
+        t.embedding_rows = to_vector<int32_t>(r);
+        steps.push_back(std::move(t));
+    }
+    return steps;
+}
+
+py::dict stats_dict(const SessionStats& st) {
+    py::dict d;
+    d["tokens_detailed"] = st.tokens_detailed;
+    d["tokens_carried"] = st.tokens_carried;
+    d["steps"] = st.steps;
+    d["bytes_detailed"] = st.bytes_detailed;
+    d["bytes_carried"] = st.bytes_carried;
+    d["step_seconds"] = st.step_seconds;
+    return d;
+}
+
+py::dict options_dict(const SessionOptions& o) {
+    py::dict d;
+    d["mode"] = o.mode;
+    d["budget"] = o.budget;
+    d["window"] = o.window;
+    d["kv_type"] = o.kv_type;
+    d["expected_length"] = o.expected_length ? py::object(py::int_(o.expected_length)) : py::none();
+    d["rope_scale"] = o.rope_scale > 0 ? py::object(py::float_(o.rope_scale)) : py::none();
+    return d;
+}
+
+py::dict vision_dict(const VisionInfo& v) {
+    py::dict d;
+    d["projector"] = v.projector;
+    d["image_size"] = v.image_size;
+    d["patch_size"] = v.patch_size;
+    d["size_multiple"] = v.size_multiple;
+    d["frames_per_patch"] = v.frames_per_patch;
+    d["n_deepstack"] = v.n_deepstack;
+    d["row_width"] = v.row_width;
+    d["image_mean"] = v.image_mean;
+    d["image_std"] = v.image_std;
+    return d;
 }
 
 // A Python callable(token) -> bool|None as a TokenCallback (called with the GIL re-acquired).
@@ -130,6 +207,16 @@ PYBIND11_MODULE(_core, m) {
              py::arg("embeddings") = py::none(), py::arg("embedding_rows") = py::none())
         .def("add_step", feed_tokens(&Session::add_step), py::arg("tokens"), py::arg("positions") = py::none(),
              py::arg("embeddings") = py::none(), py::arg("embedding_rows") = py::none())
+        .def("add_frames",
+             [](Session& self, const py::object& pixels, const py::sequence& tokens, const py::sequence& rows,
+                const py::object& positions) {
+                 auto px = frame_bytes(pixels);
+                 std::vector<Tokens> steps = frame_steps(tokens, rows, positions);
+                 const int n = static_cast<int>(px.shape(0)), h = static_cast<int>(px.shape(1)), w = static_cast<int>(px.shape(2));
+                 py::gil_scoped_release release;
+                 self.add_frames(px.data(), n, h, w, steps);
+             },
+             py::arg("pixels"), py::arg("tokens"), py::arg("embedding_rows"), py::arg("positions") = py::none())
         .def("question_logits",
              [](Session& self, const py::array& ids, const py::object& positions, int n_vocab) {
                  Tokens t = make_tokens(ids, positions, py::none(), py::none());
@@ -185,38 +272,8 @@ PYBIND11_MODULE(_core, m) {
              },
              py::arg("path"), py::arg("app_data") = std::string())
         .def_property_readonly("app_data", [](const Session& self) { return py::bytes(self.app_data()); })
-        .def("stats",
-             [](const Session& self) {
-                 SessionStats st;
-                 {
-                     py::gil_scoped_release release;
-                     st = self.stats();
-                 }
-                 py::dict d;
-                 d["tokens_detailed"] = st.tokens_detailed;
-                 d["tokens_carried"] = st.tokens_carried;
-                 d["steps"] = st.steps;
-                 d["bytes_detailed"] = st.bytes_detailed;
-                 d["bytes_carried"] = st.bytes_carried;
-                 d["step_seconds"] = st.step_seconds;
-                 return d;
-             })
-        .def("options",
-             [](const Session& self) {
-                 SessionOptions o;
-                 {
-                     py::gil_scoped_release release;
-                     o = self.options();
-                 }
-                 py::dict d;
-                 d["mode"] = o.mode;
-                 d["budget"] = o.budget;
-                 d["window"] = o.window;
-                 d["kv_type"] = o.kv_type;
-                 d["expected_length"] = o.expected_length ? py::object(py::int_(o.expected_length)) : py::none();
-                 d["rope_scale"] = o.rope_scale > 0 ? py::object(py::float_(o.rope_scale)) : py::none();
-                 return d;
-             })
+        .def("stats", [](const Session& self) { return stats_dict(unlocked(&Session::stats)(self)); })
+        .def("options", [](const Session& self) { return options_dict(unlocked(&Session::options)(self)); })
         .def_property_readonly("n_tokens", unlocked(&Session::n_tokens))
         .def_property_readonly("next_position", unlocked(&Session::next_position));
 
@@ -230,6 +287,7 @@ PYBIND11_MODULE(_core, m) {
         .def("vision_tokens_per_patch", &Model::vision_tokens_per_patch)
         .def_property_readonly("vision_row_width", &Model::vision_row_width)
         .def_property_readonly("vision_frames_per_patch", &Model::vision_frames_per_patch)
+        .def("vision_info", [](const Model& self) { return vision_dict(self.vision_info()); })
         .def("encode_frames",
              [](Model& self, const py::array& pixels) {
                  auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(pixels);

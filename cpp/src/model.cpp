@@ -170,8 +170,7 @@ DecoderInputs Model::Impl::make_inputs(GraphBuilder& g, const Tokens& in, int de
         if (device_rows) {
             // The encoder's rows, read in place (their width is the full one: checked when the
             // mmproj was paired with this model).
-            ggml_tensor* r = device_rows->rows;
-            d.embeddings = ggml_view_2d(g.ctx(), r, r->ne[0], k, r->nb[1], static_cast<size_t>(device_rows->first) * r->nb[1]);
+            d.embeddings = g.alias_rows(device_rows->rows, device_rows->first, k, "embeddings");
         } else if (static_cast<int>(in.embeddings.size() / k) == full) {
             d.embeddings = g.input_f32(in.embeddings, {full, k}, "embeddings");
         } else {

@@ -43,6 +43,16 @@ ggml_tensor* GraphBuilder::input_f32(const std::vector<float>& v, std::vector<in
     return input(GGML_TYPE_F32, std::move(shape), v.data(), name);
 }
 
+ggml_tensor* GraphBuilder::alias_rows(const ggml_tensor* t, int64_t first, int64_t n, const char* name) {
+    if (!t->buffer || !ggml_is_contiguous(t) || first < 0 || first + n > t->ne[1]) {
+        throw std::logic_error("alias_rows: not rows of an allocated contiguous tensor");
+    }
+    ggml_tensor* a = ggml_new_tensor_2d(ctx_, t->type, t->ne[0], n);
+    ggml_set_name(a, name);
+    ggml_backend_tensor_alloc(t->buffer, a, static_cast<char*>(t->data) + first * t->nb[1]);
+    return a;
+}
+
 void GraphBuilder::upload_inputs() {
     for (auto& p : inputs_) {
         // An input no computed node reads is never allocated: nothing to upload.

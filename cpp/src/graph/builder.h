@@ -33,6 +33,10 @@ public:
     // that is run again with new values: no host copy is kept).
     ggml_tensor* input_late(ggml_type type, std::vector<int64_t> shape, const char* name);
     void upload_inputs();
+    // A leaf of this graph over rows [first, first + n) of a contiguous 2-D tensor that another
+    // graph computed and still holds (read in place: the other graph is neither re-run nor
+    // copied, and its memory must stay allocated until this graph has run).
+    ggml_tensor* alias_rows(const ggml_tensor* t, int64_t first, int64_t n, const char* name);
 
     void expand(ggml_tensor* t) { ggml_build_forward_expand(gf_, t); }
 
