@@ -10,6 +10,7 @@
 #include "statekv/statekv.h"
 
 namespace py = pybind11;
+using namespace pybind11::literals;
 using namespace statekv;
 
 namespace {
@@ -96,40 +97,25 @@ std::vector<Tokens> frame_steps(const py::sequence& tokens, const py::sequence& 
     return steps;
 }
 
+// Session::stats, Session::options and Model::vision_info as dicts.
 py::dict stats_dict(const SessionStats& st) {
-    py::dict d;
-    d["tokens_detailed"] = st.tokens_detailed;
-    d["tokens_carried"] = st.tokens_carried;
-    d["steps"] = st.steps;
-    d["bytes_detailed"] = st.bytes_detailed;
-    d["bytes_carried"] = st.bytes_carried;
-    d["step_seconds"] = st.step_seconds;
-    return d;
+    return py::dict("tokens_detailed"_a = st.tokens_detailed, "tokens_carried"_a = st.tokens_carried, "steps"_a = st.steps,
+                    "bytes_detailed"_a = st.bytes_detailed, "bytes_carried"_a = st.bytes_carried,
+                    "step_seconds"_a = st.step_seconds);
 }
 
 py::dict options_dict(const SessionOptions& o) {
-    py::dict d;
-    d["mode"] = o.mode;
-    d["budget"] = o.budget;
-    d["window"] = o.window;
-    d["kv_type"] = o.kv_type;
-    d["expected_length"] = o.expected_length ? py::object(py::int_(o.expected_length)) : py::none();
-    d["rope_scale"] = o.rope_scale > 0 ? py::object(py::float_(o.rope_scale)) : py::none();
-    return d;
+    const py::object expected_length = o.expected_length ? py::object(py::int_(o.expected_length)) : py::none();
+    const py::object rope_scale = o.rope_scale > 0 ? py::object(py::float_(o.rope_scale)) : py::none();
+    return py::dict("mode"_a = o.mode, "budget"_a = o.budget, "window"_a = o.window, "kv_type"_a = o.kv_type,
+                    "expected_length"_a = expected_length, "rope_scale"_a = rope_scale);
 }
 
 py::dict vision_dict(const VisionInfo& v) {
-    py::dict d;
-    d["projector"] = v.projector;
-    d["image_size"] = v.image_size;
-    d["patch_size"] = v.patch_size;
-    d["size_multiple"] = v.size_multiple;
-    d["frames_per_patch"] = v.frames_per_patch;
-    d["n_deepstack"] = v.n_deepstack;
-    d["row_width"] = v.row_width;
-    d["image_mean"] = v.image_mean;
-    d["image_std"] = v.image_std;
-    return d;
+    return py::dict("projector"_a = v.projector, "image_size"_a = v.image_size, "patch_size"_a = v.patch_size,
+                    "size_multiple"_a = v.size_multiple, "frames_per_patch"_a = v.frames_per_patch,
+                    "n_deepstack"_a = v.n_deepstack, "row_width"_a = v.row_width, "image_mean"_a = v.image_mean,
+                    "image_std"_a = v.image_std);
 }
 
 // A Python callable(token) -> bool|None as a TokenCallback (called with the GIL re-acquired).
@@ -235,16 +221,8 @@ PYBIND11_MODULE(_core, m) {
                 int top_k, float top_p, float min_p, float repeat_penalty, int repeat_last_n, uint64_t seed,
                 const std::vector<int32_t>& stop, bool ignore_eos, const py::object& callback) {
                  Tokens t = make_tokens(ids, positions, py::none(), py::none());
-                 SamplingOptions o;
-                 o.temperature = temperature;
-                 o.top_k = top_k;
-                 o.top_p = top_p;
-                 o.min_p = min_p;
-                 o.repeat_penalty = repeat_penalty;
-                 o.repeat_last_n = repeat_last_n;
-                 o.seed = seed;
-                 o.stop = stop;
-                 o.ignore_eos = ignore_eos;
+                 // The fields in SamplingOptions' order.
+                 const SamplingOptions o{temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop, ignore_eos};
                  TokenCallback cb = wrap_callback(callback);
                  py::gil_scoped_release release;
                  return self.generate(t, max_tokens, o, cb);
@@ -321,15 +299,8 @@ PYBIND11_MODULE(_core, m) {
         .def("session",
              [](Model& self, const std::string& mode, int budget, int window, const std::string& kv_type,
                 int expected_length, float rope_scale, int detailed_chunk) {
-                 SessionOptions o;
-                 o.mode = mode;
-                 o.budget = budget;
-                 o.window = window;
-                 o.kv_type = kv_type;
-                 o.expected_length = expected_length;
-                 o.rope_scale = rope_scale;
-                 o.detailed_chunk = detailed_chunk;
-                 return self.session(o);
+                 // The fields in SessionOptions' order.
+                 return self.session(SessionOptions{mode, budget, window, kv_type, expected_length, rope_scale, detailed_chunk});
              },
              py::arg("mode"), py::arg("budget"), py::arg("window"), py::arg("kv_type"), py::arg("expected_length"),
              py::arg("rope_scale"), py::arg("detailed_chunk"))
