@@ -220,6 +220,11 @@ const Model::Impl::VisionGraph& Model::Impl::encode(PixelKind kind, const void* 
     const VisionModel& v = require_vision();
     v.check_input(n, h, w);
     const size_t n_values = static_cast<size_t>(n) * 3 * h * w;
+    if (kind == PixelKind::Bytes && n_values > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+        // ggml indexes the rows of a gather with int.
+        throw InputError(std::to_string(n) + " frames of " + std::to_string(h) + " x " + std::to_string(w) +
+                         " are more than 2^31 pixel values for one call; use smaller batches");
+    }
     std::lock_guard<std::mutex> lock(backend.compute_mutex());
     VisionGraph& vg = vision_graph;
     if (vg.kind != kind || vg.n != n || vg.h != h || vg.w != w) {
