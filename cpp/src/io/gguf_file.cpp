@@ -1,4 +1,4 @@
-#include "gguf_file.h"
+#include "io/gguf_file.h"
 
 #include <algorithm>
 #include <cmath>
