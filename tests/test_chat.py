@@ -20,8 +20,8 @@ pytest.importorskip("transformers")
 import jinja2.exceptions  # noqa: E402
 
 import tiny  # noqa: E402
-from statekv.chat import ChatTemplate  # noqa: E402
-from statekv.tokenizer import tokenizer_from_gguf  # noqa: E402
+from statekv.text.chat_template import ChatTemplate  # noqa: E402
+from statekv.text.tokenizer import tokenizer_from_gguf  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Fixtures

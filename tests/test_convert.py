@@ -16,11 +16,10 @@ import pytest
 
 import gguf
 from statekv import convert as conv
-from statekv.tokenizer import (
+from statekv.gguf_io import read_gguf_kv, read_gguf_tensor_infos
+from statekv.text.tokenizer import (
     TokenType,
     build_tokenizer,
-    read_gguf_kv,
-    read_gguf_tensor_infos,
     read_tokenizer_metadata,
     tokenizer_from_gguf,
 )

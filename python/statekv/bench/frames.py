@@ -141,6 +141,7 @@ def _worker(cfg: dict, out: "mp.Queue") -> None:
 
     import numpy as np
 
+    from .. import families
     from ..model import Model
 
     try:
@@ -169,21 +170,17 @@ def _worker(cfg: dict, out: "mp.Queue") -> None:
         budget = cfg["budget"] if mode != "statekv-all" else PREFIX_TOKENS + n * steps
         s = m.session(mode="statekv" if mode.startswith("statekv") else mode, budget=budget, window=cfg["window"],
                       kv_type=cfg["kv_type"], expected_length=PREFIX_TOKENS + n * steps + 64)
-        qwen3vl = layout is not None and layout.family == "qwen3vl"
+        family = families.get(layout.family) if layout is not None else None
         prefix = rng.integers(0, vocab, PREFIX_TOKENS)
-        if qwen3vl:  # Qwen3-VL takes positions on three axes: text (p, p, p), visual rows on the grid
-            s.prefill(prefix, positions=np.tile(np.arange(PREFIX_TOKENS), (3, 1)))
-        else:
-            s.prefill(prefix)
+        # the family's positions (three axes for M-RoPE families), None: the session's own
+        s.prefill(prefix, positions=family.text_positions(0, PREFIX_TOKENS) if family else None)
         start = PREFIX_TOKENS
         for _ in range(steps):
             ids = rng.integers(0, vocab, n)
             if layout is None:
                 s.add_step(ids)
                 continue
-            positions = None
-            if qwen3vl:
-                positions, start = vision.qwen3vl_positions(layout, start)
+            positions, start = family.step_positions(layout, start)
             # every step gets the same encoder output: the rows' values do not change the cost
             s.add_step(ids, embeddings=encoder.rows, embedding_rows=layout.row_indices, positions=positions)
         st = s.stats()
@@ -321,8 +318,8 @@ def _add_vision_report(report: dict, results: dict, lat, mmproj: str, source_siz
     report["vision"] = {
         "mmproj": mmproj, "projector": first["info"]["vision.projector"], "family": layout["family"],
         "frame_size": list(layout["frame_size"]),
-        # Qwen3-VL's frame size follows from the source's; InternVL always encodes one tile
-        "source_size": list(source_size) if layout["family"] == "qwen3vl" else None,
+        # the frame size of families whose frames are resized for the whole video follows from the source's
+        "source_size": list(source_size) if layout["grid"] is not None else None,
         "frames_per_step": frames_per_step, "visual_rows_per_step": layout["visual_rows"],
         "text_tokens_per_step": layout["text_before"] + layout["text_after"], "row_width": first["row_width"],
         "frames_per_encode": first["frames_per_encode"], "encode_repetitions": encode_reps,

@@ -9,7 +9,7 @@ import sys
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .model import Model, backends, ggml_info
+    from ..model import Model, backends, ggml_info
 
     ggml = ggml_info()
     if args.model is None:
@@ -41,8 +41,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import cli_video, convert, demo
-    from .bench import frames, make_model, text
+    from .. import convert, demo
+    from ..bench import frames, make_model, text
+    from . import video as cli_video
 
     p = _Parser(prog="statekv", description="Linear-time long-video VLM inference on ggml.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -93,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code: 0, 1 (error), 2 (usage), 130 (interrupted).
     Errors are reported as one ``statekv: error:`` line on stderr, without a traceback."""
-    from . import ModelError
-    from .cli_video import UsageError, error_line
+    from .. import ModelError
+    from .errors import UsageError, error_line
 
     args = build_parser().parse_args(argv)
     try:

@@ -20,9 +20,11 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Optional, TextIO
 
-from .progress import ProgressBar, format_bytes, format_duration, format_rate, format_summary, peak_memory_bytes
+from ..progress import ProgressBar, format_bytes, format_duration, format_rate, format_summary, peak_memory_bytes
 
-__all__ = ["UsageError", "add_ask_arguments", "add_chat_arguments", "run_ask", "run_chat"]
+from .errors import UsageError, error_line
+
+__all__ = ["add_ask_arguments", "add_chat_arguments", "run_ask", "run_chat"]
 
 ASK_DESCRIPTION = """\
 Answer one question about a video: the video is indexed frame by frame (progress on stderr),
@@ -68,10 +70,6 @@ a plain line                ask it about the video so far
 /stats                      frames, cache tokens and bytes, per-frame latency
 /help                       this list
 /quit                       leave (so does end of input)"""
-
-
-class UsageError(Exception):
-    """The command line is wrong (a missing or contradicting option): exit code 2."""
 
 
 # ---- arguments ---------------------------------------------------------------------------------
@@ -191,7 +189,7 @@ def _check_video(path: str, args: argparse.Namespace, start: Optional[float], en
     """Open the video as indexing will (it decodes the first chosen frame): a missing file, a
     file that is not a video or has no decodable frame fails here, in a fraction of a second.
     Returns the number of frames the flags' sampling chooses."""
-    from .video import VideoReader
+    from ..video import VideoReader
 
     reader = VideoReader(path, fps=_fps(args.fps), max_frames=args.max_frames, start=start, end=end)
     reader.close()
@@ -454,7 +452,7 @@ class Repl:
             print(text, file=sys.stderr, flush=True)
 
     def run(self, lines: Iterator[str]) -> int:
-        from . import ModelError
+        from .. import ModelError
 
         for line in lines:
             line = line.strip()
@@ -525,9 +523,3 @@ class Repl:
 
     def help(self, rest: str) -> None:
         print(REPL_HELP, flush=True)
-
-
-def error_line(exc: BaseException) -> str:
-    """``statekv: error: <message>`` on one line, whatever the exception's text."""
-    message = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-    return f"statekv: error: {message or type(exc).__name__}"
