@@ -1,4 +1,4 @@
-"""The HF -> GGUF converter (statekv.convert) and the GGUF tokenizer (statekv.tokenizer).
+"""The HF -> GGUF converter (statekv.convert) and the GGUF tokenizer (statekv.text.tokenizer).
 
 The expected layout is llama.cpp's (convert_hf_to_gguf.py): tensor names, types and metadata
 keys are written out here by hand, independently of the converter's use of gguf-py's tables.

@@ -246,7 +246,7 @@ class VideoChat:
 
     def frames_of_tokens(self, token_indices) -> np.ndarray:
         """Chat frame index (from 0) of each session token index (e.g. from ``session.carried``);
-        -1 for prefix tokens. A Qwen3-VL step's tokens map to the first frame of its pair."""
+        -1 for prefix tokens. A step of several frames maps its tokens to its first frame."""
         idx = np.asarray(token_indices)
         starts = np.asarray(self.step_token_starts, dtype=np.int64)
         which = np.searchsorted(starts, idx, side="right") - 1

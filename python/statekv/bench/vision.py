@@ -105,7 +105,7 @@ def time_encoder(model, layout: StepLayout, frames_per_encode: int, repetitions:
     """Time ``model.encode_frames`` on ``frames_per_encode`` preprocessed random frames: one
     untimed warm-up call (the first call pages in the mmap'd weights and plans the graph), then
     ``repetitions`` timed calls. Returns the timing and the layout with ``visual_rows`` set from
-    the encoder's output (checked against the expected grid for Qwen3-VL)."""
+    the encoder's output (checked against the expected grid when the layout knows it)."""
     if frames_per_encode <= 0 or frames_per_encode % layout.frames_per_step:
         raise ValueError(f"--encode-frames {frames_per_encode} must be a positive multiple of the "
                          f"{layout.frames_per_step} frame(s) of one {layout.family} step")

@@ -43,6 +43,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .. import convert, demo
     from ..bench import frames, make_model, text
+    from . import chat as cli_chat
     from . import video as cli_video
 
     p = _Parser(prog="statekv", description="Linear-time long-video VLM inference on ggml.")
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description=cli_video.CHAT_DESCRIPTION, epilog=cli_video.CHAT_EPILOG,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     cli_video.add_chat_arguments(chat)
-    chat.set_defaults(func=cli_video.run_chat)
+    chat.set_defaults(func=cli_chat.run_chat)
 
     dm = sub.add_parser("demo", help="run the three modes on a random-weight model and a synthetic video "
                                      "(no download; cached under ~/.cache/statekv)",
