@@ -215,6 +215,9 @@ class VideoChat:
             return
         encoded = self.vlm.model.encode_frames(np.concatenate([s.pixels for s in steps]))
         for step, rows in zip(steps, encoded):
+            if len(rows) != len(step.rows):
+                raise ValueError(f"{self.vlm.model.mmproj}: the encoder gave {len(rows)} visual rows per step, the "
+                                 f"{self.layout.family} layout expected {len(step.rows)}")
             start = session.n_tokens
             session.add_step(step.ids, embeddings=rows, embedding_rows=step.rows, positions=step.positions)
             if on_added is not None:
