@@ -110,7 +110,7 @@ def open_gguf(path: str | os.PathLike) -> Any:
         _READER = _reader_class()
     try:
         return _READER(path)
-    except (IndexError, ValueError, KeyError, OverflowError, TypeError) as exc:
+    except (IndexError, ValueError, KeyError, OverflowError, TypeError, struct.error) as exc:
         raise ValueError(f"{path}: truncated or corrupt GGUF file ({type(exc).__name__}: {exc})") from None
 
 
