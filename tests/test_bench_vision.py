@@ -18,6 +18,8 @@ import pytest
 import statekv
 from statekv.bench import frames, vision
 from statekv.bench.make_model import make_model
+from statekv.families.internvl import layout as internvl_layout
+from statekv.families.qwen3vl import layout as qwen3vl_layout
 
 TINY_INTERNVL_LLM = dict(name="tiny-internvl-llm", arch="qwen2", hidden=32, layers=2, heads=4, kv_heads=2, head_dim=8,
                          ffn=64, vocab=151674, tied=False, rope_theta=1e6, context_length=4096,
@@ -35,8 +37,9 @@ QWEN3VL_GRID = (2, 3)
 def pairs(tmp_path_factory):
     """Paths of the tiny text models (with the Qwen tokenizer, to check the step layout against
     the real prompt builders) and their mmproj files, plus a 48-wide InternVL mmproj."""
-    from statekv.convert_internvl import make_random_internvl_mmproj
-    from statekv.convert_qwen3vl import VisionHParams, make_random_qwen3vl_mmproj
+    from statekv.families.internvl.random_model import make_random_internvl_mmproj
+    from statekv.families.qwen3vl.convert import VisionHParams
+    from statekv.families.qwen3vl.random_model import make_random_qwen3vl_mmproj
 
     d = tmp_path_factory.mktemp("bench-vision")
     out = {
@@ -90,7 +93,7 @@ def test_internvl_pair(pairs, tmp_path, capsys):
     m = statekv.Model(pairs["internvl_text"], mmproj=pairs["internvl_mmproj"], threads=1)
     rows = m.encode_frames(np.zeros((1, 3, 56, 56), np.float32))
     assert rows.shape == (1, INTERNVL_ROWS, 32)
-    n = INTERNVL_ROWS + sum(vision.INTERNVL_TEXT_TOKENS)
+    n = INTERNVL_ROWS + sum(internvl_layout.STEP_TEXT_TOKENS)
     v = report["vision"]
     assert (v["family"], v["projector"], v["frame_size"], v["frames_per_step"]) == ("internvl", "internvl", [56, 56], 1)
     assert (v["visual_rows_per_step"], v["text_tokens_per_step"], v["row_width"]) == (INTERNVL_ROWS, 7, 32)
@@ -116,7 +119,7 @@ def test_qwen3vl_pair(pairs, tmp_path):
     m = statekv.Model(pairs["qwen3vl_text"], mmproj=pairs["qwen3vl_mmproj"], threads=1)
     rows = m.encode_frames(np.zeros((4, 3, 64, 96), np.float32))  # two temporal patches
     assert rows.shape == (2, QWEN3VL_GRID[0] * QWEN3VL_GRID[1], 32 * 3)  # + 2 DeepStack slices
-    n = rows.shape[1] + sum(vision.QWEN3VL_TEXT_TOKENS)
+    n = rows.shape[1] + sum(qwen3vl_layout.STEP_TEXT_TOKENS)
     v = report["vision"]
     assert (v["family"], v["frame_size"], v["source_size"], v["frames_per_step"]) == ("qwen3vl", [64, 96], [96, 64], 2)
     assert (v["visual_rows_per_step"], v["row_width"], v["frames_per_encode"]) == (rows.shape[1], 96, 4)
@@ -165,8 +168,8 @@ def test_argument_errors(pairs):
 
 def test_shape_pairs_with_a_cached_random_tower(tmp_path, monkeypatch):
     """--shape of a video VLM pairs with its family's tower, made once in the cache directory."""
-    import statekv.convert_internvl as ci
-    import statekv.convert_qwen3vl as cq
+    import statekv.families.internvl.random_model as ci
+    import statekv.families.qwen3vl.random_model as cq
 
     made = []
 
@@ -210,23 +213,23 @@ def test_step_layouts_at_real_sizes():
 def test_step_layout_matches_the_prompt_builders(pairs):
     """The text tokens around a step's rows and Qwen3-VL's positions are those of the family's
     real prompt (the tiny models carry the Qwen vocabulary with the families' added tokens)."""
-    from statekv.tokenizer import tokenizer_from_gguf
-    from statekv.vision import internvl, qwen3vl
+    from statekv.families import internvl, qwen3vl
+    from statekv.text.tokenizer import tokenizer_from_gguf
 
     p = internvl.build_video_prompt(tokenizer_from_gguf(pairs["internvl_text"]), 2, "What happens?",
                                     tokens_per_frame=INTERNVL_ROWS)
     step, rows = p.steps[0], p.visual_rows[0]
-    assert (int(rows[0]), len(step) - int(rows[-1]) - 1) == vision.INTERNVL_TEXT_TOKENS
+    assert (int(rows[0]), len(step) - int(rows[-1]) - 1) == internvl_layout.STEP_TEXT_TOKENS
 
     b = qwen3vl.VideoPromptBuilder(tokenizer_from_gguf(pairs["qwen3vl_text"]), QWEN3VL_GRID)
     prefix_ids, _ = b.prefix()
     layout = vision.StepLayout("qwen3vl", 2, (64, 96), QWEN3VL_GRID[0] * QWEN3VL_GRID[1],
-                               *vision.QWEN3VL_TEXT_TOKENS, grid=QWEN3VL_GRID)
+                               *qwen3vl_layout.STEP_TEXT_TOKENS, grid=QWEN3VL_GRID)
     start = len(prefix_ids)
     for seconds in (0.5, 2.5):
         s = b.step(seconds)
-        assert (int(s.rows[0]), len(s.ids) - int(s.rows[-1]) - 1) == vision.QWEN3VL_TEXT_TOKENS
+        assert (int(s.rows[0]), len(s.ids) - int(s.rows[-1]) - 1) == qwen3vl_layout.STEP_TEXT_TOKENS
         assert np.array_equal(s.rows, layout.row_indices)
-        positions, start = vision.qwen3vl_positions(layout, start)
+        positions, start = qwen3vl_layout.step_positions(layout, start)
         assert np.array_equal(positions, s.positions)
     assert start == b.next_position

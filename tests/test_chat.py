@@ -1,4 +1,4 @@
-"""Chat templates: statekv.chat.ChatTemplate against transformers' apply_chat_template.
+"""Chat templates: statekv.text.ChatTemplate against transformers' apply_chat_template.
 
 The real templates of ``python/statekv/data/templates`` (Qwen2.5-7B-Instruct, Qwen3-0.6B) and a
 template exercising the Jinja environment are rendered by both on the same conversations and
@@ -20,8 +20,8 @@ pytest.importorskip("transformers")
 import jinja2.exceptions  # noqa: E402
 
 import tiny  # noqa: E402
-from statekv.chat import ChatTemplate  # noqa: E402
-from statekv.tokenizer import tokenizer_from_gguf  # noqa: E402
+from statekv.text.chat_template import ChatTemplate  # noqa: E402
+from statekv.text.tokenizer import tokenizer_from_gguf  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Fixtures
@@ -387,12 +387,14 @@ def test_from_gguf_errors_and_named_templates(tmp_path):
 
 
 def test_chat_module_does_not_load_the_extension():
-    """statekv.chat and statekv.video import nothing compiled (beyond what the package does)."""
+    """statekv.text (the chat template) and statekv.video import nothing compiled (beyond what the package does)."""
     import ast
     from pathlib import Path
 
-    for mod in ("chat", "video"):
-        src = (Path(tiny.REPO_ROOT) / "python" / "statekv" / f"{mod}.py").read_text()
+    package = Path(tiny.REPO_ROOT) / "python" / "statekv"
+    for mod in [p.relative_to(package).with_suffix("") for p in sorted((package / "text").glob("*.py"))
+                + sorted((package / "video").glob("*.py"))]:
+        src = (package / f"{mod}.py").read_text()
         names = set()
         for node in ast.walk(ast.parse(src)):
             if isinstance(node, ast.ImportFrom):
@@ -400,4 +402,4 @@ def test_chat_module_does_not_load_the_extension():
             elif isinstance(node, ast.Import):
                 names.update(a.name for a in node.names)
         assert not any("_core" in n or "_native" in n for n in names), (mod, names)
-    assert "statekv.chat" in sys.modules
+    assert "statekv.text.chat_template" in sys.modules

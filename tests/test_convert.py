@@ -1,4 +1,4 @@
-"""The HF -> GGUF converter (statekv.convert) and the GGUF tokenizer (statekv.tokenizer).
+"""The HF -> GGUF converter (statekv.convert) and the GGUF tokenizer (statekv.text.tokenizer).
 
 The expected layout is llama.cpp's (convert_hf_to_gguf.py): tensor names, types and metadata
 keys are written out here by hand, independently of the converter's use of gguf-py's tables.
@@ -16,11 +16,10 @@ import pytest
 
 import gguf
 from statekv import convert as conv
-from statekv.tokenizer import (
+from statekv.gguf_io import read_gguf_kv, read_gguf_tensor_infos
+from statekv.text.tokenizer import (
     TokenType,
     build_tokenizer,
-    read_gguf_kv,
-    read_gguf_tensor_infos,
     read_tokenizer_metadata,
     tokenizer_from_gguf,
 )

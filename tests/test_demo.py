@@ -14,7 +14,7 @@ from statekv import demo
 
 
 def test_byte_vocabulary_round_trips(tmp_path):
-    from statekv.tokenizer import tokenizer_from_gguf
+    from statekv.text.tokenizer import tokenizer_from_gguf
 
     path = demo.write_byte_vocab(tmp_path / "v.gguf")
     tok = tokenizer_from_gguf(path)

@@ -48,7 +48,7 @@ def write_mmproj(hf_dir, out, outtype):
     import json
 
     from statekv.convert import SafetensorsIndex
-    from statekv.convert_internvl import write_mmproj as write
+    from statekv.families.internvl.convert import write_mmproj as write
 
     return write(hf_dir, json.loads((Path(hf_dir) / "config.json").read_text()), SafetensorsIndex(Path(hf_dir)),
                  out, outtype)
@@ -61,7 +61,7 @@ def make_internvl(out_dir: Path, seed: int = 0) -> Path:
     from transformers import (GotOcr2ImageProcessorPil, InternVLConfig, InternVLForConditionalGeneration,
                               PreTrainedTokenizerFast)
 
-    from statekv.vision.internvl import CHAT_TEMPLATE
+    from statekv.families.internvl import CHAT_TEMPLATE
 
     text = tiny._text_kwargs(False, vocab_size=151674, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
     cfg = InternVLConfig(vision_config=VISION, text_config=text, downsample_ratio=0.5, image_token_id=IMG_CONTEXT_ID,
@@ -114,8 +114,8 @@ def ivl(tmp_path_factory, qwen2_vocab_gguf):
     from transformers import PreTrainedTokenizerFast
 
     from statekv.convert import convert
-    from statekv.tokenizer import tokenizer_from_gguf
-    from statekv.vision.internvl import build_video_prompt, preprocess_frames
+    from statekv.text.tokenizer import tokenizer_from_gguf
+    from statekv.families.internvl import build_video_prompt, preprocess_frames
 
     root = tmp_path_factory.mktemp("internvl")
     hf_dir = make_internvl(root / "hf")
@@ -146,7 +146,7 @@ def hf_logits(ivl):
 # ----------------------------------------------------------------------------- converter
 def test_mmproj_layout_is_llama_cpp(ivl):
     """Metadata, tensor names, shapes and types as llama.cpp's converter writes them for InternVL."""
-    from statekv.tokenizer import read_gguf_tensor_infos
+    from statekv.gguf_io import read_gguf_tensor_infos
 
     kv, infos, _ = read_gguf_tensor_infos(ivl.mmproj)
     assert kv["general.architecture"] == "clip" and kv["general.type"] == "mmproj"
@@ -191,7 +191,7 @@ def test_mmproj_layout_is_llama_cpp(ivl):
 
 
 def test_text_gguf_is_plain_qwen2(ivl):
-    from statekv.tokenizer import read_gguf_tensor_infos
+    from statekv.gguf_io import read_gguf_tensor_infos
 
     kv, infos, _ = read_gguf_tensor_infos(ivl.text)
     names = {t["name"] for t in infos}
@@ -209,7 +209,7 @@ def test_quantized_mmproj(ivl, outtype, tmp_path):
     """f16 / q8_0 files: llama.cpp's types (patch kernel F16 for f16 and F32 otherwise; tables and
     1-D tensors F32) and features close to transformers' (f16 weights round at 2^-11, q8_0 at
     about 2^-8 per block: a few 1e-3 through the tower, hence 3e-2 here, not the f32 1e-4)."""
-    from statekv.tokenizer import read_gguf_tensor_infos
+    from statekv.gguf_io import read_gguf_tensor_infos
 
     mmproj = write_mmproj(ivl.hf_dir, tmp_path / "m.gguf", outtype)
     _, infos, _ = read_gguf_tensor_infos(mmproj)
@@ -248,7 +248,7 @@ def test_vision_features_match_transformers(ivl):
 def test_preprocess_matches_hf_image_processor(ivl):
     from transformers import GotOcr2ImageProcessorPil
 
-    from statekv.vision.internvl import preprocess_frames
+    from statekv.families.internvl import preprocess_frames
 
     proc = GotOcr2ImageProcessorPil.from_pretrained(ivl.hf_dir)
     info = ivl.model.info()
@@ -284,7 +284,7 @@ def processor_text(hf_tok, n_frames, question, system=None):
 
 @pytest.mark.parametrize("system", [None, "You are a careful video assistant."])
 def test_prompt_matches_processor(ivl, system):
-    from statekv.vision.internvl import build_video_prompt, video_prompt_text
+    from statekv.families.internvl import build_video_prompt, video_prompt_text
 
     text = processor_text(ivl.hf_tok, N_FRAMES, QUESTION, system)
     assert video_prompt_text(N_FRAMES, QUESTION, system) == text
@@ -406,7 +406,7 @@ def expect_error(text, mmproj, *needles):
 def test_mismatched_pair(ivl, tmp_path):
     """An InternVL mmproj whose projector gives 48-wide rows with the 64-wide text model: a
     ModelError naming both files and both widths."""
-    from statekv.convert_internvl import make_random_internvl_mmproj
+    from statekv.families.internvl.random_model import make_random_internvl_mmproj
 
     other = make_random_internvl_mmproj(tmp_path / "mmproj-48.gguf", shape=dict(VISION), n_embd_out=48, qtype="f32")
     expect_error(ivl.text, other, str(ivl.text), "48", "64", "not a pair")
@@ -426,7 +426,7 @@ def test_other_projector_types(ivl, tmp_path):
 
 
 def test_wrong_frames(ivl):
-    from statekv.vision.internvl import preprocess_frames
+    from statekv.families.internvl import preprocess_frames
 
     for shape in [(1, 3, 224, 224), (1, 3, 448, 434), (1, 3, 434, 448)]:
         with pytest.raises(ValueError, match="448 x 448"):
@@ -467,7 +467,7 @@ def test_unsupported_checkpoints(ivl, tmp_path):
         assert not list(tmp_path.glob(f"*{field}-mmproj.gguf*"))
     text_cfg = json.loads((ivl.hf_dir / "config.json").read_text())
     text_cfg["text_config"]["model_type"] = "llama"
-    from statekv.convert_internvl import check_text_config
+    from statekv.families.internvl.convert import check_text_config
 
     with pytest.raises(ConversionError, match="qwen2"):
         check_text_config(text_cfg)
@@ -478,8 +478,9 @@ def test_random_mmproj_has_the_converted_layout(ivl, tmp_path):
     """make_random_internvl_mmproj at the tiny tower's shape: the same tensors, shapes, types and
     metadata keys as the converted file; it loads and encodes finite rows. The InternViT-300M
     preset has InternVL3-1B/2B/8B's tower size (about 0.3B parameters)."""
-    from statekv.convert_internvl import VISION_SHAPES, _expected_shapes, _Hparams, make_random_internvl_mmproj
-    from statekv.tokenizer import read_gguf_tensor_infos
+    from statekv.families.internvl.convert import _expected_shapes, _Hparams
+    from statekv.families.internvl.random_model import VISION_SHAPES, make_random_internvl_mmproj
+    from statekv.gguf_io import read_gguf_tensor_infos
 
     out = make_random_internvl_mmproj(tmp_path / "rand.gguf", shape=dict(VISION), n_embd_out=64, qtype="f32")
     kv_r, infos_r, _ = read_gguf_tensor_infos(out)
@@ -499,7 +500,7 @@ def test_random_mmproj_has_the_converted_layout(ivl, tmp_path):
 
 def test_internvl_projector_refuses_a_text_model_of_another_family(tmp_path, tiny_gguf):
     # Same width (64), wrong family: the tiny Qwen3-VL text decoder with an InternVL projector.
-    from statekv.convert_internvl import make_random_internvl_mmproj
+    from statekv.families.internvl.random_model import make_random_internvl_mmproj
 
     mm = tmp_path / "mm.gguf"
     make_random_internvl_mmproj(mm, shape=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64), n_embd_out=64, qtype="f32")

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 import statekv
-from statekv.vision import qwen3vl as q3
+from statekv.families import qwen3vl as q3
 from statekv_reference import StateKVReference, check_carried, load_hf
 
 TOL = 1e-4          # max|diff| / max|ref|, f32 weights (issue 5)
@@ -71,7 +71,7 @@ def hf_tokenizer(q3files):
 
 @pytest.fixture(scope="session")
 def gguf_tokenizer(q3files):
-    from statekv.tokenizer import tokenizer_from_gguf
+    from statekv.text.tokenizer import tokenizer_from_gguf
 
     return tokenizer_from_gguf(q3files[1])
 
@@ -137,7 +137,7 @@ def random_video(seed, n, h, w):
 def test_mmproj_layout_and_metadata(q3files):
     """The mmproj has llama.cpp's names, shapes, types and metadata (converter of issue 5)."""
     import gguf
-    from statekv.tokenizer import read_gguf_kv
+    from statekv.gguf_io import read_gguf_kv
 
     hf, _, mmproj = q3files
     kv = read_gguf_kv(mmproj)
@@ -174,7 +174,7 @@ def test_mmproj_types_per_outtype(q3files, tmp_path):
     """f16 / q8_0 outputs: llama.cpp's per-tensor types (patch kernels F16 only for f16, the
     position table and 1-D tensors F32)."""
     import gguf
-    from statekv.convert_qwen3vl import write_qwen3vl_mmproj
+    from statekv.families.qwen3vl.convert import write_qwen3vl_mmproj
     import json
 
     hf = q3files[0]
@@ -218,8 +218,9 @@ def test_mmproj_without_deepstack_flags(q3files, q3model, tmp_path):
 def test_random_mmproj_shapes(tmp_path, q3files):
     """make_random_qwen3vl_mmproj: the real towers' hyper-parameters, and a small random file of
     the same layout loads and runs (paired with the tiny text model)."""
-    from statekv.convert_qwen3vl import QWEN3VL_VISION_SHAPES, VisionHParams, make_random_qwen3vl_mmproj
-    from statekv.tokenizer import read_gguf_kv
+    from statekv.families.qwen3vl.convert import QWEN3VL_VISION_SHAPES, VisionHParams
+    from statekv.families.qwen3vl.random_model import make_random_qwen3vl_mmproj
+    from statekv.gguf_io import read_gguf_kv
 
     s2 = QWEN3VL_VISION_SHAPES["qwen3-vl-2b"]
     assert (s2.depth, s2.hidden_size, s2.intermediate_size, s2.num_heads, s2.out_hidden_size,
@@ -503,7 +504,8 @@ def test_statekv_small_budget_matches_reference(q3model, q3hf, hf_tokenizer):
 def test_mismatched_pair_names_both_files(q3files, tiny_gguf, tmp_path):
     """A text model and an mmproj that are not a pair: ModelError naming both files (another
     family's text model, a projector of another width, another number of DeepStack slices)."""
-    from statekv.convert_qwen3vl import VisionHParams, make_random_qwen3vl_mmproj
+    from statekv.families.qwen3vl.convert import VisionHParams
+    from statekv.families.qwen3vl.random_model import make_random_qwen3vl_mmproj
 
     _, text, mmproj = q3files
 

@@ -191,7 +191,7 @@ def test_statekv_selection_matches_reference(arch, engine):
     assert len(ties) <= 2, ties   # float ties at the boundary are rare; many would be a bug
     st = s.stats()
     assert st["tokens_carried"] == 40
-    # C holds B keys and values per layer and KV head (DESIGN: L * 2 * G * B * d elements, f32 here)
+    # C holds B keys and values per layer and KV head (docs/DESIGN.md section 1: L * 2 * G * B * d elements, f32 here)
     assert st["bytes_carried"] >= ref.n_layer * 2 * ref.n_kv * 40 * ref.head_dim * 4
     # the selection is not a recency window, and heads choose differently (not vacuous)
     assert nontrivial > 0 and heads_differ > 0

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import statekv
-from statekv.tokenizer import tokenizer_from_gguf
+from statekv.families import internvl as ivl
+from statekv.families import qwen3vl as q3
+from statekv.text.tokenizer import tokenizer_from_gguf
 from statekv.video import VideoReader, write_test_video
-from statekv.vision import internvl as ivl
-from statekv.vision import qwen3vl as q3
 
 QUESTION = "What is shown in the video?"
 MAX_TOKENS = 12

@@ -85,7 +85,7 @@ QWEN3_EXTRA_TOKENS = [
 
 @functools.lru_cache(maxsize=None)
 def _base_vocab():
-    from statekv.tokenizer import read_tokenizer_metadata
+    from statekv.text.tokenizer import read_tokenizer_metadata
 
     meta = read_tokenizer_metadata(qwen2_vocab_path())
     tokens = meta["tokens"][:N_BASE_TOKENS]
@@ -98,7 +98,7 @@ def make_tokenizer(family: str = "qwen2", extra_tokens=None):
     """A ``PreTrainedTokenizerFast`` with the Qwen vocabulary and ``family``'s chat template."""
     from transformers import PreTrainedTokenizerFast
 
-    from statekv.tokenizer import TokenType, build_tokenizer
+    from statekv.text.tokenizer import TokenType, build_tokenizer
 
     if extra_tokens is None:
         extra_tokens = [] if family == "qwen2" else QWEN3_EXTRA_TOKENS

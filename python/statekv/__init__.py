@@ -13,8 +13,8 @@ the key or tensor, and what was expected); a bad argument raises :class:`ValueEr
 """
 from ._native import _core
 from ._core import ModelError
-from .chat import ChatTemplate
 from .model import Model, Session, backends, ggml_info
+from .text.chat_template import ChatTemplate
 from .video import Frame, VideoError, VideoReader
 from .vlm import VLM, VideoChat, load, load_chat
 

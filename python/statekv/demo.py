@@ -21,6 +21,7 @@ import numpy as np
 
 # The demo model. The decoder is small enough that a frame step costs tens of milliseconds on
 # two cores, and deep enough (4 layers, grouped KV heads) to show per-layer selections.
+DEMO_FAMILY = "internvl"
 DEMO_TEXT_SHAPE = dict(name="demo-internvl", arch="qwen2", hidden=256, layers=4, heads=4, kv_heads=2, head_dim=64,
                        ffn=768, tied=False, rope_theta=1e6, context_length=32768, added_tokens="internvl3")
 DEMO_VISION_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
@@ -60,7 +61,7 @@ def write_byte_vocab(path: Path) -> Path:
     of 256 byte symbols plus a few merges, for the random demo model."""
     import gguf
 
-    from .tokenizer import TokenType
+    from .text.tokenizer import TokenType
 
     tokens = _byte_symbols() + [a + b for a, b in _MERGES]
     w = gguf.GGUFWriter(str(path), "qwen2")
@@ -81,9 +82,10 @@ def write_byte_vocab(path: Path) -> Path:
 
 def build_model(directory: Path, log=print) -> tuple[Path, Path]:
     """(text GGUF, mmproj GGUF) of the demo model in ``directory``; made once, then reused."""
+    from . import families
     from .bench.make_model import make_model
-    from .convert_internvl import make_random_internvl_mmproj
-    from .vision.internvl import CHAT_TEMPLATE
+
+    family = families.get(DEMO_FAMILY)
 
     directory.mkdir(parents=True, exist_ok=True)
     text = directory / f"demo-internvl-v{DEMO_VERSION}.gguf"
@@ -94,13 +96,13 @@ def build_model(directory: Path, log=print) -> tuple[Path, Path]:
     log(f"building the demo model once in {directory} ...")
     vocab = write_byte_vocab(directory / "demo-vocab.gguf.partial")
     template = directory / "demo-template.jinja.partial"
-    template.write_text(CHAT_TEMPLATE, encoding="utf-8")
+    template.write_text(family.chat_template, encoding="utf-8")
     n_regular = len(_byte_symbols()) + len(_MERGES)
     shape = dict(DEMO_TEXT_SHAPE, vocab=n_regular + 32, eos_id=n_regular + 2)  # <|im_end|>: third added token
     tmp_text = text.with_suffix(".partial")
     make_model(shape, "f16", tmp_text, vocab_path=vocab, template_path=template)
     tmp_mmproj = mmproj.with_suffix(".partial")
-    make_random_internvl_mmproj(tmp_mmproj, DEMO_VISION_SHAPE, n_embd_out=DEMO_TEXT_SHAPE["hidden"], qtype="f16")
+    family.make_random_mmproj(tmp_mmproj, DEMO_VISION_SHAPE, DEMO_TEXT_SHAPE["hidden"], "f16")
     os.replace(tmp_mmproj, mmproj)
     os.replace(tmp_text, text)  # last: its presence means the pair is complete
     vocab.unlink()

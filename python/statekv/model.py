@@ -91,7 +91,7 @@ def _optional_array(x, dtype, name: str):
 
 
 class Model:
-    """A text decoder (qwen2, qwen3, qwen3vl) loaded from a GGUF file.
+    """A text decoder loaded from a llama.cpp GGUF file (``info()["architecture"]``).
 
     ``device``: a name from :func:`backends` (default: best GPU, else CPU);
     ``threads``: CPU threads (default: all cores).
@@ -140,15 +140,15 @@ class Model:
 
     def encode_frames(self, pixels) -> np.ndarray:
         """Visual rows of preprocessed frames: ``pixels`` float32 ``(n_frames, 3, H, W)`` ->
-        ``(n_patches, tokens_per_patch, row_width)``, where a patch is one frame (InternVL) or a
-        temporal pair of frames (Qwen3-VL) and ``row_width`` is ``n_embd`` or, with DeepStack,
+        ``(n_patches, tokens_per_patch, row_width)``, where a patch is one frame or a temporal
+        group of frames (``info()["vision.frames_per_patch"]``) and ``row_width`` is ``n_embd`` or, with DeepStack,
         ``n_embd * (1 + n_deepstack)`` (llama.cpp's layout; pass rows as ``embeddings``)."""
         return self._m.encode_frames(np.ascontiguousarray(pixels, dtype=np.float32))
 
     def logits(self, tokens: Sequence[int], positions=None, embeddings=None, embedding_rows=None) -> np.ndarray:
         """One stateless full-attention prefill of a single sequence.
 
-        ``positions``: ``(n,)`` or, for multi-axis RoPE models (qwen3vl), ``(3, n)``;
+        ``positions``: ``(n,)`` or, for multi-axis RoPE models (``info()["n_position_axes"]`` > 1), ``(3, n)``;
         ``embeddings``: ``(k, n_embd)`` (or ``(k, n_embd * (1 + n_deepstack))`` with DeepStack
         features, llama.cpp's mmproj layout) replacing the token embeddings at
         ``embedding_rows`` ``(k,)``. Returns float32 ``(len(tokens), n_vocab)``.

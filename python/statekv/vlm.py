@@ -17,28 +17,27 @@ Example::
 
 Each question is asked over the video so far (and the system prompt), on its own: it sees
 neither earlier questions nor their answers, and the frames added after it continue the video
-exactly as if it had not been asked. How a frame becomes a step depends on the family
-(:class:`_InternVLLayout`, :class:`_Qwen3VLLayout`); the numbers are all computed in C++.
+exactly as if it had not been asked. How frames become steps (prompt, token ids, positions,
+preprocessed pixels) is the family's layout, in Python (:mod:`statekv.families`); the vision
+encoder and the decoder run in C++, and :meth:`VideoChat._add_steps` is the one place where
+planned steps go through them into the session.
 """
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import math
 import os
 import statistics
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
+from . import families
 from .model import Model
-from .tokenizer import tokenizer_from_gguf
+from .text.tokenizer import tokenizer_from_gguf
 from .video import Frame, VideoReader, frames_from_arrays, prefetch
-from .vision import internvl as _internvl
-from .vision import qwen3vl as _qwen3vl
 
 __all__ = ["VLM", "VideoChat", "load", "load_chat"]
 
@@ -47,211 +46,6 @@ ProgressCallback = Callable[[int, Optional[int]], None]
 # Question and answer tokens assumed when the first video sets the session's expected length.
 _ANSWER_ALLOWANCE = 1024
 _CHAT_FORMAT = "statekv.chat.v1"
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in str(text).split(",") if x.strip())
-
-
-@dataclass
-class _PlannedStep:
-    """One frame step ready for ``Session.add_step``; ``after`` is the layout's state once it is in
-    the session (applied by ``commit`` only after ``add_step`` succeeded)."""
-
-    ids: Any
-    embeddings: np.ndarray
-    rows: np.ndarray
-    positions: Optional[np.ndarray]
-    frames: list  # the Frame objects it shows, in order
-    after: dict
-
-
-class _InternVLLayout:
-    """InternVL3: one frame per step, ``Frame{i}: <img>`` + 256 visual rows + ``</img>\\n``
-    (transformers' InternVL processor, frames numbered from 1 across the whole chat)."""
-
-    family = "internvl"
-    frames_per_step = 1
-
-    def __init__(self, tokenizer: Any, info: dict):
-        self.tokenizer = tokenizer
-        self.image_size = int(info["vision.image_size"])
-        self.mean = _floats(info["vision.image_mean"]) or _internvl.IMAGE_MEAN
-        self.std = _floats(info["vision.image_std"]) or _internvl.IMAGE_STD
-        self.n_frames = 0  # frames in the session's steps
-        self.waiting: list = []  # never used: every frame is a complete step
-        # Checks that the vocabulary has the image tokens, once.
-        self.ids_img = [_internvl._token_id(tokenizer, t) for t in
-                        (_internvl.IMG_START, _internvl.IMG_CONTEXT, _internvl.IMG_END)]
-
-    def _encode(self, text: str) -> list[int]:
-        return _internvl._encode(self.tokenizer, text)
-
-    def prefix(self, system: Optional[str]):
-        text = f"<|im_start|>system\n{system}<|im_end|>\n" if system is not None else ""
-        return self._encode(text + "<|im_start|>user\n"), None
-
-    def plan_video(self, reader: VideoReader) -> None:
-        pass
-
-    def plan_stream(self, first: np.ndarray, planned_frames: int) -> None:
-        pass
-
-    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
-        return _internvl.preprocess_frames(rgb[None], self.image_size, self.mean, self.std)[0]
-
-    def plan(self, items: list, model: Model) -> tuple[list[_PlannedStep], list]:
-        """Steps of (Frame, pixels) items (encoded in one batch), and the items left waiting."""
-        encoded = model.encode_frames(np.stack([px for _, px in items]))
-        start, ctx, end = self.ids_img
-        out = []
-        for k, ((frame, _), feats) in enumerate(zip(items, encoded)):
-            number = self.n_frames + k + 1
-            head = self._encode(f"Frame{number}: ")
-            ids = head + [start] + [ctx] * len(feats) + [end] + self._encode("\n")
-            rows = np.arange(len(head) + 1, len(head) + 1 + len(feats), dtype=np.int32)
-            out.append(_PlannedStep(ids, feats, rows, None, [frame], {"n_frames": number}))
-        return out, []
-
-    def commit(self, step: _PlannedStep) -> None:
-        self.n_frames = step.after["n_frames"]
-
-    def question(self, text: str, model: Model):
-        """(waiting step or None, question ids, positions): every frame is a complete step."""
-        return None, self._encode(text + "<|im_end|>\n<|im_start|>assistant\n"), None
-
-    def tokens_per_step(self) -> int:
-        return (self.image_size // 28) ** 2 + 16
-
-    def state(self) -> dict:
-        return {"n_frames": self.n_frames}
-
-    def restore(self, state: dict) -> None:
-        n = state["n_frames"]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n_frames must be a non-negative integer, got {n!r}")
-        self.n_frames = n
-
-
-def _pack_pixels(px: np.ndarray) -> dict:
-    return {"shape": list(px.shape), "f32": base64.b64encode(np.ascontiguousarray(px, np.float32).tobytes()).decode()}
-
-
-def _unpack_pixels(d: dict) -> np.ndarray:
-    shape = d["shape"]
-    if not isinstance(shape, list) or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in shape):
-        raise ValueError(f"pixel shape must be a list of non-negative integers, got {shape!r}")
-    return np.frombuffer(base64.b64decode(d["f32"], validate=True), dtype=np.float32).reshape(shape).copy()
-
-
-class _Qwen3VLLayout:
-    """Qwen3-VL: one temporal patch (2 frames) per step, ``<t seconds>`` + ``<|vision_start|>`` +
-    the merged grid's rows + ``<|vision_end|>``, with 3-axis positions (transformers' processor
-    and ``get_rope_index``). The frame size is fixed by the first video (or the first live frame,
-    planned for ``max_frames`` frames); later frames are resized to it. An odd frame waits for its
-    pair; a question asked meanwhile sees it paired with itself (as transformers pads a video)."""
-
-    family = "qwen3vl"
-    frames_per_step = 2
-
-    def __init__(self, tokenizer: Any, info: dict):
-        self.tokenizer = tokenizer
-        self.mean = _floats(info["vision.image_mean"]) or _qwen3vl.IMAGE_MEAN
-        self.std = _floats(info["vision.image_std"]) or _qwen3vl.IMAGE_STD
-        self.builder = _qwen3vl.VideoPromptBuilder(tokenizer, (0, 0))
-        self.size: Optional[tuple[int, int]] = None
-        self.waiting: list = []  # at most one (Frame, pixels): the first frame of the next pair
-
-    def prefix(self, system: Optional[str]):
-        return self.builder.prefix(system)
-
-    def _fix_size(self, n_frames: int, height: int, width: int) -> None:
-        if self.size is None:
-            self.size = _qwen3vl.target_size(max(n_frames, 1), height, width)
-            self.builder.grid = _qwen3vl.merged_grid(*self.size)
-
-    def plan_video(self, reader: VideoReader) -> None:
-        self._fix_size(len(reader), reader.height, reader.width)
-
-    def plan_stream(self, first: np.ndarray, planned_frames: int) -> None:
-        self._fix_size(planned_frames, first.shape[0], first.shape[1])
-
-    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
-        return _qwen3vl.preprocess_frames([rgb], size=self.size, image_mean=self.mean, image_std=self.std,
-                                          pad_to_pairs=False)[0]
-
-    def plan(self, items: list, model: Model) -> tuple[list[_PlannedStep], list]:
-        """One step per pair of (Frame, pixels) items, all pairs encoded in one batch; an odd last
-        item is left waiting. Positions continue from the session's; nothing advances here."""
-        n_pairs = len(items) // 2
-        if n_pairs == 0:
-            return [], list(items)
-        encoded = model.encode_frames(np.stack([px for _, px in items[:2 * n_pairs]]))
-        saved = self.builder.next_position
-        out = []
-        try:
-            for k in range(n_pairs):
-                (fa, _), (fb, _) = items[2 * k], items[2 * k + 1]
-                step = self.builder.step((fa.timestamp + fb.timestamp) / 2)
-                out.append(_PlannedStep(step.ids, encoded[k], step.rows, step.positions, [fa, fb],
-                                        {"next_position": self.builder.next_position}))
-        finally:
-            self.builder.next_position = saved
-        return out, list(items[2 * n_pairs:])
-
-    def commit(self, step: _PlannedStep) -> None:
-        self.builder.next_position = step.after["next_position"]
-
-    def question(self, text: str, model: Model):
-        """(waiting step or None, question ids, positions). A waiting odd frame comes paired with
-        itself before the question; the prompt does not advance (its pair may still arrive)."""
-        saved = self.builder.next_position
-        try:
-            padded = None
-            if self.waiting:
-                [step], _ = self.plan([self.waiting[0], self.waiting[0]], model)
-                self.commit(step)  # the question's positions continue after it
-                padded = step
-            return (padded,) + tuple(self.builder.question(text))
-        finally:
-            self.builder.next_position = saved
-
-    def tokens_per_step(self) -> int:
-        gh, gw = self.builder.grid
-        return gh * gw + 16
-
-    def state(self) -> dict:
-        waiting = [{"index": f.index, "timestamp": f.timestamp, "pixels": _pack_pixels(px)} for f, px in self.waiting]
-        return {"size": list(self.size) if self.size else None, "next_position": self.builder.next_position,
-                "waiting": waiting}
-
-    def restore(self, state: dict) -> None:
-        if state.get("size"):
-            size = state["size"]
-            if not isinstance(size, list) or len(size) != 2 or any(isinstance(x, bool) or not isinstance(x, int) for x in size):
-                raise ValueError(f"size must be [height, width], got {size!r}")
-            self.size = tuple(size)
-            self.builder.grid = _qwen3vl.merged_grid(*self.size)
-        pos = state["next_position"]
-        if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos < 2**31:
-            raise ValueError(f"next_position must be a non-negative 32-bit integer, got {pos!r}")
-        self.builder.next_position = pos
-        self.builder._started = True
-        waiting = state.get("waiting", [])
-        if not isinstance(waiting, list) or len(waiting) > 1:
-            raise ValueError("waiting must be a list of at most one frame (an odd frame waits for its pair)")
-        self.waiting = []
-        for w in waiting:
-            px = _unpack_pixels(w["pixels"])
-            if self.size is None or px.shape != (3, *self.size) or not np.isfinite(px).all():
-                raise ValueError(f"the waiting frame's pixels have shape {px.shape}, expected finite (3, {self.size})")
-            timestamp = float(w["timestamp"])
-            if not math.isfinite(timestamp):
-                raise ValueError("the waiting frame's timestamp is not finite")
-            self.waiting.append((Frame(int(w["index"]), timestamp, np.zeros((0, 0, 3), np.uint8)), px))
-
-
-_LAYOUTS = {"internvl": _InternVLLayout, "qwen3vl_merger": _Qwen3VLLayout}
 
 
 class VLM:
@@ -265,14 +59,15 @@ class VLM:
         self.model = Model(text_gguf, mmproj=mmproj_gguf, device=device, threads=threads)
         self.info = self.model.info()
         projector = self.info.get("vision.projector")
-        if projector not in _LAYOUTS:
+        family = families.for_projector(projector)
+        if family is None:
             raise ValueError(f"{self.model.mmproj}: projector '{projector}' has no video layout in statekv "
-                             f"(supported: {', '.join(sorted(_LAYOUTS))})")
-        self.family = _LAYOUTS[projector].family  # "internvl" or "qwen3vl"
-        self._layout_class = _LAYOUTS[projector]
+                             f"(supported: {', '.join(sorted(families.PROJECTORS))})")
+        self.family = family.name  # the family's registry name, e.g. for saved chats
+        self._family = family
         self.tokenizer = tokenizer_from_gguf(self.model.path)
         self.end_ids = {int(x) for x in str(self.info.get("eos_ids", "")).split(",") if x.strip()}
-        self._layout_class(self.tokenizer, self.info)  # checks the vocabulary's special tokens now
+        family.layout(self.tokenizer, self.info)  # checks the vocabulary's special tokens now
 
     def video_chat(self, mode: str = "statekv", budget: int = 4096, window: int = 16, fps: Optional[float] = 1.0,
                    max_frames: int = 512, kv_type: str = "f16", system: Optional[str] = None, *,
@@ -334,7 +129,7 @@ class VideoChat:
         self.fps = None if fps is None else float(fps)
         self.max_frames = int(max_frames)
         self.system = system
-        self.layout = vlm._layout_class(vlm.tokenizer, vlm.info)
+        self.layout = vlm._family.layout(vlm.tokenizer, vlm.info)
         self.session = None
         self._frames_in_steps = 0
         self.frame_seconds: list[float] = []  # wall time per frame (decode wait + encode + step)
@@ -348,14 +143,16 @@ class VideoChat:
 
     # ---- state -------------------------------------------------------------------------------
 
-    def _ensure_session(self, expected_frames: Optional[int]) -> None:
+    def _ensure_session(self, timestamps: Optional[Iterable[float]]) -> None:
+        """The session, made before the first frames (``timestamps``: those of a video's frames,
+        which set the expected length; None for a stream)."""
         if self.session is not None:
             return
         o = dict(self.options)
         ids, positions = self.layout.prefix(self.system)
-        if o["expected_length"] is None and o["rope_scale"] is None and expected_frames:
-            steps = math.ceil(expected_frames / self.layout.frames_per_step)
-            o["expected_length"] = len(ids) + steps * self.layout.tokens_per_step() + _ANSWER_ALLOWANCE
+        timestamps = list(timestamps) if timestamps is not None else []
+        if o["expected_length"] is None and o["rope_scale"] is None and timestamps:
+            o["expected_length"] = len(ids) + self.layout.video_tokens(timestamps) + _ANSWER_ALLOWANCE
         s = self.vlm.model.session(o["mode"], o["budget"], o["window"], o["kv_type"],
                                    expected_length=o["expected_length"], rope_scale=o["rope_scale"])
         s.prefill(ids, positions=positions)
@@ -379,19 +176,19 @@ class VideoChat:
             nonlocal t_last
             items = self.layout.waiting + buf
             self.layout.waiting = []
-            steps, leftover = self.layout.plan(items, self.vlm.model)
+            steps, leftover = self.layout.plan(items)
             buf.clear()
             in_steps = 0
-            for step in steps:
-                start = self.session.n_tokens
-                self.session.add_step(step.ids, embeddings=step.embeddings, embedding_rows=step.rows,
-                                      positions=step.positions)
+
+            def added(step):
+                nonlocal in_steps
                 self.layout.commit(step)
-                self.step_token_starts.append(start)
                 self.step_first_frames.append(self._frames_in_steps)
                 self._frames_in_steps += len(step.frames)
                 self.video_seconds = step.frames[-1].timestamp
                 in_steps += len(step.frames)
+
+            self._add_steps(self.session, steps, added)  # an error: the steps before it are in
             self.layout.waiting = leftover
             if leftover:
                 self.video_seconds = leftover[-1][0].timestamp
@@ -410,6 +207,23 @@ class VideoChat:
             flush()
         return self.n_frames - before
 
+    def _add_steps(self, session, steps: list, on_added: Optional[Callable[[Any], None]] = None) -> None:
+        """The one place where planned steps (:class:`statekv.families.PlannedStep`) become
+        committed session steps: their frames through the vision encoder in one batch, each
+        step's rows into its tokens with ``Session.add_step``; ``on_added(step)`` after each."""
+        if not steps:
+            return
+        encoded = self.vlm.model.encode_frames(np.concatenate([s.pixels for s in steps]))
+        for step, rows in zip(steps, encoded):
+            if len(rows) != len(step.rows):
+                raise ValueError(f"{self.vlm.model.mmproj}: the encoder gave {len(rows)} visual rows per step, the "
+                                 f"{self.layout.family} layout expected {len(step.rows)}")
+            start = session.n_tokens
+            session.add_step(step.ids, embeddings=rows, embedding_rows=step.rows, positions=step.positions)
+            if on_added is not None:
+                self.step_token_starts.append(start)
+                on_added(step)
+
     def add_video(self, path_or_file: Any, start: Optional[float] = None, end: Optional[float] = None, *,
                   progress: Optional[ProgressCallback] = None, batch: int = 4) -> int:
         """Sample (``fps``, ``max_frames``), decode and preprocess a video in a background thread
@@ -418,9 +232,9 @@ class VideoChat:
         ``progress(frames_done, frames_total)`` is called after each batch of ``batch`` frames.
         Raises :class:`statekv.VideoError` (a ``ValueError``) for a file that is not a readable video."""
         reader = VideoReader(path_or_file, fps=self.fps, max_frames=self.max_frames, start=start, end=end)
-        self.layout.plan_video(reader)
-        self._ensure_session(len(reader))
+        self.layout.fix_size(len(reader), reader.height, reader.width)
         offset = self._timeline_offset(reader.timestamps[0] if len(reader) else 0.0)
+        self._ensure_session(t + offset for t in reader.timestamps)
 
         def prepare(f: Frame):
             shifted = Frame(self._next_index + f.index, f.timestamp + offset, f.rgb)
@@ -435,7 +249,7 @@ class VideoChat:
 
     def frames_of_tokens(self, token_indices) -> np.ndarray:
         """Chat frame index (from 0) of each session token index (e.g. from ``session.carried``);
-        -1 for prefix tokens. A Qwen3-VL step's tokens map to the first frame of its pair."""
+        -1 for prefix tokens. A step of several frames maps its tokens to its first frame."""
         idx = np.asarray(token_indices)
         starts = np.asarray(self.step_token_starts, dtype=np.int64)
         which = np.searchsorted(starts, idx, side="right") - 1
@@ -464,7 +278,7 @@ class VideoChat:
             nonlocal offset, first_checked
             for f in source:
                 if not first_checked:
-                    self.layout.plan_stream(f.rgb, self.max_frames)
+                    self.layout.fix_size(self.max_frames, f.rgb.shape[0], f.rgb.shape[1])
                     self._ensure_session(None)
                     first_checked = True
                 if offset is None:
@@ -485,11 +299,10 @@ class VideoChat:
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question must be a non-empty string")
         session = self.session
-        padded, ids, positions = self.layout.question(question, self.vlm.model)
+        padded, ids, positions = self.layout.question(question)
         if padded is not None:  # an odd frame: asked about on a branch, the chat goes on without it
             session = session.fork()
-            session.add_step(padded.ids, embeddings=padded.embeddings, embedding_rows=padded.rows,
-                             positions=padded.positions)
+            self._add_steps(session, [padded])
         return session, ids, positions
 
     def question_logits(self, question: str) -> np.ndarray:

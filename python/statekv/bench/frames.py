@@ -12,7 +12,7 @@ encoder (`--encode-frames` frames per call, median of `--encode-reps` calls afte
 the steps take the family's layout (the encoder's visual rows plus the step's text tokens, see
 statekv/bench/vision.py) instead of `--tokens-per-step`, and each mode reports encoder ms per
 frame, LLM step ms and the end-to-end cost per frame: encoder time of a step's frames plus the
-step, over the frames of a step (two for Qwen3-VL).
+step, over the frames of a step (the family's frames per step).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-m", "--model", help="text GGUF file")
     src.add_argument("--shape", help="make (once, cached) a random-weight model of this shape, e.g. qwen2.5-0.5b; "
-                                      "a video VLM's shape (internvl3-*, qwen3-vl-*) also gets a cached random "
+                                      "a video VLM's shape (see bench/vision.py TOWER_OF_SHAPE) also gets a cached random "
                                       "mmproj of its vision tower")
     p.add_argument("--type", default="q8_0", help="weight type for --shape (f16, q8_0, q4_0)")
     p.add_argument("--modes", default="full,window,statekv,statekv-all",
@@ -59,14 +59,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v = p.add_argument_group("vision encoder")
     v.add_argument("--mmproj", default=None, help="mmproj GGUF of the text model: also time the vision encoder")
     v.add_argument("--no-vision", action="store_true",
-                   help="with --shape of a video VLM (internvl3-*, qwen3-vl-*): text model only")
+                   help="with --shape of a video VLM: text model only")
     v.add_argument("--mmproj-type", default="f16", help="weight type of the random mmproj made for --shape")
     v.add_argument("--encode-frames", type=int, default=None,
-                   help="frames per encode call (default: one step's frames, 1 for InternVL, 2 for Qwen3-VL)")
+                   help="frames per encode call (default: one step's frames, as the family's layout says)")
     v.add_argument("--encode-reps", type=int, default=3, help="timed encode calls (after one warm-up); median")
     v.add_argument("--source-size", default="640x360",
-                   help="WIDTHxHEIGHT of the source video frames; Qwen3-VL's frame size follows from it and the "
-                        "video's frame count (InternVL always encodes one image_size tile)")
+                   help="WIDTHxHEIGHT of the source video frames; the frame size of families that size frames "
+                        "for the whole video follows from it and the video's frame count (others encode one "
+                        "image_size tile)")
 
 
 def _cache_dir() -> Path:
@@ -141,6 +142,7 @@ def _worker(cfg: dict, out: "mp.Queue") -> None:
 
     import numpy as np
 
+    from .. import families
     from ..model import Model
 
     try:
@@ -157,7 +159,7 @@ def _worker(cfg: dict, out: "mp.Queue") -> None:
 
             source = tuple(cfg["source_size"])
             # the video the benchmark stands for (--steps steps in every mode): its frame count
-            # fixes Qwen3-VL's frame size
+            # fixes the frame size of families that size frames for the whole video
             layout = vision.step_layout(info, cfg["video_steps"], source)
             encoder, layout = vision.time_encoder(m, layout, cfg["encode_frames"] or layout.frames_per_step,
                                                   cfg["encode_reps"], rng, source)
@@ -169,21 +171,17 @@ def _worker(cfg: dict, out: "mp.Queue") -> None:
         budget = cfg["budget"] if mode != "statekv-all" else PREFIX_TOKENS + n * steps
         s = m.session(mode="statekv" if mode.startswith("statekv") else mode, budget=budget, window=cfg["window"],
                       kv_type=cfg["kv_type"], expected_length=PREFIX_TOKENS + n * steps + 64)
-        qwen3vl = layout is not None and layout.family == "qwen3vl"
+        family = families.get(layout.family) if layout is not None else None
         prefix = rng.integers(0, vocab, PREFIX_TOKENS)
-        if qwen3vl:  # Qwen3-VL takes positions on three axes: text (p, p, p), visual rows on the grid
-            s.prefill(prefix, positions=np.tile(np.arange(PREFIX_TOKENS), (3, 1)))
-        else:
-            s.prefill(prefix)
+        # the family's positions (three axes for M-RoPE families), None: the session's own
+        s.prefill(prefix, positions=family.text_positions(0, PREFIX_TOKENS) if family else None)
         start = PREFIX_TOKENS
         for _ in range(steps):
             ids = rng.integers(0, vocab, n)
             if layout is None:
                 s.add_step(ids)
                 continue
-            positions = None
-            if qwen3vl:
-                positions, start = vision.qwen3vl_positions(layout, start)
+            positions, start = family.step_positions(layout, start)
             # every step gets the same encoder output: the rows' values do not change the cost
             s.add_step(ids, embeddings=encoder.rows, embedding_rows=layout.row_indices, positions=positions)
         st = s.stats()
@@ -321,8 +319,8 @@ def _add_vision_report(report: dict, results: dict, lat, mmproj: str, source_siz
     report["vision"] = {
         "mmproj": mmproj, "projector": first["info"]["vision.projector"], "family": layout["family"],
         "frame_size": list(layout["frame_size"]),
-        # Qwen3-VL's frame size follows from the source's; InternVL always encodes one tile
-        "source_size": list(source_size) if layout["family"] == "qwen3vl" else None,
+        # the frame size of families whose frames are resized for the whole video follows from the source's
+        "source_size": list(source_size) if layout["grid"] is not None else None,
         "frames_per_step": frames_per_step, "visual_rows_per_step": layout["visual_rows"],
         "text_tokens_per_step": layout["text_before"] + layout["text_after"], "row_width": first["row_width"],
         "frames_per_encode": first["frames_per_encode"], "encode_repetitions": encode_reps,

@@ -21,6 +21,17 @@ TEMPLATE_QWEN25 = "Qwen-Qwen2.5-7B-Instruct.jinja"
 TEMPLATE_QWEN3 = "Qwen-Qwen3-0.6B.jinja"
 
 
+# What each llama.cpp text architecture's tensors have (a data table): q/k/v biases, q/k norms,
+# M-RoPE sections + DeepStack (mrope), and the defaults of a custom shape of that architecture.
+ARCH_FEATURES: dict[str, dict[str, Any]] = {
+    "qwen2": dict(qkv_bias=True, qk_norm=False, mrope=False, defaults={}),
+    "qwen3": dict(qkv_bias=False, qk_norm=True, mrope=False,
+                  defaults=dict(chat_template=TEMPLATE_QWEN3, added_tokens="qwen3")),
+    "qwen3vl": dict(qkv_bias=False, qk_norm=True, mrope=True,
+                    defaults=dict(chat_template=TEMPLATE_QWEN3, added_tokens="qwen3")),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Shape:
     """The LLM hyper-parameters that fix a model's tensors and its GGUF metadata."""
@@ -53,11 +64,11 @@ class Shape:
     # derived -------------------------------------------------------------------------------
     @property
     def qkv_bias(self) -> bool:
-        return self.arch == "qwen2"
+        return ARCH_FEATURES[self.arch]["qkv_bias"]
 
     @property
     def qk_norm(self) -> bool:
-        return self.arch in ("qwen3", "qwen3vl")
+        return ARCH_FEATURES[self.arch]["qk_norm"]
 
     @property
     def q_dim(self) -> int:
@@ -136,11 +147,11 @@ def shape_from_dict(d: Mapping[str, Any]) -> Shape:
     if d.get("mrope_sections") is not None:
         d["mrope_sections"] = tuple(int(x) for x in d["mrope_sections"])
     arch = d.get("arch")
-    if arch not in ("qwen2", "qwen3", "qwen3vl"):
-        raise ValueError(f"shape {d['name']!r}: arch must be qwen2, qwen3 or qwen3vl, got {arch!r}")
-    if arch != "qwen2":
-        d.setdefault("chat_template", TEMPLATE_QWEN3)
-        d.setdefault("added_tokens", "qwen3")
+    if arch not in ARCH_FEATURES:
+        raise ValueError(f"shape {d['name']!r}: arch must be {', '.join(list(ARCH_FEATURES)[:-1])} or "
+                         f"{list(ARCH_FEATURES)[-1]}, got {arch!r}")
+    for key, value in ARCH_FEATURES[arch]["defaults"].items():
+        d.setdefault(key, value)
     shp = Shape(**d)
     _check(shp)
     return shp
@@ -149,15 +160,18 @@ def shape_from_dict(d: Mapping[str, Any]) -> Shape:
 def _check(s: Shape) -> None:
     if s.heads % s.kv_heads:
         raise ValueError(f"shape {s.name}: heads {s.heads} not a multiple of kv_heads {s.kv_heads}")
-    if s.arch == "qwen3vl":
+    if s.arch not in ARCH_FEATURES:
+        raise ValueError(f"shape {s.name}: unknown arch {s.arch!r} (known: {', '.join(ARCH_FEATURES)})")
+    if ARCH_FEATURES[s.arch]["mrope"]:
         if s.mrope_sections is None or len(s.mrope_sections) != 4 or s.n_deepstack is None:
-            raise ValueError(f"shape {s.name}: qwen3vl needs 4 mrope_sections and n_deepstack")
+            raise ValueError(f"shape {s.name}: {s.arch} needs 4 mrope_sections and n_deepstack")
         if sum(s.mrope_sections) != s.head_dim // 2:
             raise ValueError(
                 f"shape {s.name}: mrope_sections {s.mrope_sections} must sum to head_dim/2 = {s.head_dim // 2}"
             )
     elif s.mrope_sections is not None or s.n_deepstack is not None:
-        raise ValueError(f"shape {s.name}: mrope_sections / n_deepstack are for qwen3vl only")
+        raise ValueError(f"shape {s.name}: mrope_sections / n_deepstack are for "
+                         f"{', '.join(a for a, f in ARCH_FEATURES.items() if f['mrope'])} only")
 
 
 def _qwen25(name, hidden, layers, heads, kv_heads, ffn, vocab, tied, source, added="qwen2.5"):

@@ -9,7 +9,7 @@ import sys
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .model import Model, backends, ggml_info
+    from ..model import Model, backends, ggml_info
 
     ggml = ggml_info()
     if args.model is None:
@@ -41,8 +41,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import cli_video, convert, demo
-    from .bench import frames, make_model, text
+    from .. import convert, demo
+    from ..bench import frames, make_model, text
+    from . import chat as cli_chat
+    from . import video as cli_video
 
     p = _Parser(prog="statekv", description="Linear-time long-video VLM inference on ggml.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description=cli_video.CHAT_DESCRIPTION, epilog=cli_video.CHAT_EPILOG,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     cli_video.add_chat_arguments(chat)
-    chat.set_defaults(func=cli_video.run_chat)
+    chat.set_defaults(func=cli_chat.run_chat)
 
     dm = sub.add_parser("demo", help="run the three modes on a random-weight model and a synthetic video "
                                      "(no download; cached under ~/.cache/statekv)",
@@ -93,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code: 0, 1 (error), 2 (usage), 130 (interrupted).
     Errors are reported as one ``statekv: error:`` line on stderr, without a traceback."""
-    from . import ModelError
-    from .cli_video import UsageError, error_line
+    from .. import ModelError
+    from .errors import UsageError, error_line
 
     args = build_parser().parse_args(argv)
     try:

@@ -40,8 +40,8 @@ F16 for rows that are not a multiple of 32), as llama.cpp does.
 values of Qwen3-VL's released processors ([0.5, 0.5, 0.5]) and a warning is logged (llama.cpp's
 converter requires the file).
 
-:func:`make_random_qwen3vl_mmproj` writes a random-weight mmproj of a real model's vision tower
-shape (Qwen3-VL 2B / 4B / 8B) for benchmarks.
+:func:`statekv.families.qwen3vl.random_model.make_random_qwen3vl_mmproj` writes a random-weight
+mmproj of a real model's vision tower shape (Qwen3-VL 2B / 4B / 8B) for benchmarks.
 """
 from __future__ import annotations
 
@@ -50,24 +50,35 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .convert import OUTTYPES, ConversionError, SafetensorsIndex, _gguf, add_clip_vision_keys, read_image_mean_std, write_gguf_atomically
+from ...convert.common import (OUTTYPES, ConversionError, TextFamily, _gguf, add_clip_vision_keys, add_tensor_infos,
+                               read_image_mean_std, tensor_qtype, write_gguf_atomically)
+from ...convert.safetensors import SafetensorsIndex
 
-__all__ = [
-    "QWEN3VL_VISION_SHAPES",
-    "VisionHParams",
-    "write_qwen3vl_mmproj",
-    "make_random_qwen3vl_mmproj",
-]
+__all__ = ["TEXT_FAMILY", "QWEN3VL_VISION_SHAPES", "VisionHParams", "write_qwen3vl_mmproj", "write_mmproj"]
 
 logger = logging.getLogger("statekv.convert")
 
 PROJECTOR_TYPE = "qwen3vl_merger"
 QWEN3VL_IMAGE_MEAN = (0.5, 0.5, 0.5)   # preprocessor_config.json of the released Qwen3-VL models
 QWEN3VL_IMAGE_STD = (0.5, 0.5, 0.5)
+
+
+def _text_params(writer: Any, hparams: dict, config: dict) -> None:
+    vision = config.get("vision_config") or {}
+    writer.add_num_deepstack_layers(len(vision.get("deepstack_visual_indexes") or []))
+
+
+# The text half: "model.language_model.*" is the decoder; the vision tower goes to the mmproj.
+TEXT_FAMILY = TextFamily(
+    "QWEN3VL",
+    rename=(("model.language_model.", "model."),),
+    skip_prefixes=("model.visual.", "visual."),
+    extra_params=_text_params,
+)
 
 
 @dataclass(frozen=True)
@@ -177,30 +188,19 @@ def _qtype_for(t: _Tensor, outtype: str):
     Q = _gguf().GGMLQuantizationType
     if t.force == "patch":
         return Q.F16 if outtype == "f16" else Q.F32
-    if len(t.shape) <= 1 or t.force == "f32" or not t.name.endswith(".weight"):
+    if t.force == "f32":
         return Q.F32
-    want = Q[OUTTYPES[outtype][0]]
-    if want == Q.Q8_0 and t.shape[-1] % 32 != 0:
-        logger.warning("%s: row length %d is not a multiple of 32, falling back to F16", t.name, t.shape[-1])
-        return Q.F16
-    return want
+    return tensor_qtype(t.name, t.shape, Q[OUTTYPES[outtype][0]])
 
 
 def _write(out_path: Path, hp: VisionHParams, tensors: list[_Tensor], outtype: str, image_mean: Sequence[float],
            image_std: Sequence[float], name: str, hf_dir: Path | None) -> Path:
     gguf = _gguf()
-    Q = gguf.GGMLQuantizationType
     if outtype not in OUTTYPES:
         raise ValueError(f"outtype {outtype!r} is not supported (expected one of {sorted(OUTTYPES)})")
     writer = gguf.GGUFWriter(path=None, arch="clip")
     qtypes = [_qtype_for(t, outtype) for t in tensors]
-    for t, q in zip(tensors, qtypes):
-        if q in (Q.F32, Q.F16):
-            dt = np.dtype(np.float32 if q == Q.F32 else np.float16)
-            writer.add_tensor_info(t.name, t.shape, dt, math.prod(t.shape) * dt.itemsize, raw_dtype=q)
-        else:
-            bshape = gguf.quant_shape_to_byte_shape(t.shape, q)
-            writer.add_tensor_info(t.name, bshape, np.dtype(np.uint8), math.prod(bshape), raw_dtype=q)
+    add_tensor_infos(writer, ((t.name, t.shape, q) for t, q in zip(tensors, qtypes)))
 
     writer.add_type(gguf.GGUFType.MMPROJ)
     total_params, shared, expert, n_expert = writer.get_total_parameter_count()
@@ -286,7 +286,7 @@ def _hparams_from_config(config: dict, where: Path) -> VisionHParams:
 def write_qwen3vl_mmproj(hf_dir: str | os.PathLike, config: dict, st: SafetensorsIndex | None,
                          out_path: str | os.PathLike, outtype: str = "f16") -> Path:
     """Write the mmproj GGUF of the Qwen3-VL checkpoint in ``hf_dir`` (registered in
-    ``statekv.convert.MMPROJ_WRITERS``). ``st``: the checkpoint's tensors (opened if None)."""
+    family registry, :mod:`statekv.families`). ``st``: the checkpoint's tensors (opened if None)."""
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     hp = _hparams_from_config(config, hf_dir / "config.json")
     st = st if st is not None else SafetensorsIndex(hf_dir)
@@ -317,46 +317,4 @@ def write_qwen3vl_mmproj(hf_dir: str | os.PathLike, config: dict, st: Safetensor
     return _write(out_path, hp, tensors, outtype, mean, std, hf_dir.name, hf_dir)
 
 
-# --------------------------------------------------------------------------------------------
-# Random weights at a real shape (benchmarks)
-# --------------------------------------------------------------------------------------------
-
-
-def make_random_qwen3vl_mmproj(out_path: str | os.PathLike, shape: str | VisionHParams = "qwen3-vl-2b",
-                               qtype: str = "f16", seed: int = 0) -> Path:
-    """A Qwen3-VL mmproj GGUF with random weights at a real vision tower's shape.
-
-    ``shape``: a key of :data:`QWEN3VL_VISION_SHAPES` (``qwen3-vl-2b``, ``-4b``, ``-8b``) or a
-    :class:`VisionHParams`; ``qtype``: f32, f16, bf16 or q8_0 (types per tensor as llama.cpp's
-    converter gives them). Weights ~ N(0, 0.02^2), norm scales ~ 1 + N(0, 0.02^2), biases
-    ~ N(0, 0.02^2), deterministic in ``seed``. Pairs with ``statekv bench make-model``'s
-    Qwen3-VL LLM of the same size (projection_dim = its hidden size, one DeepStack slice per
-    flagged layer). Returns ``out_path``.
-    """
-    if isinstance(shape, str):
-        if shape not in QWEN3VL_VISION_SHAPES:
-            raise ValueError(f"unknown Qwen3-VL vision shape {shape!r} (expected one of {sorted(QWEN3VL_VISION_SHAPES)})")
-        hp = QWEN3VL_VISION_SHAPES[shape]
-        name = f"{shape}-random-vision"
-    else:
-        hp, name = shape, "qwen3-vl-random-vision"
-    counter = [0]
-
-    def gen(shape_: tuple[int, ...], norm: bool) -> Callable[[], np.ndarray]:
-        counter[0] += 1
-        ss = np.random.SeedSequence([seed, counter[0]])
-
-        def load():
-            rng = np.random.default_rng(ss)
-            x = rng.standard_normal(shape_, dtype=np.float32) * np.float32(0.02)
-            return x + np.float32(1.0) if norm else x
-        return load
-
-    def source(hf: str, shape_: tuple[int, ...]):
-        return gen(shape_, norm=hf.endswith(("norm1.weight", "norm2.weight", "norm.weight")))
-
-    def patch_kernel(t: int):
-        return gen((hp.hidden_size, hp.in_channels, hp.patch_size, hp.patch_size), norm=False)
-
-    tensors = _tensor_layout(hp, source, patch_kernel)
-    return _write(Path(out_path), hp, tensors, qtype, QWEN3VL_IMAGE_MEAN, QWEN3VL_IMAGE_STD, name, None)
+write_mmproj = write_qwen3vl_mmproj  # the family's converter hook

@@ -2,7 +2,8 @@
 
 ``statekv convert HF_DIR text.gguf --mmproj mmproj.gguf`` on a transformers
 ``InternVLForConditionalGeneration`` checkpoint (the ``-hf`` InternVL3 releases) writes the text
-model through :mod:`statekv.convert` (a plain ``qwen2`` GGUF) and the vision part here, laid out
+model through :mod:`statekv.convert` (a plain ``qwen2`` GGUF, renamed and checked by
+:data:`TEXT_FAMILY`) and the vision part here, laid out
 as llama.cpp's converter writes it from the original OpenGVLab checkpoint (``InternVisionModel``
 + ``mlp1``), which is what users' ``mmproj-*.gguf`` files contain:
 
@@ -36,8 +37,8 @@ attention.head_count, attention.layer_norm_epsilon, image_mean, image_std,
 projector.scale_factor}`` (``1 / downsample_ratio``).  Mean and std come from
 ``preprocessor_config.json`` (or the ``image_processor`` of ``processor_config.json``).
 
-:func:`make_random_internvl_mmproj` writes a random-weight mmproj at a real tower's shape for
-benchmarks.
+:func:`statekv.families.internvl.random_model.make_random_internvl_mmproj` writes a random-weight
+mmproj at a real tower's shape for benchmarks.
 """
 from __future__ import annotations
 
@@ -46,13 +47,15 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 
-from .convert import OUTTYPES, ConversionError, SafetensorsIndex, _gguf, read_image_mean_std, write_gguf_atomically
+from ...convert.common import (OUTTYPES, ConversionError, TextFamily, _gguf, add_clip_vision_keys, add_tensor_infos,
+                               read_image_mean_std, tensor_qtype, write_gguf_atomically)
+from ...convert.safetensors import SafetensorsIndex
 
-__all__ = ["write_mmproj", "make_random_internvl_mmproj", "VISION_SHAPES", "hf_to_gguf_name", "check_text_config"]
+__all__ = ["TEXT_FAMILY", "write_mmproj", "hf_to_gguf_name", "check_text_config"]
 
 logger = logging.getLogger("statekv.convert")
 
@@ -117,21 +120,8 @@ def hf_to_gguf_name(name: str) -> str | None:
 
 def _tensor_qtype(gguf_name: str, shape: tuple[int, ...], outtype: str):
     """The GGML type llama.cpp's converter gives this mmproj tensor."""
-    gguf = _gguf()
-    Q = gguf.GGMLQuantizationType
-    if len(shape) <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight"):
-        return Q.F32
-    if ".position_embd." in gguf_name:
-        return Q.F32
-    if ".patch_embd.weight" in gguf_name:
-        return Q.F16 if outtype == "f16" else Q.F32
-    want = Q[OUTTYPES[outtype][0]]
-    if want not in (Q.F32, Q.F16):
-        block, _ = gguf.GGML_QUANT_SIZES[want]
-        if shape[-1] % block != 0:
-            logger.warning("%s: row length %d is not a multiple of %d, falling back to F16", gguf_name, shape[-1], block)
-            return Q.F16
-    return want
+    return tensor_qtype(gguf_name, shape, _gguf().GGMLQuantizationType[OUTTYPES[outtype][0]],
+                        f32=(".position_embd.",), patch=(".patch_embd.weight",), outtype=outtype)
 
 
 def _sort_key(name: str):
@@ -148,6 +138,17 @@ def check_text_config(config: dict) -> None:
     if mt != "qwen2":
         raise ConversionError(f"config.json: InternVL text_config.model_type {mt!r} is not supported "
                               "(expected 'qwen2', as in InternVL3 1B/2B/8B/14B/38B/78B)")
+
+
+# transformers' InternVL (the -hf InternVL3 checkpoints): a Qwen2 LLM saved as
+# "model.language_model.*" (or "language_model.model.*"); vision tensors go to the mmproj.
+TEXT_FAMILY = TextFamily(
+    "QWEN2",
+    rename=(("model.language_model.", "model."), ("language_model.model.", "model."),
+            ("language_model.lm_head.", "lm_head.")),
+    skip_prefixes=("model.vision_tower.", "model.multi_modal_projector.", "vision_tower.", "multi_modal_projector."),
+    extra_params=lambda writer, h, config: check_text_config(config),
+)
 
 
 def _first_int(v: Any) -> int:
@@ -210,8 +211,6 @@ class _Hparams:
                                   f"{self.patch_size} x {self.scale}")
 
     def write(self, writer: Any, mean: list[float], std: list[float]) -> None:
-        from .convert import add_clip_vision_keys
-
         add_clip_vision_keys(writer, projection_dim=self.n_embd_text, image_size=self.image_size,
                              patch_size=self.patch_size, width=self.n_embd, ff=self.n_ff, blocks=self.n_layer,
                              heads=self.n_head, mean=mean, std=std, projector=_gguf().VisionProjectorType.INTERNVL,
@@ -222,15 +221,7 @@ class _Hparams:
 def _write_gguf(out_path: Path, writer: Any, plan: list[tuple[str, tuple[int, ...], Any]],
                 data: Iterable[np.ndarray]) -> None:
     """Write header, metadata, tensor infos and the tensors' data (in plan order) atomically."""
-    gguf = _gguf()
-    Q = gguf.GGMLQuantizationType
-    for name, shape, qtype in plan:
-        if qtype in (Q.F32, Q.F16):
-            dt = np.dtype(np.float32 if qtype == Q.F32 else np.float16)
-            writer.add_tensor_info(name, shape, dt, math.prod(shape) * dt.itemsize, raw_dtype=qtype)
-        else:
-            bshape = gguf.quant_shape_to_byte_shape(shape, qtype)
-            writer.add_tensor_info(name, bshape, np.dtype(np.uint8), math.prod(bshape), raw_dtype=qtype)
+    add_tensor_infos(writer, plan)
     write_gguf_atomically(writer, out_path, ((np.asarray(arr, dtype=np.float32).reshape(shape), qtype)
                                              for (name, shape, qtype), arr in zip(plan, data)))
 
@@ -326,74 +317,3 @@ def _check_complete(plan, hp: _Hparams, hf_dir: Path) -> None:
     extra = sorted(set(have) - set(want))
     if extra:
         raise ConversionError(f"{hf_dir}: unexpected vision tensors {extra[:4]} for this configuration")
-
-
-# --------------------------------------------------------------------------------------------
-# Random-weight mmproj for benchmarks
-# --------------------------------------------------------------------------------------------
-
-# Vision towers of the InternVL3 family (OpenGVLab's InternViT-*/config.json).
-VISION_SHAPES: dict[str, dict[str, Any]] = {
-    # InternViT-300M-448px-V2_5: the tower of InternVL3-1B / 2B / 8B / 9B / 14B
-    "internvit-300m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                           image_size=448, patch_size=14, layer_norm_eps=1e-6, attention_bias=True,
-                           use_qk_norm=False, norm_type="layer_norm"),
-    # InternViT-6B-448px-V2_5: the tower of InternVL3-38B / 78B
-    "internvit-6b": dict(hidden_size=3200, num_hidden_layers=45, num_attention_heads=25, intermediate_size=12800,
-                         image_size=448, patch_size=14, layer_norm_eps=1e-6, attention_bias=False,
-                         use_qk_norm=True, norm_type="rms_norm"),
-}
-_QTYPES = ("f32", "f16", "bf16", "q8_0")
-
-
-def make_random_internvl_mmproj(out_path: str | os.PathLike, shape: str | dict = "internvit-300m",
-                                n_embd_out: int = 896, qtype: str = "f16", seed: int = 0,
-                                downsample_ratio: float = 0.5) -> Path:
-    """Write an InternVL mmproj GGUF with random weights at a real tower's shape.
-
-    ``shape``: a key of :data:`VISION_SHAPES` (``internvit-300m``: InternVL3-1B/2B/8B;
-    ``internvit-6b``: InternVL3-38B/78B) or a dict of InternVL ``vision_config`` fields;
-    ``n_embd_out``: the text model's width (InternVL3-1B 896, 2B 1536, 8B 3584); ``qtype``: type of
-    the matrices (``f32``, ``f16``, ``bf16``, ``q8_0``), with llama.cpp's F32/F16 exceptions.
-    Weights ~ N(0, 0.02^2) (patch kernel N(0, 0.05^2), position table N(0, 0.02^2)), norms
-    1 + N(0, 0.02^2), biases N(0, 0.02^2), layer scales 0.1: values stay finite through the tower.
-    Same layout and metadata as :func:`write_mmproj`; ImageNet mean/std.
-    """
-    gguf = _gguf()
-    if qtype not in _QTYPES:
-        raise ValueError(f"qtype {qtype!r} is not supported (expected one of {list(_QTYPES)})")
-    if isinstance(shape, str):
-        if shape not in VISION_SHAPES:
-            raise ValueError(f"unknown shape {shape!r} (expected one of {sorted(VISION_SHAPES)} or a dict)")
-        vc = dict(VISION_SHAPES[shape])
-        shape_name = shape
-    else:
-        vc = dict(VISION_SHAPES["internvit-300m"], **shape)
-        shape_name = "custom"
-    config = dict(vision_config=vc, text_config=dict(hidden_size=int(n_embd_out)), downsample_ratio=downsample_ratio)
-    hp = _Hparams(config, f"shape {shape_name!r}")
-    want = _expected_shapes(hp, qkv_bias=bool(vc.get("attention_bias")), qk_norm=bool(vc.get("use_qk_norm")),
-                            bias_norms=vc.get("norm_type", "layer_norm") == "layer_norm")
-    plan = sorted(((n, s, _tensor_qtype(n, s, qtype)) for n, s in want.items()), key=lambda t: _sort_key(t[0]))
-
-    def values() -> Iterator[np.ndarray]:
-        for i, (name, shp, _) in enumerate(plan):
-            rng = np.random.default_rng([seed, i])
-            if name.endswith((".ls1.weight", ".ls2.weight")):
-                yield np.full(shp, 0.1, dtype=np.float32)
-            elif len(shp) == 1 and name.endswith(".weight"):  # norm scales
-                yield (1.0 + 0.02 * rng.standard_normal(shp, dtype=np.float32))
-            elif name == "v.patch_embd.weight":
-                yield 0.05 * rng.standard_normal(shp, dtype=np.float32)
-            else:
-                yield 0.02 * rng.standard_normal(shp, dtype=np.float32)
-
-    out_path = Path(out_path)
-    writer = gguf.GGUFWriter(path=None, arch="clip")
-    writer.add_type(gguf.GGUFType.MMPROJ)
-    writer.add_name(f"random {shape_name} InternVL mmproj")
-    writer.add_file_type(int(gguf.LlamaFileType[OUTTYPES[qtype][1]]))
-    hp.write(writer, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _write_gguf(out_path, writer, plan, values())
-    return out_path

@@ -7,22 +7,20 @@ splits text into words before BPE runs).  This module turns that metadata into a
 supports (``tokenizer.ggml.model == "gpt2"`` with ``tokenizer.ggml.pre == "qwen2"``: Qwen2,
 Qwen2.5, Qwen3, Qwen3-VL, InternVL3 and Eagle2.5 all use it).
 
-``gguf.GGUFReader`` needs several seconds to open a file with a 150k-token vocabulary, because it
-maps every string separately; :func:`read_gguf_kv` parses the key/value section directly and is
-what this module uses.  Nothing here imports the compiled extension.
+The metadata is read with gguf-py (:mod:`statekv.gguf_io`).  Nothing here imports the compiled
+extension.
 """
 from __future__ import annotations
 
 import os
-import struct
 from typing import Any, Iterable
+
+from ..gguf_io import read_gguf_kv
 
 __all__ = [
     "TokenType",
     "PRE_TOKENIZER_REGEX",
     "SUPPORTED_TOKENIZER_MODELS",
-    "read_gguf_kv",
-    "read_gguf_tensor_infos",
     "read_tokenizer_metadata",
     "build_tokenizer",
     "tokenizer_from_gguf",
@@ -51,177 +49,6 @@ PRE_TOKENIZER_REGEX: dict[str, str] = {
 }
 
 SUPPORTED_TOKENIZER_MODELS = ("gpt2",)
-
-# --------------------------------------------------------------------------------------------
-# Minimal GGUF key/value reader
-# --------------------------------------------------------------------------------------------
-
-_GGUF_MAGIC = b"GGUF"
-# GGUFValueType -> struct format of a scalar
-_SCALAR_FMT = {
-    0: "B",   # UINT8
-    1: "b",   # INT8
-    2: "H",   # UINT16
-    3: "h",   # INT16
-    4: "I",   # UINT32
-    5: "i",   # INT32
-    6: "f",   # FLOAT32
-    7: "?",   # BOOL
-    10: "Q",  # UINT64
-    11: "q",  # INT64
-    12: "d",  # FLOAT64
-}
-_T_STRING = 8
-_T_ARRAY = 9
-
-
-class _Cursor:
-    """Sequential reader over a memory-mapped GGUF file."""
-
-    __slots__ = ("buf", "pos", "path", "endian", "_u64")
-
-    def __init__(self, buf: Any, path: str, endian: str):
-        self.buf = buf  # an mmap: slicing gives bytes, struct.unpack_from reads it in place
-        self.pos = 0
-        self.path = path
-        self.endian = endian
-        self._u64 = struct.Struct(endian + "Q")
-
-    def _truncated(self, what: str):
-        return ValueError(f"{self.path}: truncated or corrupt GGUF file ({what} at byte {self.pos})")
-
-    def unpack(self, fmt: str):
-        fmt = self.endian + fmt
-        size = struct.calcsize(fmt)
-        if self.pos + size > len(self.buf):
-            raise self._truncated("read past the end")
-        vals = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += size
-        return vals
-
-    def string(self) -> str:
-        (n,) = self.unpack("Q")
-        end = self.pos + n
-        if end > len(self.buf):
-            raise self._truncated(f"string of {n} bytes")
-        s = self.buf[self.pos:end].decode("utf-8", errors="surrogateescape")
-        self.pos = end
-        return s
-
-    def strings(self, count: int) -> list[str]:
-        buf, pos, size, u64 = self.buf, self.pos, len(self.buf), self._u64.unpack_from
-        out = []
-        append = out.append
-        try:
-            for _ in range(count):
-                (n,) = u64(buf, pos)
-                pos += 8
-                end = pos + n
-                if end > size:
-                    raise IndexError
-                append(buf[pos:end].decode("utf-8", errors="surrogateescape"))
-                pos = end
-        except (IndexError, struct.error):
-            self.pos = pos
-            raise self._truncated(f"string array of {count} entries") from None
-        self.pos = pos
-        return out
-
-    def value(self, vtype: int):
-        if vtype == _T_STRING:
-            return self.string()
-        if vtype == _T_ARRAY:
-            (etype, count) = self.unpack("IQ")
-            if etype == _T_STRING:
-                return self.strings(count)
-            if etype == _T_ARRAY:
-                return [self.value(_T_ARRAY) for _ in range(count)]
-            fmt = _SCALAR_FMT.get(etype)
-            if fmt is None:
-                raise ValueError(f"{self.path}: unknown GGUF array element type {etype}")
-            return list(self.unpack(f"{count}{fmt}"))
-        fmt = _SCALAR_FMT.get(vtype)
-        if fmt is None:
-            raise ValueError(f"{self.path}: unknown GGUF value type {vtype}")
-        return self.unpack(fmt)[0]
-
-
-def _open_gguf(path: str | os.PathLike) -> tuple[_Cursor, int, int, Any]:
-    import mmap
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such GGUF file")
-    with open(path, "rb") as f:
-        try:
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except ValueError:  # empty file
-            raise ValueError(f"{path}: not a GGUF file (empty)") from None
-    magic = mm[:4]
-    if magic != _GGUF_MAGIC or len(mm) < 24:
-        mm.close()
-        raise ValueError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
-    endian = "<"
-    (version,) = struct.unpack_from("<I", mm, 4)
-    if version & 0xFFFF == 0 and version != 0:  # byte-swapped version: big-endian file
-        endian = ">"
-        (version,) = struct.unpack_from(">I", mm, 4)
-    if version not in (2, 3):
-        mm.close()
-        raise ValueError(f"{path}: unsupported GGUF version {version} (expected 2 or 3)")
-    cur = _Cursor(mm, path, endian)
-    cur.pos = 8
-    n_tensors, n_kv = cur.unpack("QQ")
-    return cur, n_tensors, n_kv, mm
-
-
-def _read_kv_section(cur: _Cursor, n_kv: int) -> dict[str, Any]:
-    kv: dict[str, Any] = {}
-    for _ in range(n_kv):
-        key = cur.string()
-        (vtype,) = cur.unpack("I")
-        kv[key] = cur.value(vtype)
-    return kv
-
-
-def read_gguf_kv(path: str | os.PathLike) -> dict[str, Any]:
-    """All key/value metadata of a GGUF file as a dict of Python values.
-
-    Strings come back as ``str``, numbers as ``int``/``float``/``bool``, arrays as lists.  The
-    ``GGUF.*`` pseudo-keys of ``gguf.GGUFReader`` are not included.  Raises ``FileNotFoundError``
-    or ``ValueError`` naming the file if it is missing or not a GGUF file.
-    """
-    cur, _, n_kv, mm = _open_gguf(path)
-    try:
-        return _read_kv_section(cur, n_kv)
-    finally:
-        mm.close()
-
-
-def read_gguf_tensor_infos(path: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
-    """Key/values, tensor infos and the data offset of a GGUF file.
-
-    Each tensor info is ``{"name", "shape" (ggml order: ne[0] first), "type" (ggml type id),
-    "offset" (absolute, from the start of the file)}``.
-    """
-    cur, n_tensors, n_kv, mm = _open_gguf(path)
-    try:
-        kv = _read_kv_section(cur, n_kv)
-        infos = []
-        for _ in range(n_tensors):
-            name = cur.string()
-            (n_dims,) = cur.unpack("I")
-            shape = list(cur.unpack(f"{n_dims}Q"))
-            (ttype, offset) = cur.unpack("IQ")
-            infos.append({"name": name, "shape": shape, "type": ttype, "offset": offset})
-        align = int(kv.get("general.alignment", 32))
-        data_start = (cur.pos + align - 1) // align * align
-        for info in infos:
-            info["offset"] += data_start
-        return kv, infos, data_start
-    finally:
-        mm.close()
-
 
 # --------------------------------------------------------------------------------------------
 # Tokenizer metadata

@@ -238,7 +238,7 @@ class ChatTemplate:
         ``tokenizer.chat_template.<name>``), with the special-token strings named by its
         ``tokenizer.ggml.*_token_id`` keys (bos, eos, unk, sep, pad, cls, mask), as llama.cpp
         passes them.  Raises ``ValueError`` naming the file and key if there is no template."""
-        from .tokenizer import read_gguf_kv
+        from ..gguf_io import read_gguf_kv
 
         path = os.fspath(path)
         kv = read_gguf_kv(path)

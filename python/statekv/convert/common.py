@@ -1,0 +1,175 @@
+"""What every converter shares: the error type, output types, the GGML type of a tensor, writing a
+GGUF atomically, the mmproj's ``clip.vision.*`` keys and the image processor's normalization.
+Only numpy, gguf-py and the standard library (no torch, no transformers, not the compiled
+extension)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "ConversionError", "OUTTYPES", "TextFamily", "add_tensor_infos", "tensor_qtype", "read_image_mean_std",
+    "add_clip_vision_keys", "write_gguf_atomically",
+]
+
+logger = logging.getLogger("statekv.convert")
+
+
+class ConversionError(ValueError):
+    """The checkpoint cannot be converted (unsupported or malformed); the message names the file."""
+
+
+def _gguf():
+    import gguf  # gguf-py; imported lazily so `statekv --help` stays fast
+
+    return gguf
+
+
+# --------------------------------------------------------------------------------------------
+# Output types
+# --------------------------------------------------------------------------------------------
+
+# outtype -> (GGMLQuantizationType name, LlamaFileType name)
+OUTTYPES: dict[str, tuple[str, str]] = {
+    "f32": ("F32", "ALL_F32"),
+    "f16": ("F16", "MOSTLY_F16"),
+    "bf16": ("BF16", "MOSTLY_BF16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+}
+
+
+
+@dataclass
+class TextFamily:
+    """How one Hugging Face architecture maps to a llama.cpp text architecture."""
+
+    arch: str                                  # gguf MODEL_ARCH member name, e.g. "QWEN2"
+    skip_prefixes: tuple[str, ...] = ()        # HF tensor names (after renaming) not in the text GGUF
+    rename: tuple[tuple[str, str], ...] = ()   # substring replacements applied to HF names
+    extra_params: Callable[[Any, dict, dict], None] | None = None  # (writer, hparams, config)
+
+    def gguf_arch(self):
+        return _gguf().MODEL_ARCH[self.arch]
+
+
+def tensor_qtype(gguf_name: str, shape: tuple[int, ...], want, *, f32: Sequence[str] = (),
+                 patch: Sequence[str] = (), outtype: str | None = None):
+    """The GGML type llama.cpp's converter gives a tensor for the output type ``want``: 1-D tensors,
+    ``*_norm.weight`` and names not ending in ``.weight`` (or containing one of ``f32``) stay F32;
+    names containing one of ``patch`` (patch kernels) are F16 for ``outtype`` f16, else F32; a
+    quantized type falls back to F16 for rows that are not a multiple of its block."""
+    gguf = _gguf()
+    Q = gguf.GGMLQuantizationType
+    if len(shape) <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight"):
+        return Q.F32
+    if any(p in gguf_name for p in f32):
+        return Q.F32
+    if any(p in gguf_name for p in patch):
+        return Q.F16 if outtype == "f16" else Q.F32
+    if want not in (Q.F32, Q.F16):
+        block, _ = gguf.GGML_QUANT_SIZES[want]
+        if shape[-1] % block != 0:
+            logger.warning("%s: row length %d is not a multiple of %d, falling back to F16",
+                           gguf_name, shape[-1], block)
+            return Q.F16
+    return want
+
+
+def add_tensor_infos(writer: Any, plan: Iterable[tuple[str, tuple[int, ...], Any]]) -> None:
+    """Add the infos of ``(name, numpy shape, GGML type)`` tensors to ``writer``, in order."""
+    gguf = _gguf()
+    Q = gguf.GGMLQuantizationType
+    for name, shape, qtype in plan:
+        if qtype in (Q.F32, Q.F16):
+            dt = np.dtype(np.float32 if qtype == Q.F32 else np.float16)
+            writer.add_tensor_info(name, shape, dt, math.prod(shape) * dt.itemsize, raw_dtype=qtype)
+        else:
+            bshape = gguf.quant_shape_to_byte_shape(shape, qtype)
+            writer.add_tensor_info(name, bshape, np.dtype(np.uint8), math.prod(bshape), raw_dtype=qtype)
+
+
+def read_image_mean_std(hf_dir: Path, default: tuple[Sequence[float], Sequence[float]] | None = None
+                        ) -> tuple[list[float], list[float]]:
+    """The image processor's normalization of a checkpoint: preprocessor_config.json, then
+    processor_config.json (its ``image_processor`` section) over it, as llama.cpp's converter
+    merges them. ``default`` when neither has image_mean/image_std; ConversionError otherwise."""
+    cfg: dict[str, Any] = {}
+    for fname, section in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+        p = Path(hf_dir) / fname
+        if not p.is_file():
+            continue
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConversionError(f"{p}: not valid JSON ({e})") from None
+        if section and isinstance(d.get(section), dict):
+            d = {**d, **d[section]}
+        cfg.update(d)
+    mean, std = cfg.get("image_mean"), cfg.get("image_std")
+    if mean is None or std is None:
+        if default is None:
+            raise ConversionError(f"{hf_dir}: image_mean / image_std not found (expected the image processor's "
+                                  "preprocessor_config.json next to config.json)")
+        logger.warning("%s: no image_mean/image_std in the processor configs; using %s / %s", hf_dir, *default)
+        mean, std = default
+    if len(mean) != 3 or len(std) != 3:
+        raise ConversionError(f"{hf_dir}: image_mean / image_std must have 3 values, got {mean} / {std}")
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def add_clip_vision_keys(writer: Any, *, projection_dim: int, image_size: int, patch_size: int, width: int,
+                         ff: int, blocks: int, heads: int, mean: Sequence[float], std: Sequence[float],
+                         projector: Any, eps: float) -> None:
+    """The clip.vision.* keys every mmproj carries (llama.cpp's converter writes them for every
+    projector), plus the projector type, GELU and the norm epsilon."""
+    writer.add_clip_has_vision_encoder(True)
+    writer.add_vision_projection_dim(int(projection_dim))
+    writer.add_vision_image_size(int(image_size))
+    writer.add_vision_patch_size(int(patch_size))
+    writer.add_vision_embedding_length(int(width))
+    writer.add_vision_feed_forward_length(int(ff))
+    writer.add_vision_block_count(int(blocks))
+    writer.add_vision_head_count(int(heads))
+    writer.add_vision_image_mean([float(v) for v in mean])
+    writer.add_vision_image_std([float(v) for v in std])
+    writer.add_clip_projector_type(projector)
+    writer.add_vision_use_gelu(True)
+    writer.add_vision_attention_layernorm_eps(float(eps))
+
+
+def write_gguf_atomically(writer: Any, out_path: Path, tensors: Iterable[tuple[np.ndarray, Any]]) -> None:
+    """Write ``writer``'s header, metadata and tensor infos, then each ``(float data, ggml type)``
+    as llama.cpp stores it (F32 as is, F16 cast, quantized types through gguf-py), in the order
+    the infos were added. The file goes to a hidden sibling (same file system, normal
+    permissions) renamed at the end, so a failure leaves nothing behind."""
+    gguf = _gguf()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        writer.write_header_to_file(path=tmp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for data, qtype in tensors:
+            if qtype == gguf.GGMLQuantizationType.F32:
+                out = np.ascontiguousarray(data, dtype=np.float32)
+            else:
+                out = gguf.quants.quantize(np.asarray(data, dtype=np.float32), qtype)
+            writer.write_tensor_data(out)
+        writer.close()
+        os.replace(tmp, out_path)
+    except BaseException:
+        try:
+            writer.close()
+        except Exception:
+            pass
+        tmp.unlink(missing_ok=True)
+        raise

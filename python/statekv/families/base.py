@@ -1,0 +1,212 @@
+"""What every video family declares, and the helpers their layouts share.
+
+A family (one folder under ``statekv/families/``) declares in one place what the rest of statekv
+asks of it: its projector types and the decoders they pair with (data), its wrap tokens and
+prompt (``prompt.py``, rendered through its chat template), its preprocessing
+(``preprocess.py``), its step layout (``layout.py``: the :class:`Layout` a chat runs, and the
+:class:`StepLayout` geometry the benchmarks use), its converter (``convert.py``) and its
+random-weight mmproj (``random_model.py``). :class:`Family` is the registry entry; it imports the
+heavier modules only when asked.
+
+Nothing here imports the compiled extension.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol, Sequence
+
+import numpy as np
+
+__all__ = ["Family", "Layout", "PlannedStep", "StepLayout", "encode", "token_id", "floats", "split_video_prompt"]
+
+
+# ------------------------------------------------------------------------------ tokens and text
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` with special tokens parsed and nothing added, from a
+    ``tokenizers.Tokenizer`` (statekv.text.tokenizer_from_gguf) or a transformers tokenizer."""
+    if not text:
+        return []
+    enc = tokenizer.encode(text, add_special_tokens=False)
+    return [int(i) for i in (enc.ids if hasattr(enc, "ids") else enc)]
+
+
+def token_id(tokenizer: Any, token: str, vocabulary: str) -> int:
+    """The id of ``token``, which must be a single token of the vocabulary (``vocabulary`` names
+    the family's vocabulary in the error)."""
+    ids = encode(tokenizer, token)
+    if hasattr(tokenizer, "token_to_id"):
+        tid = tokenizer.token_to_id(token)
+    elif hasattr(tokenizer, "convert_tokens_to_ids"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+    else:
+        tid = ids[0] if len(ids) == 1 else None
+    if tid is None or ids != [tid]:
+        raise ValueError(f"the tokenizer has no single token {token!r} (not {vocabulary} vocabulary)")
+    return int(tid)
+
+
+def floats(text: Any) -> tuple[float, ...]:
+    """``"0.5,0.5,0.5"`` (a ``Model.info()`` value) -> ``(0.5, 0.5, 0.5)``."""
+    return tuple(float(x) for x in str(text).split(",") if x.strip())
+
+
+_QUESTION = "\x00statekv-question\x00"
+
+
+def split_video_prompt(template: Any, placeholder: str, question: str, system: Optional[str] = None,
+                       add_generation_prompt: bool = True) -> tuple[str, str]:
+    """The prompt of one user turn ``[video, question]`` rendered by ``template`` (a
+    :class:`statekv.text.ChatTemplate`) and cut at the video's ``placeholder``: (the text before
+    it, the text after it with ``question`` in place). The question is put in after rendering,
+    so its text is never read as template or placeholder."""
+    messages: list[dict] = [] if system is None else [{"role": "system", "content": system}]
+    messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": _QUESTION}]})
+    text = template.render(messages, add_generation_prompt=add_generation_prompt)
+    if text.count(placeholder) != 1 or text.count(_QUESTION) != 1 or text.index(_QUESTION) < text.index(placeholder):
+        raise ValueError(f"the chat template does not render one {placeholder!r} before the question "
+                         "(the system prompt must not contain it)")
+    before, after = text.split(placeholder)
+    return before, after.replace(_QUESTION, question)
+
+
+# ------------------------------------------------------------------------------ steps
+@dataclass
+class PlannedStep:
+    """One frame step ready for the session: ``ids`` (the step's tokens), ``rows`` (where, in
+    ``ids``, the encoder's rows go), ``positions`` (None, or ``(3, len(ids))`` for M-RoPE),
+    ``pixels`` (the step's preprocessed frames, ``(frames_per_step, 3, h, w)``: one encoder
+    patch), ``frames`` (the Frame objects it shows) and ``after`` (the layout's state once the
+    step is in the session, applied by :meth:`Layout.commit`)."""
+
+    ids: Any
+    rows: np.ndarray
+    positions: Optional[np.ndarray]
+    pixels: np.ndarray
+    frames: list
+    after: dict
+
+
+class Layout(Protocol):
+    """How a chat turns frames into session steps for one family (one instance per chat).
+
+    ``waiting`` holds the ``(Frame, pixels)`` items that do not make a step yet (a Qwen3-VL frame
+    waiting for its pair). Nothing here runs the model: :meth:`plan` gives steps with pixels, and
+    the chat turns them into committed steps in one place (``VideoChat._add_steps``)."""
+
+    family: str
+    frames_per_step: int
+    waiting: list
+
+    def prefix(self, system: Optional[str]) -> tuple[list[int], Optional[np.ndarray]]:
+        """Ids and positions of everything before the first step."""
+
+    def fix_size(self, n_frames: int, height: int, width: int) -> None:
+        """Called before the first frames: a video of ``n_frames`` frames of that size."""
+
+    def video_tokens(self, timestamps: Sequence[float]) -> int:
+        """The tokens the steps of frames at ``timestamps`` (seconds) will take."""
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        """One ``(H, W, 3)`` uint8 frame -> its pixels ``(3, h, w)`` float32."""
+
+    def plan(self, items: list) -> tuple[list[PlannedStep], list]:
+        """Steps of ``(Frame, pixels)`` items, and the items left waiting; nothing advances."""
+
+    def commit(self, step: PlannedStep) -> None:
+        """The step is in the session: advance."""
+
+    def question(self, text: str) -> tuple[Optional[PlannedStep], Any, Optional[np.ndarray]]:
+        """(a step to add on a branch first, or None; the question's ids; positions)."""
+
+    def state(self) -> dict:
+        """What :meth:`restore` needs (JSON types), saved with a chat."""
+
+    def restore(self, state: dict) -> None:
+        """Continue from :meth:`state`'s record; raises ValueError/TypeError/KeyError if invalid."""
+
+
+@dataclass(frozen=True)
+class StepLayout:
+    """The geometry of one frame step (what the benchmarks run): ``frames_per_step`` frames of
+    ``frame_size`` (h, w) pixels give ``visual_rows`` rows, between ``text_before`` and
+    ``text_after`` text tokens. ``grid`` is the (rows, cols) of merged patches for families with
+    3-axis positions (None otherwise)."""
+
+    family: str
+    frames_per_step: int
+    frame_size: tuple[int, int]
+    visual_rows: int
+    text_before: int
+    text_after: int
+    grid: tuple[int, int] | None = None
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.text_before + self.visual_rows + self.text_after
+
+    @property
+    def row_indices(self) -> np.ndarray:
+        """Where the visual rows go within a step's tokens."""
+        return np.arange(self.text_before, self.text_before + self.visual_rows, dtype=np.int32)
+
+
+# ------------------------------------------------------------------------------ the registry entry
+@dataclass(frozen=True)
+class Family:
+    """A video family's registry entry: its data, and its modules' entry points (imported on
+    first use). ``package`` is the family's folder as a module name."""
+
+    name: str
+    projectors: tuple[str, ...]  # clip.projector_type values of its mmproj files
+    decoders: tuple[str, ...]    # llama.cpp text architectures its projector pairs with
+    hf_architecture: str         # the transformers class `statekv convert` turns into this pair
+    towers: tuple[str, ...]      # vision tower shapes of its random-weight mmproj maker
+    package: str
+
+    def module(self, name: str):
+        return importlib.import_module(f"{self.package}.{name}")
+
+    # the chat, the benchmarks and the tests
+    def layout(self, tokenizer: Any, info: dict) -> Layout:
+        """A new chat layout for a model of this family (``info``: ``Model.info()``)."""
+        return self.module("layout").ChatLayout(tokenizer, info)
+
+    def step_layout(self, info: dict, n_steps: int, source_size: tuple[int, int]) -> StepLayout:
+        """The step geometry of a video of ``n_steps`` steps of ``source_size`` (width, height)
+        frames; ``visual_rows`` -1 when only the encoder's output knows it."""
+        return self.module("layout").step_layout(info, n_steps, source_size)
+
+    def step_positions(self, layout: StepLayout, start: int) -> tuple[Optional[np.ndarray], int]:
+        """Positions of a step starting at position ``start`` (None: the session's own) and the
+        next step's start."""
+        return self.module("layout").step_positions(layout, start)
+
+    def text_positions(self, start: int, n: int) -> Optional[np.ndarray]:
+        """Positions of ``n`` text tokens from ``start`` (None: the session's own)."""
+        return self.module("layout").text_positions(start, n)
+
+    def preprocess(self, frames: np.ndarray, layout: StepLayout, mean: Sequence[float],
+                   std: Sequence[float]) -> np.ndarray:
+        """uint8 frames ``(n, H, W, 3)`` -> pixels ``(n, 3, h, w)`` at ``layout.frame_size``."""
+        return self.module("layout").preprocess(frames, layout, mean, std)
+
+    @property
+    def chat_template(self) -> str:
+        """The chat template its prompts are rendered with (the transformers checkpoints')."""
+        return self.module("prompt").CHAT_TEMPLATE
+
+    # the converter
+    def text_family(self):
+        """The converter's :class:`statekv.convert.common.TextFamily` of :attr:`hf_architecture`."""
+        return self.module("convert").TEXT_FAMILY
+
+    def write_mmproj(self, hf_dir, config: dict, tensors, out_path, outtype: str):
+        """Write the mmproj GGUF of a checkpoint of :attr:`hf_architecture`."""
+        return self.module("convert").write_mmproj(hf_dir, config, tensors, out_path, outtype)
+
+    def make_random_mmproj(self, out_path, tower, n_embd_out: int, qtype: str):
+        """A random-weight mmproj of the tower shape ``tower`` (one of :attr:`towers`, or a dict of
+        the family's vision-config fields) whose projector outputs ``n_embd_out`` features (the
+        text model's width)."""
+        return self.module("random_model").make_random_mmproj(out_path, tower, n_embd_out, qtype)
