@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import statekv
-from statekv.vision import internvl as ivl
-from statekv.vision import qwen3vl as q3
+from statekv.families import internvl as ivl
+from statekv.families import qwen3vl as q3
 from test_internvl import make_internvl, random_frames
 
 EXACT = 1e-6  # max |native - reference| allowed (expected 0: the same graphs on the same values)
@@ -38,7 +38,7 @@ def float_pixels(kind, frames, info):
 @pytest.fixture(scope="module")
 def internvl(tmp_path_factory, qwen2_vocab_gguf):
     from statekv.convert import convert
-    from statekv.tokenizer import tokenizer_from_gguf
+    from statekv.text.tokenizer import tokenizer_from_gguf
 
     root = tmp_path_factory.mktemp("native-internvl")
     text, mmproj = root / "internvl.gguf", root / "mmproj-internvl.gguf"
