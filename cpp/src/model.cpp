@@ -341,7 +341,7 @@ std::vector<float> Model::logits(const Tokens& input) {
     m.check_memory(m.prefill_bytes(n, n, n), "a logits call of " + std::to_string(n) + " tokens");
     GraphBuilder g(Impl::kMaxNodes);
     DecoderInputs in = m.make_inputs(g, input, 0, {});
-    CausalSelfAttention attn(m.text->kv_shape().scale());
+    CausalSelfAttention attn(m.text->kv_shape().scale(), m.text->hp.sliding_window);
     std::vector<float> out = run_graph(m.sched, g, m.text->build(g, in, attn), m.backend);
     m.check_finite(out, m.path, "model");
     return out;

@@ -51,6 +51,12 @@ struct Session::Impl {
     Impl(std::shared_ptr<Model::Impl> m, const SessionOptions& o)
         : model(std::move(m)), options(o), shape(model->text->kv_shape()) {
         const auto& hp = model->text->hp;
+        // The cache policies (carried state, window, detailed cache) do not know local layers yet:
+        // refuse rather than attend beyond a layer's window.
+        if (hp.has_sliding_window()) {
+            throw InputError("sessions are not supported yet for models with sliding-window layers (" + hp.arch +
+                             "): use Model.logits / Model.generate");
+        }
         check_cache_policy_options(o);
         if (o.expected_length < 0) throw InputError("expected_length must be >= 0");
         if (o.rope_scale != 0.0f && !(o.rope_scale >= 1.0f && o.rope_scale <= kMaxRopeScale)) {

@@ -1,21 +1,23 @@
 #include "graph/attention.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <string>
 
 namespace statekv {
 
 ggml_tensor* causal_mask(GraphBuilder& g, const std::vector<KeyRun>& keys, int64_t q0, int64_t n_q, bool finite,
-                         bool null_if_all_visible) {
-    int64_t n_kv = 0, last = -1;
-    std::string key = "kq_mask " + std::to_string(q0) + " " + std::to_string(n_q) + (finite ? " finite" : "");
+                         bool null_if_all_visible, int64_t window) {
+    int64_t n_kv = 0, last = -1, first = INT64_MAX;
+    std::string key = "kq_mask " + std::to_string(q0) + " " + std::to_string(n_q) + " w" + std::to_string(window) +
+                      (finite ? " finite" : "");
     for (const KeyRun& r : keys) {
         n_kv += r.n;
-        if (r.n > 0) last = std::max(last, r.begin + r.n - 1);
+        if (r.n > 0) last = std::max(last, r.begin + r.n - 1), first = std::min(first, r.begin);
         key += " " + std::to_string(r.begin) + ":" + std::to_string(r.n);
     }
-    if (null_if_all_visible && last <= q0) return nullptr;
+    if (null_if_all_visible && last <= q0 && (last < 0 || key_visible(first, q0 + n_q - 1, window))) return nullptr;
     return g.shared_input(key, [&] {
         const uint16_t visible = ggml_fp32_to_fp16(0.0f);
         const uint16_t hidden = ggml_fp32_to_fp16(finite ? -65504.0f : -INFINITY);
@@ -23,19 +25,20 @@ ggml_tensor* causal_mask(GraphBuilder& g, const std::vector<KeyRun>& keys, int64
         for (int64_t i = 0; i < n_q; ++i) {
             uint16_t* row = &m[static_cast<size_t>(i * n_kv)];
             for (const KeyRun& r : keys) {
-                for (int64_t t = 0; t < r.n; ++t) *row++ = r.begin + t <= q0 + i ? visible : hidden;
+                for (int64_t t = 0; t < r.n; ++t) *row++ = key_visible(r.begin + t, q0 + i, window) ? visible : hidden;
             }
         }
         return g.input(GGML_TYPE_F16, {n_kv, n_q}, m.data(), "kq_mask");
     });
 }
 
-ggml_tensor* CausalSelfAttention::attend(GraphBuilder& g, int, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v) {
+ggml_tensor* CausalSelfAttention::attend(GraphBuilder& g, int layer, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v) {
     const int64_t n = q->ne[2];
     ggml_context* ctx = g.ctx();
     ggml_tensor* kp = ggml_permute(ctx, k, 0, 2, 1, 3);
     ggml_tensor* vp = ggml_permute(ctx, v, 0, 2, 1, 3);
-    return flash_attention(ctx, q, kp, vp, causal_mask(g, {{0, n}}, 0, n), scale_);
+    const int64_t window = windows_.empty() ? 0 : windows_[static_cast<size_t>(layer)];
+    return flash_attention(ctx, q, kp, vp, causal_mask(g, {{0, n}}, 0, n, false, false, window), scale_);
 }
 
 namespace {
@@ -49,12 +52,12 @@ std::vector<KeyRun> runs_of(const std::vector<KVSegment>& segments) {
 }  // namespace
 
 ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vector<KVSegment>& segments,
-                                 int64_t q0, float scale) {
+                                 int64_t q0, float scale, int64_t window) {
     ggml_context* ctx = g.ctx();
     const int64_t n_q = q->ne[2];
     if (segments.size() == 1) {
         const KVSegment& s = segments[0];
-        return flash_attention(ctx, q, s.k, s.v, causal_mask(g, {{s.begin, s.n}}, q0, n_q, false, true), scale);
+        return flash_attention(ctx, q, s.k, s.v, causal_mask(g, {{s.begin, s.n}}, q0, n_q, false, true, window), scale);
     }
     if (!ggml_is_quantized(segments[0].k->type) && !ggml_is_quantized(segments[0].v->type)) {
         // Float caches: the segments' keys and values gathered into one contiguous K/V for one
@@ -68,7 +71,7 @@ ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vec
             v = ggml_concat(ctx, v, segments[c].v, 1);
         }
         // The queries' own keys may be among them: a causal mask then.
-        ggml_tensor* mask = causal_mask(g, runs_of(segments), q0, n_q, false, true);
+        ggml_tensor* mask = causal_mask(g, runs_of(segments), q0, n_q, false, true, window);
         return flash_attention(ctx, q, k, v, mask, scale);
     }
     // Quantized caches (concat cannot cut their blocks): one fused attention per segment, merged
@@ -76,7 +79,7 @@ ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vec
     ggml_tensor* qp = ggml_permute(ctx, q, 0, 2, 1, 3);  // [d, n_q, H]
     std::vector<ggml_tensor*> outs, lses;
     for (const KVSegment& s : segments) {
-        ggml_tensor* mask = causal_mask(g, {{s.begin, s.n}}, q0, n_q, true, true);
+        ggml_tensor* mask = causal_mask(g, {{s.begin, s.n}}, q0, n_q, true, true, window);
         ggml_tensor* o = ggml_flash_attn_ext(ctx, qp, s.k, s.v, mask, scale, 0.0f, 0.0f);  // [d, H, n_q]
         ggml_flash_attn_ext_set_prec(o, GGML_PREC_F32);
         outs.push_back(o);

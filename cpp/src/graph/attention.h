@@ -36,22 +36,30 @@ struct KeyRun {
     int64_t n = 0;
 };
 
+// Whether the key at absolute token index `key` is visible to the query at index `query`:
+// causal, and within the last `window` tokens (the query itself included) when window > 0.
+inline bool key_visible(int64_t key, int64_t query, int64_t window) {
+    return key <= query && (window <= 0 || query - key < window);
+}
+
 // The one mask builder: an F16 graph input [n_kv, n_q] for keys laid out as `keys`, where query i
-// (absolute index q0 + i) sees a key iff the key's absolute index is <= q0 + i. Hidden entries get
+// (absolute index q0 + i) sees a key iff key_visible(key index, q0 + i, window). Hidden entries get
 // -inf, or -65504 with `finite` (rows that see nothing of a segment stay NaN-free when segments
 // are merged by log-sum-exp). Built and uploaded once per graph for each distinct argument set,
 // whatever the number of layers asking. With `null_if_all_visible`, nullptr when nothing is hidden.
 ggml_tensor* causal_mask(GraphBuilder& g, const std::vector<KeyRun>& keys, int64_t q0, int64_t n_q,
-                         bool finite = false, bool null_if_all_visible = false);
+                         bool finite = false, bool null_if_all_visible = false, int64_t window = 0);
 
 // Causal attention of the graph's tokens over themselves (stateless logits).
 class CausalSelfAttention final : public LayerAttention {
 public:
-    explicit CausalSelfAttention(float scale) : scale_(scale) {}
+    // windows: sliding window per layer (0 or empty: none).
+    explicit CausalSelfAttention(float scale, std::vector<int> windows = {}) : scale_(scale), windows_(std::move(windows)) {}
     ggml_tensor* attend(GraphBuilder& g, int layer, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v) override;
 
 private:
     float scale_;
+    std::vector<int> windows_;
 };
 
 // Causal attention of n_q queries (absolute token indices q0 .. q0 + n_q - 1) over keys held in
@@ -59,9 +67,10 @@ private:
 // One segment: one fused attention. Several: gathered into one K/V for one fused attention
 // (float caches), or one fused attention per segment merged with the segments' log-sum-exp
 // weights computed from explicit scores (quantized caches); both exact.
-// q: [head_dim, n_head, n_q]. Returns [head_dim * n_head, n_q].
+// q: [head_dim, n_head, n_q]. Returns [head_dim * n_head, n_q]. window > 0: a sliding-window layer
+// (query i also sees only keys j > q0 + i - window).
 ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vector<KVSegment>& segments,
-                                 int64_t q0, float scale);
+                                 int64_t q0, float scale, int64_t window = 0);
 
 // Attention with key scores (the StateKV step). k, v: [head_dim, n_kv, n_head_kv] (F32 or F16), the
 // first n_visible keys visible to every query, the last n_q keys the queries' own (causal).

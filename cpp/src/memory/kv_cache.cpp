@@ -13,7 +13,7 @@ ggml_tensor* KVCacheAttention::attend(GraphBuilder& g, int layer, ggml_tensor* q
     }
     std::vector<KVSegment> segs = earlier_ ? earlier_(g, layer) : std::vector<KVSegment>();
     segs.push_back(cache_.write_and_view(g.ctx(), layer, k, v, slots_, n_past_ + n, begin_));
-    return segmented_attention(g, q, segs, begin_ + n_past_, scale_);
+    return segmented_attention(g, q, segs, begin_ + n_past_, scale_, cache_.shape().window(layer));
 }
 
 }  // namespace statekv

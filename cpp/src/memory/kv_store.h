@@ -19,10 +19,14 @@ struct KVShape {
     int n_layer = 0;
     int n_head_kv = 0;
     int head_dim = 0;
+    float attn_scale = 0.0f;   // softmax scale; 0: 1 / sqrt(head_dim)
+    // Sliding windows per layer (0: the layer sees every earlier token); empty: none.
+    std::vector<int> windows;
     // Values of one token's keys (or values) in one layer.
     int64_t row() const { return int64_t(head_dim) * n_head_kv; }
-    // The attention scale 1 / sqrt(head_dim).
-    float scale() const { return 1.0f / std::sqrt(static_cast<float>(head_dim)); }
+    // The attention scale (1 / sqrt(head_dim) unless the family says otherwise).
+    float scale() const { return attn_scale > 0.0f ? attn_scale : 1.0f / std::sqrt(static_cast<float>(head_dim)); }
+    int window(int layer) const { return windows.empty() ? 0 : windows[static_cast<size_t>(layer)]; }
 };
 
 // "f32" | "f16" | "q8_0" | "q4_0" -> ggml type; InputError otherwise.
@@ -63,6 +67,8 @@ public:
     // segment whose first key has absolute index `begin`.
     KVSegment write_and_view(ggml_context* ctx, int layer, ggml_tensor* k, ggml_tensor* v, ggml_tensor* slots,
                              int64_t n_valid, int64_t begin) const;
+
+    const KVShape& shape() const { return shape_; }
 
 private:
     KVShape shape_;

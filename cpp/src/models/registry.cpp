@@ -9,6 +9,7 @@ namespace statekv {
 std::unique_ptr<TextModel> make_qwen2(const GgufFile& file, WeightStore& weights);
 std::unique_ptr<TextModel> make_qwen3(const GgufFile& file, WeightStore& weights);
 std::unique_ptr<TextModel> make_qwen3vl(const GgufFile& file, WeightStore& weights);
+std::unique_ptr<TextModel> make_gemma3(const GgufFile& file, WeightStore& weights);
 std::unique_ptr<VisionModel> make_internvl_vision(const GgufFile& file, WeightStore& weights);
 std::unique_ptr<VisionModel> make_qwen3vl_vision(const GgufFile& file, WeightStore& weights);
 
@@ -29,6 +30,7 @@ const TextFamily kTextFamilies[] = {
     {"qwen2", make_qwen2},
     {"qwen3", make_qwen3},
     {"qwen3vl", make_qwen3vl},
+    {"gemma3", make_gemma3},
 };
 
 const VisionFamily kVisionFamilies[] = {

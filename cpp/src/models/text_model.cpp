@@ -54,7 +54,14 @@ void TextModel::read_common_hparams(const GgufFile& f, const DecoderTraits& trai
     hp.rope_scaling_factor = f.get_positive_f32_or(a + "rope.scaling.factor", 1.0f, 1e6f);
     if (f.has(a + "rope.scaling.type")) {
         const std::string t = f.get_str(a + "rope.scaling.type");
-        if (t != "none") f.fail("rope.scaling.type '" + t + "' is not supported (expected none)");
+        if (t == "linear") {
+            // Positions divided by the factor (llama.cpp's freq_scale): the trained context already
+            // includes it, so long sessions start their NTK scaling from a factor of 1.
+            hp.rope.freq_scale = 1.0f / hp.rope_scaling_factor;
+            hp.rope_scaling_factor = 1.0f;
+        } else if (t != "none") {
+            f.fail("rope.scaling.type '" + t + "' is not supported (expected none or linear)");
+        }
     }
     // End-of-generation ids: the declared eos/eot, then the family's end-of-turn tokens present.
     for (const char* key : {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"}) {
@@ -123,16 +130,20 @@ ggml_tensor* TextModel::embed(GraphBuilder& g, const DecoderInputs& in) const {
 
 ggml_tensor* TextModel::self_attention(GraphBuilder& g, const DecoderInputs& in, LayerAttention& attn, int il,
                                        ggml_tensor* x) const {
+    ggml_tensor* h = rms_norm(g.ctx(), x, layers[il].attn_norm, hp.rms_eps);
+    return attention_block(g, in, attn, il, h, in.rope ? *in.rope : hp.rope);
+}
+
+ggml_tensor* TextModel::attention_block(GraphBuilder& g, const DecoderInputs& in, LayerAttention& attn, int il,
+                                        ggml_tensor* h, const RopeSpec& rs) const {
     ggml_context* ctx = g.ctx();
     const auto& L = layers[il];
     const int n = in.n_tokens;
-    ggml_tensor* h = rms_norm(ctx, x, L.attn_norm, hp.rms_eps);
     ggml_tensor* q = ggml_reshape_3d(ctx, linear(ctx, h, L.wq, L.bq), hp.head_dim, hp.n_head, n);
     ggml_tensor* k = ggml_reshape_3d(ctx, linear(ctx, h, L.wk, L.bk), hp.head_dim, hp.n_head_kv, n);
     ggml_tensor* v = ggml_reshape_3d(ctx, linear(ctx, h, L.wv, L.bv), hp.head_dim, hp.n_head_kv, n);
     if (L.q_norm) q = rms_norm(ctx, q, L.q_norm, hp.rms_eps);
     if (L.k_norm) k = rms_norm(ctx, k, L.k_norm, hp.rms_eps);
-    const RopeSpec& rs = in.rope ? *in.rope : hp.rope;
     q = rope(ctx, q, in.positions, rs);
     k = rope(ctx, k, in.positions, rs);
     ggml_tensor* o = attn.attend(g, il, q, k, v);

@@ -31,6 +31,16 @@ struct TextHParams {
     int n_position_axes = 1;   // 3 for multi-axis RoPE (t, h, w)
     bool tied_output = false;
     std::vector<int32_t> eos_ids;  // end-of-generation token ids (tokenizer metadata + the family's)
+    // Softmax scale of attention scores (1/sqrt(head_dim) unless the family says otherwise).
+    float attn_scale = 0.0f;
+    // Sliding-window attention: layer il sees only the last sliding_window[il] tokens (itself
+    // included); 0 means every earlier token. Empty: no layer has a window.
+    std::vector<int> sliding_window;
+    int window_of(int il) const { return sliding_window.empty() ? 0 : sliding_window[static_cast<size_t>(il)]; }
+    bool has_sliding_window() const {
+        for (int w : sliding_window) if (w > 0) return true;
+        return false;
+    }
 };
 
 // What a family file declares about its decoder beyond what the GGUF says.
@@ -58,6 +68,8 @@ struct DecoderLayerWeights {
     ggml_tensor* ffn_gate = nullptr;
     ggml_tensor* ffn_up = nullptr;
     ggml_tensor* ffn_down = nullptr;
+    ggml_tensor* attn_post_norm = nullptr;  // norm of the attention output before the residual add
+    ggml_tensor* ffn_post_norm = nullptr;   // norm of the FFN output before the residual add
 };
 
 // Graph inputs of one forward pass, already built as graph tensors.
@@ -84,12 +96,12 @@ public:
     // Logits [n_vocab, m] of the selected rows: embed, n_layer pre-norm blocks
     // (x += attention(norm x); x += ffn(norm x); after_layer), final norm, output projection.
     // With in.no_logits, returns nullptr (the attention policy's cache writes are the outputs).
-    ggml_tensor* build(GraphBuilder& g, const DecoderInputs& in, LayerAttention& attn) const;
+    virtual ggml_tensor* build(GraphBuilder& g, const DecoderInputs& in, LayerAttention& attn) const;
 
     // Width of a row of `embeddings`: n_embd, or n_embd * (1 + n_deepstack) with DeepStack.
     int embedding_width() const { return hp.n_embd * (1 + hp.n_deepstack); }
     // The shape of its keys and values, for the caches.
-    KVShape kv_shape() const { return {hp.n_layer, hp.n_head_kv, hp.head_dim}; }
+    KVShape kv_shape() const { return {hp.n_layer, hp.n_head_kv, hp.head_dim, hp.attn_scale, hp.sliding_window}; }
 
 protected:
     // Family hook after each block (e.g. DeepStack injection).
@@ -100,6 +112,10 @@ protected:
     // attn_norm -> q/k/v (+bias, +q/k norm) -> RoPE -> attention -> output projection.
     ggml_tensor* self_attention(GraphBuilder& g, const DecoderInputs& in, LayerAttention& attn, int il,
                                 ggml_tensor* x) const;
+    // The same after the norm: h (normed) -> q/k/v (+bias, +q/k norm) -> RoPE `rs` -> attention
+    // -> output projection.
+    ggml_tensor* attention_block(GraphBuilder& g, const DecoderInputs& in, LayerAttention& attn, int il,
+                                 ggml_tensor* h, const RopeSpec& rs) const;
     ggml_tensor* feed_forward(GraphBuilder& g, int il, ggml_tensor* x) const;
     ggml_tensor* logits(GraphBuilder& g, const DecoderInputs& in, ggml_tensor* x) const;
 

@@ -48,7 +48,7 @@ PRE_TOKENIZER_REGEX: dict[str, str] = {
     ),
 }
 
-SUPPORTED_TOKENIZER_MODELS = ("gpt2",)
+SUPPORTED_TOKENIZER_MODELS = ("gpt2", "llama")
 
 # --------------------------------------------------------------------------------------------
 # Tokenizer metadata
@@ -69,6 +69,7 @@ _FLAG_KEYS = {
     "add_bos_token": "tokenizer.ggml.add_bos_token",
     "add_eos_token": "tokenizer.ggml.add_eos_token",
     "add_sep_token": "tokenizer.ggml.add_sep_token",
+    "add_space_prefix": "tokenizer.ggml.add_space_prefix",
 }
 
 
@@ -118,6 +119,7 @@ def read_tokenizer_metadata(path_or_reader: Any) -> dict[str, Any]:
         "tokens": list(tokens),
         "token_type": token_type,
         "merges": list(kv.get("tokenizer.ggml.merges") or []),
+        "scores": None if kv.get("tokenizer.ggml.scores") is None else [float(x) for x in kv["tokenizer.ggml.scores"]],
         "chat_template": kv.get("tokenizer.chat_template"),
     }
     for name, key in _SPECIAL_ID_KEYS.items():
@@ -138,8 +140,8 @@ def _check_supported(model: str | None, pre: str | None, where: str) -> None:
     if model not in SUPPORTED_TOKENIZER_MODELS:
         raise ValueError(
             f"{where}: tokenizer.ggml.model = {model!r} is not supported "
-            f"(expected one of {list(SUPPORTED_TOKENIZER_MODELS)}: byte-level BPE)")
-    if pre not in PRE_TOKENIZER_REGEX:
+            f"(expected one of {list(SUPPORTED_TOKENIZER_MODELS)}: byte-level BPE or SentencePiece)")
+    if model == "gpt2" and pre not in PRE_TOKENIZER_REGEX:
         raise ValueError(
             f"{where}: tokenizer.ggml.pre = {pre!r} is not supported "
             f"(expected one of {sorted(PRE_TOKENIZER_REGEX)})")
@@ -166,7 +168,7 @@ def build_tokenizer(
     Unused tokens (type 5, llama.cpp's ``[PAD{i}]`` fillers) stay plain vocabulary entries
     that BPE never produces.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
 
     _check_supported("gpt2", pre, where)
@@ -207,8 +209,21 @@ def build_tokenizer(
     ])
     tok.decoder = decoders.ByteLevel()
 
+    add_vocabulary_specials(tok, tokens, token_type, vocab, where)
+    if not set_bos_eos(tok, tokens, bos_token_id if add_bos_token else None,
+                       eos_token_id if add_eos_token else None):
+        tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    return tok
+
+
+def add_vocabulary_specials(tok: Any, tokens: list[str], token_type: list[int], vocab: dict[str, int], where: str) -> None:
+    """Control tokens (type 3) as special added tokens, user-defined ones (type 4) as non-special
+    added tokens: both are matched whole in the raw text before the model runs, as llama.cpp
+    partitions them out first."""
+    from tokenizers import AddedToken
+
     added = []
-    for i, (t, tt) in enumerate(zip(tokens, token_type)):
+    for t, tt in zip(tokens, token_type):
         if tt == TokenType.CONTROL:
             added.append(AddedToken(t, special=True, normalized=False))
         elif tt == TokenType.USER_DEFINED:
@@ -221,21 +236,25 @@ def build_tokenizer(
             if got != vocab[a.content]:  # pragma: no cover - a tokenizers behaviour change
                 raise RuntimeError(f"{where}: added token {a.content!r} got id {got}, expected {vocab[a.content]}")
 
+
+def set_bos_eos(tok: Any, tokens: list[str], bos_id: int | None, eos_id: int | None) -> bool:
+    """A post-processor adding BOS before and/or EOS after each sequence; False if neither."""
+    from tokenizers import processors
+
     single = "$A"
     specials = []
-    if add_bos_token and bos_token_id is not None:
-        single = f"{tokens[bos_token_id]}:0 " + single
-        specials.append((tokens[bos_token_id], bos_token_id))
-    if add_eos_token and eos_token_id is not None:
-        single = single + f" {tokens[eos_token_id]}:0"
-        specials.append((tokens[eos_token_id], eos_token_id))
-    if specials:
-        tok.post_processor = processors.TemplateProcessing(
-            single=single, pair=single + " " + single.replace("$A", "$B").replace(":0", ":1"),
-            special_tokens=list(dict.fromkeys(specials)))
-    else:
-        tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    return tok
+    if bos_id is not None:
+        single = f"{tokens[bos_id]}:0 " + single
+        specials.append((tokens[bos_id], bos_id))
+    if eos_id is not None:
+        single = single + f" {tokens[eos_id]}:0"
+        specials.append((tokens[eos_id], eos_id))
+    if not specials:
+        return False
+    tok.post_processor = processors.TemplateProcessing(
+        single=single, pair=single + " " + single.replace("$A", "$B").replace(":0", ":1"),
+        special_tokens=list(dict.fromkeys(specials)))
+    return True
 
 
 def tokenizer_from_gguf(path_or_reader: Any):
@@ -248,6 +267,9 @@ def tokenizer_from_gguf(path_or_reader: Any):
     """
     meta = read_tokenizer_metadata(path_or_reader)
     _check_supported(meta["model"], meta["pre"], meta["path"])
+    if meta["model"] == "llama":
+        from .spm import spm_tokenizer_from_metadata
+        return spm_tokenizer_from_metadata(meta)
     return build_tokenizer(
         meta["tokens"], meta["token_type"], meta["merges"],
         pre=meta["pre"],
