@@ -36,10 +36,10 @@ int64_t window_start(int64_t next, int w) { return std::max<int64_t>(0, next - (
 // read from D (nothing to score or select): the policies decide for the other layers only.
 class StepAttention final : public LayerAttention {
 public:
-    StepAttention(DetailedCache& d, CachePolicy& policy, const KVShape& shape, const Batch& b, ggml_tensor* slots)
-        : d_(d), policy_(policy), shape_(shape), b_(b), slots_(slots) {}
+    StepAttention(DetailedCache& d, CachePolicy& policy, const KVShape& shape, const Batch& b)
+        : d_(d), policy_(policy), shape_(shape), b_(b) {}
     ggml_tensor* attend(GraphBuilder& g, int layer, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v) override {
-        d_.write(g, layer, k, v, slots_);
+        d_.write(g, layer, k, v);
         if (const int w = shape_.window(layer); w > 0) {
             return segmented_attention(g, q, d_.view(g, layer, window_start(b_.n_past, w), b_.n_past + b_.n), b_.n_past,
                                        shape_.scale(), w);
@@ -52,7 +52,6 @@ private:
     CachePolicy& policy_;
     const KVShape& shape_;
     const Batch& b_;
-    ggml_tensor* slots_;
 };
 
 }  // namespace
@@ -156,13 +155,12 @@ struct Session::Impl {
         b.n = static_cast<int64_t>(t.ids.size());
         d->reserve(static_cast<int>(b.n));
         d->begin_graph();
-        GraphBuilder g(Model::Impl::kMaxNodes);
+        GraphBuilder g(Model::Impl::kMaxNodes, model->backend.is_cpu());
         DecoderInputs in = model->make_inputs(g, t, next_pos, {}, device_rows);
         in.no_logits = true;
         in.rope = &rope;
-        ggml_tensor* slots = g.input_i32(d->next_slots(static_cast<int>(b.n)), "d_slots");
         policy->begin(g, b);
-        StepAttention attn(*d, *policy, shape, b, slots);
+        StepAttention attn(*d, *policy, shape, b);
         model->text->build(g, in, attn);
         run_graph(sched, g, nullptr, model->backend);
         d->commit(static_cast<int>(b.n));
@@ -175,7 +173,7 @@ struct Session::Impl {
     std::vector<float> question_batch(const Tokens& t, const KVCache& tail, int n_tail_past, int pos0,
                                       const std::vector<int32_t>& rows) {
         d->begin_graph();
-        GraphBuilder g(Model::Impl::kMaxNodes);
+        GraphBuilder g(Model::Impl::kMaxNodes, model->backend.is_cpu());
         DecoderInputs in = model->make_inputs(g, t, pos0, rows);
         in.rope = &rope;
         // Question and answer tokens attend over all of D plus themselves, kept in a separate
