@@ -1,9 +1,15 @@
 """A short, readable PyTorch reference of StateKV (docs/DESIGN.md section 1).
 
-Written over transformers' own modules of a (tiny) ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM`` or
-``Qwen3VLForConditionalGeneration`` (text model: 3-axis M-RoPE positions and DeepStack rows), in
-float32 with eager attention math, so that the attention probabilities that give the key scores
-are explicit.
+Written over transformers' own modules of a (tiny) ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``,
+``Qwen3VLForConditionalGeneration`` (text model: 3-axis M-RoPE positions and DeepStack rows) or
+``Gemma3ForCausalLM`` (post-attention/post-FFN norms, per-layer-type rotary, sliding-window
+layers), in float32 with eager attention math, so that the attention probabilities that give the
+key scores are explicit.
+
+Sliding-window layers (window w, ``config.layer_types``): a query with entry index i sees keys
+with index j, i - w < j <= i, in the model itself, so in every mode such a layer's C is the last
+w - 1 tokens of D (no scores, no budget), and its queries see C and their own keys through that
+window. Questions see the window too. The modes apply to the other layers.
 
 State, per layer l:
   * D: keys (after RoPE) and values of every token so far, in entry order; token index i = the
@@ -91,6 +97,11 @@ class StateKVReference:
         self.head_dim = layer0.self_attn.head_dim
         self.hidden = self.cfg.hidden_size
         self.mode, self.budget, self.window = mode, budget, window
+        types = getattr(self.cfg, "layer_types", None) or ["full_attention"] * self.n_layer
+        # per layer: its sliding window (0: sees every earlier token) and its rotary's layer type
+        self.sliding = [int(self.cfg.sliding_window) if t == "sliding_attention" else 0 for t in types]
+        self.layer_types = list(types)
+        self.per_type_rope = hasattr(self.text.rotary_emb, "layer_types")   # Gemma 3: one rotary per layer type
 
         e = torch.empty(self.n_kv, 0, self.head_dim)
         self.K = [e.clone() for _ in range(self.n_layer)]   # D keys   (n_kv, N, d), after RoPE
@@ -133,8 +144,10 @@ class StateKVReference:
         q, k = self.apply_rope(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos, sin)
         return q[0], k[0], v.transpose(0, 1)   # (H, n, d), (G, n, d), (G, n, d)
 
-    def _attend(self, a, q, Kc, Vc, Ks, Vs):
-        """Queries q (H, n, d) over context (G, m, d) unmasked + own keys (G, n, d) causal.
+    def _attend(self, a, q, Kc, Vc, Ks, Vs, window=0, ctx_idx=None, start=0):
+        """Queries q (H, n, d) over context (G, m, d) unmasked + own keys (G, n, d) causal; with
+        a sliding ``window``, keys (entry indices ``ctx_idx`` (m,) and start, start+1, ...) more
+        than window - 1 tokens before a query are hidden too.
         Returns the attention output (n, H*d) before o_proj and P (H, n, m + n)."""
         n, m = q.shape[1], Kc.shape[1]
         K = torch.cat([Kc, Ks], dim=1).repeat_interleave(self.rep, dim=0)   # = repeat_kv
@@ -142,6 +155,10 @@ class StateKVReference:
         logits = (q @ K.transpose(1, 2)) * a.scaling
         causal = torch.ones(n, n, dtype=torch.bool).triu(1)
         mask = torch.cat([torch.zeros(n, m, dtype=torch.bool), causal], dim=1)
+        if window:
+            qi = torch.arange(start, start + n)[:, None]
+            kj = torch.cat([torch.as_tensor(ctx_idx, dtype=torch.int64), torch.arange(start, start + n)])[None, :]
+            mask |= qi - kj >= window
         P = torch.softmax(logits.masked_fill(mask, float("-inf")), dim=-1, dtype=torch.float32)
         return (P @ V).transpose(0, 1).reshape(n, -1), P
 
@@ -153,22 +170,38 @@ class StateKVReference:
         pos = _as_positions(positions, n, self.last_pos + 1, self.multi_axis)
         x, deepstack = self._embed(tokens, embeddings, rows)
         pid = pos[:, None, :] if self.multi_axis else pos[None, :]
-        cos, sin = self.text.rotary_emb(x[None], pid)
+        if self.per_type_rope:
+            rope = {t: self.text.rotary_emb(x[None], pid, t) for t in set(self.layer_types)}
+        else:
+            rope = {t: self.text.rotary_emb(x[None], pid) for t in set(self.layer_types)}
+        start = self.n_tokens
         newK, newV, scores = [], [], []
         for l, layer in enumerate(self.text.layers):
-            idx = context(l)
+            cos, sin = rope[self.layer_types[l]]
+            w = self.sliding[l]
+            # a sliding layer's context is the last w - 1 tokens of D, whatever the caller asks
+            idx = self._window_of_D(w) if w else context(l)
             g = torch.arange(self.n_kv)[:, None]
             Kc, Vc = self.K[l][g, idx], self.V[l][g, idx]
             q, k, v = self._qkv(layer, layer.input_layernorm(x), cos, sin)
-            out, P = self._attend(layer.self_attn, q, Kc, Vc, k, v)
-            x = x + layer.self_attn.o_proj(out)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            out, P = self._attend(layer.self_attn, q, Kc, Vc, k, v, w, idx[0], start)
+            o = layer.self_attn.o_proj(out)
+            if hasattr(layer, "post_feedforward_layernorm"):   # Gemma 3: norms after attention and FFN too
+                x = x + layer.post_attention_layernorm(o)
+                x = x + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(x)))
+            else:
+                x = x + o
+                x = x + layer.mlp(layer.post_attention_layernorm(x))
             if deepstack is not None and l < deepstack[1].shape[1]:
                 x[deepstack[0]] += deepstack[1][:, l]
             newK.append(k)
             newV.append(v)
             scores.append(P.view(self.n_kv, self.rep, n, -1).sum(dim=(1, 2)))   # (G, m + n)
         return self.text.norm(x), newK, newV, scores, pos
+
+    def _window_of_D(self, w):
+        """(G, <= w - 1) indices of the last w - 1 tokens of D: what a sliding layer still sees."""
+        return torch.arange(max(0, self.n_tokens - (w - 1)), self.n_tokens).expand(self.n_kv, -1).clone()
 
     def _all_of_D(self, l):
         return torch.arange(self.n_tokens).expand(self.n_kv, -1)
@@ -195,7 +228,7 @@ class StateKVReference:
         _, newK, newV, _, pos = self._run(tokens, embeddings, rows, positions, self._all_of_D)
         self._commit(newK, newV, pos)
         new = torch.arange(start, self.n_tokens).expand(self.n_kv, -1)
-        self.C = [torch.cat([c, new], dim=1) for c in self.C]
+        self.C = [self._window_of_D(w) if w else torch.cat([c, new], dim=1) for c, w in zip(self.C, self.sliding)]
         self.n_prefix = self.n_tokens
 
     def add_step(self, tokens, embeddings=None, rows=None, positions=None):
@@ -210,7 +243,9 @@ class StateKVReference:
         for l in range(self.n_layer):
             cand = torch.cat([self.C[l], step_idx], dim=1)   # (G, m + n), ascending
             self.last_candidates.append(cand)
-            if self.mode == "full":
+            if self.sliding[l]:
+                self.C[l] = self._window_of_D(self.sliding[l])
+            elif self.mode == "full":
                 self.C[l] = cand
             elif self.mode == "window":
                 kept = [torch.arange(0, self.n_prefix)] + [torch.arange(a, b) for a, b in self.steps[-self.window:]]
@@ -226,7 +261,11 @@ class StateKVReference:
         self._check_positions(positions)
         h, *_ = self._run(tokens, embeddings, rows, positions, self._all_of_D)
         with torch.no_grad():
-            return self.lm_head(h).numpy()
+            logits = self.lm_head(h)
+            cap = getattr(self.cfg, "final_logit_softcapping", None)
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            return logits.numpy()
 
     def greedy(self, tokens, max_tokens):
         """Greedy continuation of a question over all of D: (tokens, top-2 margins)."""

@@ -98,10 +98,11 @@ def test_logits_on_trained_weights_equal_transformers(f32_gguf, text_ids, refere
     ours = np.asarray(statekv.Model(f32_gguf).logits(text_ids))
     ref = reference_logits
     assert ours.shape == ref.shape
-    # Same weights: the difference is f16 K/V in the fused attention and summation order.
-    assert np.abs(ours - ref).max() < 0.05 * np.abs(ref).max(axis=1).min()
+    # Same weights, f32 throughout: what differs is summation order (measured over 1,200 tokens:
+    # max abs error 0.0013 on logits of magnitude ~27, top-1 100%, perplexity 9.07534 vs 9.07531).
+    assert np.abs(ours - ref).max() < 5e-4 * np.abs(ref).max(axis=1).min()
     assert (ours.argmax(1) == ref.argmax(1)).mean() >= 0.995
-    assert abs(_perplexity(ours, text_ids) / _perplexity(ref, text_ids) - 1) < 1e-3
+    assert abs(_perplexity(ours, text_ids) / _perplexity(ref, text_ids) - 1) < 1e-4
 
 
 def test_quantized_file_close_to_transformers(gguf_path, text_ids, reference_logits):
@@ -110,7 +111,7 @@ def test_quantized_file_close_to_transformers(gguf_path, text_ids, reference_log
     ours = np.asarray(statekv.Model(gguf_path).logits(text_ids))
     ref = reference_logits
     assert (ours.argmax(1) == ref.argmax(1)).mean() >= 0.95
-    assert abs(_perplexity(ours, text_ids) / _perplexity(ref, text_ids) - 1) < 0.02
+    assert abs(_perplexity(ours, text_ids) / _perplexity(ref, text_ids) - 1) < 0.01
 
 
 def test_greedy_generation_follows_transformers(gguf_path):
@@ -130,6 +131,48 @@ def test_greedy_generation_follows_transformers(gguf_path):
             assert tok == int(row.argmax()), (i, tok, int(row.argmax()))
 
 
-def test_sessions_refused_until_sliding_window_caches(gguf_path):
-    with pytest.raises(ValueError, match="sliding-window"):
-        statekv.Model(gguf_path).session("full")
+def test_sessions_in_every_mode_equal_the_model(f32_gguf, text_ids):
+    """Text chunks as steps across the 512-token sliding window: full, statekv with B >= all and
+    window with R >= all give the model's own logits for the last tokens (sliding layers see
+    their window in every mode), and a small budget or window changes them (not vacuous)."""
+    m = statekv.Model(f32_gguf)
+    ids = list(text_ids)
+    want = np.asarray(m.logits(ids))[-8:]
+
+    def question(mode, **kw):
+        s = m.session(mode, kv_type="f32", **kw)
+        s.prefill(ids[:20])
+        for i in range(20, len(ids) - 8, 96):
+            s.add_step(ids[i:min(i + 96, len(ids) - 8)])
+        return np.asarray(s.question_logits(ids[-8:]))
+
+    scale = np.abs(want).max()
+    for mode, kw in (("full", {}), ("statekv", {"budget": 10_000}), ("window", {"window": 100})):
+        got = question(mode, **kw)
+        assert np.abs(got - want).max() <= 1e-3 * scale, mode
+    assert np.abs(question("statekv", budget=64) - want).max() > 1e-2 * scale
+
+
+PASSKEY_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+
+
+@pytest.mark.parametrize("n_filler,key", [(8, 71829), (45, 40613), (130, 95270)])
+def test_passkey_in_every_mode(gguf_path, n_filler, key):
+    """A 5-digit key in a haystack of about 240, 1,130 and 3,170 tokens (several sliding windows),
+    read as steps of 128 tokens; the question over the detailed cache finds it in every mode,
+    with a window of 2 steps and a budget of 256 too."""
+    tok = tokenizer_from_gguf(gguf_path)
+    at = int(n_filler * 0.3)
+    text = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+            + PASSKEY_FILLER * at + f"The pass key is {key}. Remember it. {key} is the pass key. "
+            + PASSKEY_FILLER * (n_filler - at))
+    ids = tok.encode(text).ids
+    question = tok.encode(" What is the pass key? The pass key is", add_special_tokens=False).ids
+    m = statekv.Model(gguf_path)
+    for mode, kw in (("full", {}), ("window", {"window": 2}), ("statekv", {"budget": 256})):
+        s = m.session(mode, **kw)
+        s.prefill(ids[:32])
+        for i in range(32, len(ids), 128):
+            s.add_step(ids[i:i + 128])
+        answer = tok.decode(list(s.generate(question, 6)))
+        assert str(key) in answer, (mode, len(ids), answer)

@@ -250,7 +250,21 @@ def make_qwen3vl(out_dir: str | os.PathLike, seed: int = 0, tied: bool = True,
     return _save(model, Path(out_dir), "qwen3vl")
 
 
-BUILDERS = {"qwen2": make_qwen2, "qwen3": make_qwen3, "qwen3vl": make_qwen3vl}
+def make_gemma3(out_dir: str | os.PathLike, seed: int = 0, tied: bool = True, **overrides) -> Path:
+    """``Gemma3ForCausalLM``: hidden 64, 7 layers (Gemma 3's pattern: layer 5 global, the others
+    sliding), 4 heads / 2 kv heads, head_dim 16 (query_pre_attn_scalar 16, as llama.cpp's format
+    implies), a sliding window of 8 tokens so that windows cross steps, q/k norms, post-attention
+    and post-FFN norms, tied; with the Qwen2 tokenizer (the converter's tokenizer.json path)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    kw = dict(num_hidden_layers=7, head_dim=16, query_pre_attn_scalar=16, sliding_window=8)
+    kw.update(overrides)
+    cfg = Gemma3TextConfig(**_text_kwargs(tied, **kw))
+    model = _build(Gemma3ForCausalLM, cfg, seed)
+    return _save(model, Path(out_dir), "qwen2")
+
+
+BUILDERS = {"qwen2": make_qwen2, "qwen3": make_qwen3, "qwen3vl": make_qwen3vl, "gemma3": make_gemma3}
 
 
 def make(arch: str, out_dir: str | os.PathLike, seed: int = 0, tied: bool | None = None, **overrides) -> Path:

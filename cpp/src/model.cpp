@@ -231,9 +231,8 @@ const Model::Impl::VisionGraph& Model::Impl::encode(PixelKind kind, const void* 
         // The encoder graph depends only on the input kind and the batch shape: built once per
         // shape, its allocation kept on the vision scheduler.
         vg = VisionGraph();
-        vg.g = std::make_unique<GraphBuilder>(kMaxNodes);
+        vg.g = std::make_unique<GraphBuilder>(kMaxNodes, backend.is_cpu());
         GraphBuilder& g = *vg.g;
-        g.on_cpu = backend.is_cpu();
         ggml_tensor* px = nullptr;
         if (kind == PixelKind::Bytes) {
             vg.input = g.input_late(GGML_TYPE_I32, {static_cast<int64_t>(n_values)}, "pixel_bytes");
@@ -339,7 +338,7 @@ std::vector<float> Model::logits(const Tokens& input) {
     m.validate(input);
     const int64_t n = static_cast<int64_t>(input.ids.size());
     m.check_memory(m.prefill_bytes(n, n, n), "a logits call of " + std::to_string(n) + " tokens");
-    GraphBuilder g(Impl::kMaxNodes);
+    GraphBuilder g(Impl::kMaxNodes, m.backend.is_cpu());
     DecoderInputs in = m.make_inputs(g, input, 0, {});
     CausalSelfAttention attn(m.text->kv_shape().scale(), m.text->hp.sliding_window);
     std::vector<float> out = run_graph(m.sched, g, m.text->build(g, in, attn), m.backend);
@@ -373,7 +372,7 @@ std::vector<int32_t> Model::generate(const Tokens& prompt, int max_tokens, const
     KVCache cache(shape, m.backend, n_total, kv);
     // One decoder batch over the cache: tokens at slots [n_past, ...), logits of `rows`.
     auto batch = [&](const Tokens& part, int n_past, int pos0, const std::vector<int32_t>& rows) {
-        GraphBuilder g(Impl::kMaxNodes);
+        GraphBuilder g(Impl::kMaxNodes, m.backend.is_cpu());
         DecoderInputs in = m.make_inputs(g, part, pos0, rows);
         KVCacheAttention attn(cache, shape.scale(), n_past);
         return run_graph(m.sched, g, m.text->build(g, in, attn), m.backend);
@@ -412,7 +411,7 @@ PromptBenchResult Model::bench_prompt(int n_prompt, int n_depth, int repetitions
             Tokens part;
             const int len = std::min(n_ubatch, n - u);
             for (int i = 0; i < len; ++i) part.ids.push_back(dist(rng));
-            GraphBuilder g(Impl::kMaxNodes);
+            GraphBuilder g(Impl::kMaxNodes, m.backend.is_cpu());
             DecoderInputs in = m.make_inputs(g, part, b + u, {len - 1});
             KVCacheAttention attn(cache, shape.scale(), b + u);
             run_graph(m.sched, g, m.text->build(g, in, attn), m.backend);

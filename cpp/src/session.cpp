@@ -28,21 +28,30 @@ constexpr float kMaxRopeScale = 1e6f;
 
 namespace {
 
-// Writes each layer's keys/values to D, then lets the policy attend.
+// First of the keys a sliding-window layer (window w) still needs when `next` tokens are in D.
+int64_t window_start(int64_t next, int w) { return std::max<int64_t>(0, next - (w - 1)); }
+
+// Writes each layer's keys/values to D, then lets the policy attend. A sliding-window layer sees
+// only the last w tokens in the model itself, so in every mode its carried state is that window,
+// read from D (nothing to score or select): the policies decide for the other layers only.
 class StepAttention final : public LayerAttention {
 public:
-    StepAttention(DetailedCache& d, CachePolicy& policy, const Batch& b, ggml_tensor* slots)
-        : d_(d), policy_(policy), b_(b), slots_(slots) {}
+    StepAttention(DetailedCache& d, CachePolicy& policy, const KVShape& shape, const Batch& b)
+        : d_(d), policy_(policy), shape_(shape), b_(b) {}
     ggml_tensor* attend(GraphBuilder& g, int layer, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v) override {
-        d_.write(g, layer, k, v, slots_);
+        d_.write(g, layer, k, v);
+        if (const int w = shape_.window(layer); w > 0) {
+            return segmented_attention(g, q, d_.view(g, layer, window_start(b_.n_past, w), b_.n_past + b_.n), b_.n_past,
+                                       shape_.scale(), w);
+        }
         return policy_.attend(g, layer, b_, q, k, v);
     }
 
 private:
     DetailedCache& d_;
     CachePolicy& policy_;
+    const KVShape& shape_;
     const Batch& b_;
-    ggml_tensor* slots_;
 };
 
 }  // namespace
@@ -51,12 +60,6 @@ struct Session::Impl {
     Impl(std::shared_ptr<Model::Impl> m, const SessionOptions& o)
         : model(std::move(m)), options(o), shape(model->text->kv_shape()) {
         const auto& hp = model->text->hp;
-        // The cache policies (carried state, window, detailed cache) do not know local layers yet:
-        // refuse rather than attend beyond a layer's window.
-        if (hp.has_sliding_window()) {
-            throw InputError("sessions are not supported yet for models with sliding-window layers (" + hp.arch +
-                             "): use Model.logits / Model.generate");
-        }
         check_cache_policy_options(o);
         if (o.expected_length < 0) throw InputError("expected_length must be >= 0");
         if (o.rope_scale != 0.0f && !(o.rope_scale >= 1.0f && o.rope_scale <= kMaxRopeScale)) {
@@ -152,13 +155,12 @@ struct Session::Impl {
         b.n = static_cast<int64_t>(t.ids.size());
         d->reserve(static_cast<int>(b.n));
         d->begin_graph();
-        GraphBuilder g(Model::Impl::kMaxNodes);
+        GraphBuilder g(Model::Impl::kMaxNodes, model->backend.is_cpu());
         DecoderInputs in = model->make_inputs(g, t, next_pos, {}, device_rows);
         in.no_logits = true;
         in.rope = &rope;
-        ggml_tensor* slots = g.input_i32(d->next_slots(static_cast<int>(b.n)), "d_slots");
         policy->begin(g, b);
-        StepAttention attn(*d, *policy, b, slots);
+        StepAttention attn(*d, *policy, shape, b);
         model->text->build(g, in, attn);
         run_graph(sched, g, nullptr, model->backend);
         d->commit(static_cast<int>(b.n));
@@ -171,13 +173,16 @@ struct Session::Impl {
     std::vector<float> question_batch(const Tokens& t, const KVCache& tail, int n_tail_past, int pos0,
                                       const std::vector<int32_t>& rows) {
         d->begin_graph();
-        GraphBuilder g(Model::Impl::kMaxNodes);
+        GraphBuilder g(Model::Impl::kMaxNodes, model->backend.is_cpu());
         DecoderInputs in = model->make_inputs(g, t, pos0, rows);
         in.rope = &rope;
         // Question and answer tokens attend over all of D plus themselves, kept in a separate
         // tail cache so D and C are never touched.
         KVCacheAttention attn(tail, shape.scale(), n_tail_past, d->size(),
-                              [this](GraphBuilder& gb, int layer) { return d->view(gb, layer, 0, d->size()); });
+                              [this](GraphBuilder& gb, int layer) {
+                                  const int w = shape.window(layer);
+                                  return d->view(gb, layer, w > 0 ? window_start(d->size(), w) : 0, d->size());
+                              });
         std::vector<float> out = run_graph(sched, g, model->text->build(g, in, attn), model->backend);
         model->check_finite(out, source.empty() ? model->path : model->path + " with the session loaded from " + source,
                             "model");
@@ -332,6 +337,16 @@ std::vector<int32_t> Session::carried(int layer, int* n_kept) {
     const int n_layer = impl_->model->text->hp.n_layer;
     if (layer < 0 || layer >= n_layer) {
         throw InputError("layer " + std::to_string(layer) + " is out of range [0, " + std::to_string(n_layer) + ")");
+    }
+    if (const int w = impl_->shape.window(layer); w > 0) {
+        // A sliding-window layer carries the last w - 1 tokens, the same for every KV head.
+        const int64_t n = impl_->d->size(), first = window_start(n, w);
+        std::vector<int32_t> ids;
+        for (int h = 0; h < impl_->shape.n_head_kv; ++h) {
+            for (int64_t i = first; i < n; ++i) ids.push_back(static_cast<int32_t>(i));
+        }
+        *n_kept = static_cast<int>(n - first);
+        return ids;
     }
     return impl_->policy->carried(layer, n_kept);
 }

@@ -7,7 +7,7 @@
 
 namespace statekv {
 
-GraphBuilder::GraphBuilder(size_t max_nodes) {
+GraphBuilder::GraphBuilder(size_t max_nodes, bool on_cpu) : on_cpu(on_cpu) {
     ggml_init_params ip{ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false),
                         nullptr, true};
     ctx_ = ggml_init(ip);

@@ -14,7 +14,8 @@ namespace statekv {
 // A graph under construction plus the host data of its inputs, uploaded after allocation.
 class GraphBuilder {
 public:
-    explicit GraphBuilder(size_t max_nodes = 16384);
+    // `on_cpu`: the graph runs on the CPU backend (see on_cpu below).
+    GraphBuilder(size_t max_nodes, bool on_cpu);
     ~GraphBuilder();
     GraphBuilder(const GraphBuilder&) = delete;
     GraphBuilder& operator=(const GraphBuilder&) = delete;
@@ -42,7 +43,7 @@ public:
 
     // The graph runs on the CPU backend, so statekv's own CPU kernels (ggml custom ops, see
     // graph/exact_activations.h) may be used; other devices get ggml's built-in ops.
-    bool on_cpu = false;
+    const bool on_cpu;
 
 private:
     ggml_context* ctx_ = nullptr;

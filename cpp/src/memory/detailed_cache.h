@@ -2,6 +2,10 @@
 // layer. It grows chunk by chunk; a chunk never moves once allocated, so growing never copies
 // what D holds. Forks share the chunks they have in common (append-only storage): a chunk is
 // written only while a single session owns it.
+//
+// A sliding-window layer (window w) never again reads a key more than w - 1 tokens old, so D
+// keeps only those for it: a ring of w - 1 + (largest batch) slots, token t in slot t % capacity,
+// per sliding layer. The chunks hold the other layers only.
 #pragma once
 
 #include <memory>
@@ -19,12 +23,11 @@ public:
     // Room for n more tokens, all in one writable chunk (a step never straddles chunks).
     void reserve(int n);
     // In-graph write of a batch's keys/values (tokens [size(), size() + n)) for one layer.
-    // Reads through the returned view order themselves after the write.
-    void write(GraphBuilder& g, int layer, ggml_tensor* k, ggml_tensor* v, ggml_tensor* slots);
-    // Slot indices (inside the writable chunk) of the next n tokens, for write().
-    std::vector<int32_t> next_slots(int n) const;
-    // Views of tokens [begin, end) of one layer, chunk by chunk. Tokens written in this graph are
-    // read through their write.
+    // Reads through view() order themselves after the write.
+    void write(GraphBuilder& g, int layer, ggml_tensor* k, ggml_tensor* v);
+    // Views of tokens [begin, end) of one layer, chunk by chunk (or ring run by ring run). Tokens
+    // written in this graph are read through their write. A sliding-window layer holds only the
+    // last w - 1 tokens before the graph: an earlier `begin` is a logic error.
     std::vector<KVSegment> view(GraphBuilder& g, int layer, int64_t begin, int64_t end) const;
     // Host bookkeeping after a graph that wrote n tokens has run.
     void commit(int n);
@@ -32,17 +35,17 @@ public:
     void begin_graph() { written_.assign(written_.size(), {nullptr, nullptr}); }
 
     int64_t size() const { return n_tokens_; }
-    // Bytes one token takes in D (keys and values of every layer).
-    double bytes_per_token() const {
-        return 2.0 * shape_.n_layer * double(ggml_row_size(type_, shape_.row()));
-    }
+    // Bytes one more token takes in D (keys and values of every layer that sees all tokens; the
+    // sliding layers' ring does not grow with the session).
+    double bytes_per_token() const;
     size_t bytes() const;
     ggml_type type() const { return type_; }
     // Shares the chunks; both sides then write only to chunks of their own.
     std::unique_ptr<DetailedCache> fork() const;
 
-    // Session files: tensors d.k.<layer>, d.v.<layer> of shape [head_dim * n_head_kv, size()],
-    // and the chunk layout, which load() rebuilds exactly (same segments, same numbers).
+    // Session files: tensors d.k.<layer>, d.v.<layer> of shape [head_dim * n_head_kv, size()]
+    // (a sliding layer: its last min(size(), w - 1) tokens), and the chunk layout, which load()
+    // rebuilds exactly (same segments, same numbers).
     void save(StateOut& out) const;
     // Into an empty cache.
     void load(const StateIn& in);
@@ -54,7 +57,20 @@ private:
         int used = 0;
     };
     std::shared_ptr<Chunk> new_chunk(int capacity) const;
+    // The sliding layers' ring: room for `capacity` slots, the tokens it holds moved over.
+    void grow_ring(int capacity);
+    // Runs of tokens [begin, end) in the ring: (first token, slot, count).
+    struct RingRun {
+        int64_t token;
+        int64_t slot;
+        int64_t n;
+    };
+    std::vector<RingRun> ring_runs(int64_t begin, int64_t end) const;
+    ggml_tensor* slots_input(GraphBuilder& g, bool ring, int64_t n) const;
     KVShape shape_;
+    std::vector<bool> sliding_;  // per layer: kept in the ring
+    int keep_ = 0;               // tokens before a batch a sliding layer still reads (w - 1)
+    std::unique_ptr<KVStore> ring_;
     const Backend& backend_;
     ggml_type type_;
     int chunk_tokens_;

@@ -21,13 +21,21 @@ void check_kv_type(const KVShape& shape, ggml_type type) {
 }
 
 KVStore::KVStore(const KVShape& shape, const Backend& backend, ggml_type type, int capacity, Layout layout,
-                 bool with_ids, bool clear, const std::string& what)
+                 bool with_ids, bool clear, const std::string& what, const std::vector<bool>& held)
     : shape_(shape), capacity_(capacity) {
     if (capacity <= 0) throw InputError("a K/V store needs a positive capacity, got " + std::to_string(capacity));
     check_kv_type(shape, type);
     ggml_init_params ip{ggml_tensor_overhead() * (3 * size_t(shape.n_layer) + 1), nullptr, true};
     ctx_ = ggml_init(ip);
+    int n_held = 0;
     for (int il = 0; il < shape.n_layer; ++il) {
+        if (!held.empty() && !held[static_cast<size_t>(il)]) {
+            k_.push_back(nullptr);
+            v_.push_back(nullptr);
+            if (with_ids) ids_.push_back(nullptr);
+            continue;
+        }
+        ++n_held;
         if (layout == Layout::TokenMajor) {
             k_.push_back(ggml_new_tensor_2d(ctx_, type, shape.row(), capacity));
             v_.push_back(ggml_new_tensor_2d(ctx_, type, shape.row(), capacity));
@@ -37,6 +45,7 @@ KVStore::KVStore(const KVShape& shape, const Backend& backend, ggml_type type, i
         }
         if (with_ids) ids_.push_back(ggml_new_tensor_3d(ctx_, GGML_TYPE_F32, 1, capacity, shape.n_head_kv));
     }
+    if (n_held == 0) return;  // nothing to store (every layer held elsewhere)
     buffer_ = ggml_backend_alloc_ctx_tensors_from_buft(ctx_, backend.default_buffer_type());
     if (!buffer_) {
         ggml_free(ctx_);
@@ -50,7 +59,7 @@ KVStore::~KVStore() {
     if (ctx_) ggml_free(ctx_);
 }
 
-size_t KVStore::bytes() const { return ggml_backend_buffer_get_size(buffer_); }
+size_t KVStore::bytes() const { return buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0; }
 
 std::pair<ggml_tensor*, ggml_tensor*> KVStore::write(ggml_context* ctx, int layer, ggml_tensor* k, ggml_tensor* v,
                                                      ggml_tensor* slots) const {

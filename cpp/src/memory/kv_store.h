@@ -3,6 +3,7 @@
 // detailed cache and the carried state alike.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -27,6 +28,18 @@ struct KVShape {
     // The attention scale (1 / sqrt(head_dim) unless the family says otherwise).
     float scale() const { return attn_scale > 0.0f ? attn_scale : 1.0f / std::sqrt(static_cast<float>(head_dim)); }
     int window(int layer) const { return windows.empty() ? 0 : windows[static_cast<size_t>(layer)]; }
+    // The most earlier tokens any sliding-window layer still sees (w - 1 for the widest window).
+    int window_keep() const {
+        int keep = 0;
+        for (int w : windows) keep = std::max(keep, w - 1);
+        return keep;
+    }
+    // Layers that see every earlier token (sliding == false) or only their window (true).
+    std::vector<bool> layers(bool sliding) const {
+        std::vector<bool> out(static_cast<size_t>(n_layer));
+        for (int il = 0; il < n_layer; ++il) out[static_cast<size_t>(il)] = (window(il) > 0) == sliding;
+        return out;
+    }
 };
 
 // "f32" | "f16" | "q8_0" | "q4_0" -> ggml type; InputError otherwise.
@@ -43,16 +56,18 @@ class KVStore {
 public:
     enum class Layout { TokenMajor, HeadMajor };
     // `what` completes "out of memory allocating ..." when the device has no room. `clear`: zero
-    // the buffer (slots that are read before they are written).
+    // the buffer (slots that are read before they are written). `held`: the layers stored (empty:
+    // all); the others have no tensors (k(), v(), ids() give null).
     KVStore(const KVShape& shape, const Backend& backend, ggml_type type, int capacity, Layout layout, bool with_ids,
-            bool clear, const std::string& what);
+            bool clear, const std::string& what, const std::vector<bool>& held = {});
     ~KVStore();
     KVStore(const KVStore&) = delete;
     KVStore& operator=(const KVStore&) = delete;
 
     ggml_tensor* k(int layer) const { return k_[layer]; }
     ggml_tensor* v(int layer) const { return v_[layer]; }
-    ggml_tensor* ids(int layer) const { return ids_[layer]; }
+    ggml_tensor* ids(int layer) const { return ids_.empty() ? nullptr : ids_[layer]; }
+    bool holds(int layer) const { return k_[layer] != nullptr; }
     int capacity() const { return capacity_; }
     size_t bytes() const;
 

@@ -14,10 +14,12 @@ namespace statekv {
 namespace {
 
 // Storage of C: per layer keys/values [head_dim, capacity, n_head_kv] and the entry index of
-// each kept token [1, capacity, n_head_kv] (F32: exact up to 2^24 tokens).
+// each kept token [1, capacity, n_head_kv] (F32: exact up to 2^24 tokens). Sliding-window layers
+// carry their window, which D holds: C has no storage for them.
 std::shared_ptr<KVStore> new_carried_state(const KVShape& shape, const Backend& backend, ggml_type type, int capacity) {
     return std::make_shared<KVStore>(shape, backend, type, capacity, KVStore::Layout::HeadMajor, /*with_ids*/ true,
-                                     /*clear*/ true, "the carried state (" + std::to_string(capacity) + " tokens)");
+                                     /*clear*/ true, "the carried state (" + std::to_string(capacity) + " tokens)",
+                                     shape.layers(false));
 }
 
 // First n slots of a [x, capacity, heads] tensor.
@@ -106,6 +108,7 @@ public:
         out.put_int("statekv.carried.n_kept", n_kept_);
         if (n_kept_ == 0) return;
         for (int il = 0; il < shape_.n_layer; ++il) {
+            if (!c_->holds(il)) continue;
             for (ggml_tensor* t : {c_->k(il), c_->v(il), c_->ids(il)}) {
                 // Slots [0, n_kept) of each head.
                 std::vector<StateOut::Piece> pieces;
@@ -120,6 +123,7 @@ public:
         const int64_t n = in.get_int("statekv.carried.n_kept", want, want);
         grow(n);
         for (int il = 0; il < shape_.n_layer && n > 0; ++il) {
+            if (!c_->holds(il)) continue;
             for (ggml_tensor* t : {c_->k(il), c_->v(il), c_->ids(il)}) {
                 const std::string name = name_of(t, il);
                 in.expect_tensor(name, t->type, {t->ne[0], n, t->ne[2]});
@@ -136,6 +140,7 @@ public:
     std::unique_ptr<CachePolicy> fork(const DetailedCache& d) const override {
         auto p = std::make_unique<StateKVPolicy>(shape_, backend_, d, budget_, type_, c_->capacity());
         for (int il = 0; il < shape_.n_layer; ++il) {
+            if (!c_->holds(il)) continue;
             for (auto pair : {std::make_pair(c_->k(il), p->c_->k(il)), std::make_pair(c_->v(il), p->c_->v(il)),
                               std::make_pair(c_->ids(il), p->c_->ids(il))}) {
                 ggml_backend_tensor_copy(pair.first, pair.second);
@@ -156,6 +161,7 @@ private:
         auto bigger = new_carried_state(shape_, backend_, type_, cap);
         std::vector<uint8_t> buf;
         for (int il = 0; il < shape_.n_layer && n_kept_ > 0; ++il) {
+            if (!c_->holds(il)) continue;
             for (auto pair : {std::make_pair(c_->k(il), bigger->k(il)), std::make_pair(c_->v(il), bigger->v(il)),
                               std::make_pair(c_->ids(il), bigger->ids(il))}) {
                 const size_t per_head = static_cast<size_t>(n_kept_) * pair.first->nb[1];

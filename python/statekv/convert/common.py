@@ -55,6 +55,11 @@ class TextFamily:
     skip_prefixes: tuple[str, ...] = ()        # HF tensor names (after renaming) not in the text GGUF
     rename: tuple[tuple[str, str], ...] = ()   # substring replacements applied to HF names
     extra_params: Callable[[Any, dict, dict], None] | None = None  # (writer, hparams, config)
+    # (hparams, config path) -> hparams: the family's defaults filled in and its own checks
+    # (ConversionError naming the file), before anything is written
+    prepare: Callable[[dict, Path], dict] | None = None
+    # (GGUF tensor name, float data) -> the data as llama.cpp stores it
+    transform: Callable[[str, np.ndarray], np.ndarray] | None = None
 
     def gguf_arch(self):
         return _gguf().MODEL_ARCH[self.arch]

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .common import OUTTYPES, ConversionError, TextFamily, _gguf, add_tensor_infos, tensor_qtype, write_gguf_atomically
 from .hf_vocab import has_bytelevel_post_processor, merges_from_hf, read_tokenizer_json, vocab_from_hf
 from .safetensors import SafetensorsIndex
+from ..families.gemma3.convert import TEXT_FAMILY as _GEMMA3_TEXT
 
 __all__ = ["TEXT_ONLY", "text_families", "mmproj_writers", "convert"]
 
@@ -25,6 +26,7 @@ logger = logging.getLogger("statekv.convert")
 TEXT_ONLY: dict[str, TextFamily] = {
     "Qwen2ForCausalLM": TextFamily("QWEN2"),
     "Qwen3ForCausalLM": TextFamily("QWEN3"),
+    "Gemma3ForCausalLM": _GEMMA3_TEXT,
 }
 
 
@@ -248,6 +250,8 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, outtype: str
         raise ConversionError(f"{config_path}: no mmproj writer for {hf_arch!r} yet "
                               f"(available for: {sorted(MMPROJ_WRITERS) or 'none'})")
     h = _text_hparams(config)
+    if family.prepare is not None:
+        h = family.prepare(h, config_path)
     n_layer = _first(h, ["num_hidden_layers", "n_layers", "n_layer", "num_layers"])
     if n_layer is None:
         raise ConversionError(f"{config_path}: 'num_hidden_layers' missing (expected the number of decoder layers)")
@@ -303,7 +307,8 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, outtype: str
             raise ConversionError(f"{hf_dir}: special token {typ} id {tid} is outside the vocabulary ({len(tokens)})")
     special.add_to_gguf(writer, quiet=True)
 
-    write_gguf_atomically(writer, out_path, ((st.load(t.hf_name), t.qtype) for t in plan))
+    transform = family.transform or (lambda name, data: data)
+    write_gguf_atomically(writer, out_path, ((transform(t.gguf_name, st.load(t.hf_name)), t.qtype) for t in plan))
     logger.info("wrote %s (%s, %s, %d tensors)", out_path, arch_name, outtype, len(plan))
 
     if mmproj_out is not None:

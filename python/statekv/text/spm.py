@@ -14,7 +14,7 @@ llama.cpp tokenizes such a vocabulary in three stages (``llama-vocab.cpp``, ``ll
 Stage 3 is a BPE whose merge list is every split of every token into two tokens, ranked by the
 score of the merged token, so ``tokenizers``' BPE with byte fallback runs it. Where transformers'
 GGUF tokenizer differs from llama.cpp (it does not cut user-defined tokens made of spaces, such as
-Gemma's two-space token, out of the raw text), this follows llama.cpp; tests/test_gemma3_vocab.py
+Gemma's two-space token, out of the raw text), this follows llama.cpp; tests/test_gemma3.py
 holds ids produced by llama.cpp's ``llama-tokenize``.
 """
 from __future__ import annotations
