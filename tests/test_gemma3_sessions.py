@@ -158,3 +158,53 @@ def test_long_steps_save_load_fork(gemma, tmp_path):
     sliding_bytes = s.stats()["bytes_detailed"] - global_bytes
     assert 0 < sliding_bytes <= (WINDOW - 1 + max(lengths)) * 2 * len(SLIDING_LAYERS) * row + 4096
     assert s.stats()["bytes_detailed"] < all_layers / 3
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("window,needle", [(0, "attention.sliding_window = 0"), (10**6, "gemma3.attention.sliding_window")])
+def test_bad_sliding_window_is_refused(tiny_gguf, tmp_path, window, needle):
+    from fuzz import gguf_edit as ge
+
+    src = tiny_gguf("gemma3")
+    g = ge.parse(open(src, "rb").read())
+    g.set("gemma3.attention.sliding_window", ge.Value(ge.U32, window))
+    bad = tmp_path / "bad-window.gguf"
+    bad.write_bytes(ge.serialize(g))
+    with pytest.raises(statekv.ModelError) as e:
+        statekv.Model(str(bad), threads=1)
+    assert str(bad) in str(e.value) and needle in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (dict(layer_types=["full_attention"] * 7), "layer_types"),
+    (dict(query_pre_attn_scalar=256), "query_pre_attn_scalar"),
+    (dict(sliding_window=0), "sliding_window = 0"),
+])
+def test_converter_refuses_what_the_format_cannot_express(tiny_hf_dir, tmp_path, edit, needle):
+    import json
+    import shutil
+
+    from statekv.convert import ConversionError, convert
+
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_hf_dir("gemma3"), hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    cfg.update(edit)
+    (hf / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out.gguf"
+    with pytest.raises(ConversionError, match=needle) as e:
+        convert(hf, out, "f32")
+    assert str(hf / "config.json") in str(e.value)
+    assert not out.exists() and not list(tmp_path.glob(".out.gguf*"))
+
+
+def test_converter_refuses_sentencepiece_model_files(tiny_hf_dir, tmp_path):
+    import shutil
+
+    from statekv.convert import ConversionError, convert
+
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_hf_dir("gemma3"), hf)
+    (hf / "tokenizer.model").write_bytes(b"\x0a\x00")
+    with pytest.raises(ConversionError, match="tokenizer.model.*llama.cpp"):
+        convert(hf, tmp_path / "out.gguf", "f32")
