@@ -24,7 +24,7 @@ std::vector<T> to_vector(const py::array& a) {
 
 // Tokens from the Python-side arguments (already shaped by the Python layer).
 Tokens make_tokens(const py::array& ids, const py::object& positions, const py::object& embeddings,
-                   const py::object& rows) {
+                   const py::object& rows, const py::object& blocks = py::none()) {
     Tokens t;
     py::array ids_arr = py::array::ensure(ids);
     if (ids_arr.ndim() != 1) throw InputError("tokens must be a 1-D sequence of token ids");
@@ -54,6 +54,11 @@ Tokens make_tokens(const py::array& ids, const py::object& positions, const py::
         t.embedding_rows = to_vector<int32_t>(r);
     } else if (!rows.is_none()) {
         throw InputError("embedding_rows given without embeddings");
+    }
+    if (!blocks.is_none()) {
+        py::array b = py::array::ensure(blocks);
+        if (!b || b.ndim() != 1) throw InputError("blocks must be a 1-D integer array, one value per token");
+        t.blocks = to_vector<int32_t>(b);
     }
     return t;
 }
@@ -129,11 +134,11 @@ TokenCallback wrap_callback(const py::object& callback) {
 }
 
 // A Session method taking one batch of tokens, as a Python method (ids, positions, embeddings,
-// embedding_rows) that runs without the GIL.
+// embedding_rows, blocks) that runs without the GIL.
 auto feed_tokens(void (Session::*method)(const Tokens&)) {
     return [method](Session& self, const py::array& ids, const py::object& positions, const py::object& embeddings,
-                    const py::object& rows) {
-        Tokens t = make_tokens(ids, positions, embeddings, rows);
+                    const py::object& rows, const py::object& blocks) {
+        Tokens t = make_tokens(ids, positions, embeddings, rows, blocks);
         py::gil_scoped_release release;
         (self.*method)(t);
     };
@@ -190,9 +195,9 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<Session>(m, "Session")
         .def("prefill", feed_tokens(&Session::prefill), py::arg("tokens"), py::arg("positions") = py::none(),
-             py::arg("embeddings") = py::none(), py::arg("embedding_rows") = py::none())
+             py::arg("embeddings") = py::none(), py::arg("embedding_rows") = py::none(), py::arg("blocks") = py::none())
         .def("add_step", feed_tokens(&Session::add_step), py::arg("tokens"), py::arg("positions") = py::none(),
-             py::arg("embeddings") = py::none(), py::arg("embedding_rows") = py::none())
+             py::arg("embeddings") = py::none(), py::arg("embedding_rows") = py::none(), py::arg("blocks") = py::none())
         .def("add_frames",
              [](Session& self, const py::object& pixels, const py::sequence& tokens, const py::sequence& rows,
                 const py::object& positions) {
@@ -307,8 +312,8 @@ PYBIND11_MODULE(_core, m) {
         .def(
             "logits",
             [](Model& self, const py::array& ids, const py::object& positions, const py::object& embeddings,
-               const py::object& rows) {
-                Tokens t = make_tokens(ids, positions, embeddings, rows);
+               const py::object& rows, const py::object& blocks) {
+                Tokens t = make_tokens(ids, positions, embeddings, rows, blocks);
                 std::vector<float> out;
                 {
                     py::gil_scoped_release release;
@@ -320,7 +325,7 @@ PYBIND11_MODULE(_core, m) {
                 return arr;
             },
             py::arg("tokens"), py::arg("positions") = py::none(), py::arg("embeddings") = py::none(),
-            py::arg("embedding_rows") = py::none())
+            py::arg("embedding_rows") = py::none(), py::arg("blocks") = py::none())
         .def(
             "generate",
             [](Model& self, const py::array& ids, int max_tokens, const py::object& positions,

@@ -144,16 +144,20 @@ class StateKVReference:
         q, k = self.apply_rope(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos, sin)
         return q[0], k[0], v.transpose(0, 1)   # (H, n, d), (G, n, d), (G, n, d)
 
-    def _attend(self, a, q, Kc, Vc, Ks, Vs, window=0, ctx_idx=None, start=0):
+    def _attend(self, a, q, Kc, Vc, Ks, Vs, window=0, ctx_idx=None, start=0, blocks=None):
         """Queries q (H, n, d) over context (G, m, d) unmasked + own keys (G, n, d) causal; with
         a sliding ``window``, keys (entry indices ``ctx_idx`` (m,) and start, start+1, ...) more
-        than window - 1 tokens before a query are hidden too.
+        than window - 1 tokens before a query are hidden too; ``blocks`` (n,): own keys in the
+        query's bidirectional block (value > 0) are visible even when later (within the window).
         Returns the attention output (n, H*d) before o_proj and P (H, n, m + n)."""
         n, m = q.shape[1], Kc.shape[1]
         K = torch.cat([Kc, Ks], dim=1).repeat_interleave(self.rep, dim=0)   # = repeat_kv
         V = torch.cat([Vc, Vs], dim=1).repeat_interleave(self.rep, dim=0)
         logits = (q @ K.transpose(1, 2)) * a.scaling
         causal = torch.ones(n, n, dtype=torch.bool).triu(1)
+        if blocks is not None:
+            b = torch.as_tensor(np.asarray(blocks), dtype=torch.int64)
+            causal &= ~((b[:, None] == b[None, :]) & (b[:, None] > 0))
         mask = torch.cat([torch.zeros(n, m, dtype=torch.bool), causal], dim=1)
         if window:
             qi = torch.arange(start, start + n)[:, None]
@@ -163,7 +167,7 @@ class StateKVReference:
         return (P @ V).transpose(0, 1).reshape(n, -1), P
 
     @torch.no_grad()
-    def _run(self, tokens, embeddings, rows, positions, context):
+    def _run(self, tokens, embeddings, rows, positions, context, blocks=None):
         """Run ``tokens`` through every layer; ``context(l)`` = (G, m) indices of D that they see
         unmasked. Returns (hidden after the final norm, new K, new V, key scores per layer)."""
         n = len(tokens)
@@ -184,7 +188,7 @@ class StateKVReference:
             g = torch.arange(self.n_kv)[:, None]
             Kc, Vc = self.K[l][g, idx], self.V[l][g, idx]
             q, k, v = self._qkv(layer, layer.input_layernorm(x), cos, sin)
-            out, P = self._attend(layer.self_attn, q, Kc, Vc, k, v, w, idx[0], start)
+            out, P = self._attend(layer.self_attn, q, Kc, Vc, k, v, w, idx[0], start, blocks)
             o = layer.self_attn.o_proj(out)
             if hasattr(layer, "post_feedforward_layernorm"):   # Gemma 3: norms after attention and FFN too
                 x = x + layer.post_attention_layernorm(o)
@@ -217,7 +221,7 @@ class StateKVReference:
             raise ValueError("positions must continue after the previous ones")
 
     # ----------------------------------------------------------------- the API
-    def prefill(self, tokens, embeddings=None, rows=None, positions=None):
+    def prefill(self, tokens, embeddings=None, rows=None, positions=None, blocks=None):
         """Prefix tokens (before the first step): causal over all of D; into D and into C."""
         if self.steps:
             raise ValueError("prefill after the first step")
@@ -225,17 +229,17 @@ class StateKVReference:
             raise ValueError("prefix longer than the budget")
         self._check_positions(positions)
         start = self.n_tokens
-        _, newK, newV, _, pos = self._run(tokens, embeddings, rows, positions, self._all_of_D)
+        _, newK, newV, _, pos = self._run(tokens, embeddings, rows, positions, self._all_of_D, blocks)
         self._commit(newK, newV, pos)
         new = torch.arange(start, self.n_tokens).expand(self.n_kv, -1)
         self.C = [self._window_of_D(w) if w else torch.cat([c, new], dim=1) for c, w in zip(self.C, self.sliding)]
         self.n_prefix = self.n_tokens
 
-    def add_step(self, tokens, embeddings=None, rows=None, positions=None):
+    def add_step(self, tokens, embeddings=None, rows=None, positions=None, blocks=None):
         """One frame step: attention over [C ; step], then D grows and C is updated."""
         self._check_positions(positions)
         n, start = len(tokens), self.n_tokens
-        _, newK, newV, scores, pos = self._run(tokens, embeddings, rows, positions, lambda l: self.C[l])
+        _, newK, newV, scores, pos = self._run(tokens, embeddings, rows, positions, lambda l: self.C[l], blocks)
         self._commit(newK, newV, pos)
         self.steps.append((start, start + n))
         step_idx = torch.arange(start, start + n).expand(self.n_kv, -1)
@@ -295,10 +299,12 @@ class StateKVReference:
 
 
 @torch.no_grad()
-def plain_logits(hf, tokens, embeddings=None, rows=None, positions=None):
+def plain_logits(hf, tokens, embeddings=None, rows=None, positions=None, blocks=None):
     """transformers' own forward over one whole sequence, logits (n, vocab). ``positions``: None
     (0, 1, ...), (n,) or for Qwen3-VL (3, n); ``embeddings`` (k, hidden) or, for Qwen3-VL,
-    (k, hidden * (1 + n_deepstack)) (DeepStack slices passed as ``deepstack_visual_embeds``)."""
+    (k, hidden * (1 + n_deepstack)) (DeepStack slices passed as ``deepstack_visual_embeds``);
+    ``blocks`` (n,), Gemma 3: bidirectional blocks, masked by transformers' own
+    ``create_masks_for_vision_model`` as Gemma3Model does for image tokens."""
     text, lm_head = _text_parts(hf)
     hidden = text.config.hidden_size
     tok = torch.as_tensor(np.asarray(tokens), dtype=torch.int64)[None]
@@ -318,7 +324,13 @@ def plain_logits(hf, tokens, embeddings=None, rows=None, positions=None):
         p = torch.as_tensor(np.asarray(positions), dtype=torch.int64)
         kw["position_ids"] = p[:, None, :] if p.ndim == 2 else p[None, :]
     # an explicit all-ones mask: otherwise transformers reads position jumps as packed sequences
-    out = text(inputs_embeds=x, attention_mask=torch.ones(tok.shape, dtype=torch.long), use_cache=False, **kw)
+    mask = torch.ones(tok.shape, dtype=torch.long)
+    if blocks is not None:
+        gemma3 = sys.modules[type(text).__module__]
+        b = torch.as_tensor(np.asarray(blocks), dtype=torch.int64)[None]
+        pid = kw.get("position_ids", torch.arange(tok.shape[1])[None])
+        mask = gemma3.create_masks_for_vision_model(text.config, x, mask, None, pid, torch.where(b > 0, b - 1, -1))
+    out = text(inputs_embeds=x, attention_mask=mask, use_cache=False, **kw)
     return lm_head(out.last_hidden_state)[0].numpy()
 
 

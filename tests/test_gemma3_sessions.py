@@ -208,3 +208,90 @@ def test_converter_refuses_sentencepiece_model_files(tiny_hf_dir, tmp_path):
     (hf / "tokenizer.model").write_bytes(b"\x0a\x00")
     with pytest.raises(ConversionError, match="tokenizer.model.*llama.cpp"):
         convert(hf, tmp_path / "out.gguf", "f32")
+
+
+# ----------------------------------------------------------------------------- bidirectional blocks
+def image_steps(hf, n_steps, seed, block_len=12):
+    """Steps shaped like Gemma 3 frames: 2 text tokens, an image block of ``block_len`` embedding
+    rows (longer than the window), 3 text tokens; the block bidirectional."""
+    rng = np.random.default_rng(seed)
+    std = float(hf.model.embed_tokens.weight.detach().std())
+    steps = []
+    for t in range(n_steps):
+        n = block_len + 5
+        rows = np.arange(2, 2 + block_len, dtype=np.int32)
+        blocks = np.zeros(n, dtype=np.int32)
+        blocks[rows] = 1 + t % 3   # any value > 0 names the block
+        steps.append(dict(tokens=rng.integers(0, 150000, n), embeddings=(rng.standard_normal(
+            (block_len, hf.config.hidden_size)) * std * 8).astype(np.float32), embedding_rows=rows, blocks=blocks))
+    return steps
+
+
+def joined(prefix, steps, question):
+    """One sequence of prefix + steps + question for transformers: (tokens, embeddings, rows, blocks),
+    each step's block renumbered so that blocks stay distinct."""
+    toks, embs, rows, blocks, offset = [prefix], [], [], [np.zeros(len(prefix), np.int32)], len(prefix)
+    for i, st in enumerate(steps):
+        toks.append(st["tokens"])
+        embs.append(st["embeddings"])
+        rows.append(st["embedding_rows"] + offset)
+        blocks.append(np.where(st["blocks"] > 0, i + 1, 0).astype(np.int32))
+        offset += len(st["tokens"])
+    toks.append(question)
+    blocks.append(np.zeros(len(question), np.int32))
+    return np.concatenate(toks), np.concatenate(embs), np.concatenate(rows), np.concatenate(blocks)
+
+
+def test_blocks_in_model_logits_equal_transformers(gemma):
+    """Image-like blocks longer than the window: Model.logits equals transformers' forward with
+    the masks Gemma3Model builds for image tokens (bidirectional within an image, windowed)."""
+    model, hf = gemma
+    steps = image_steps(hf, 3, seed=1)
+    prefix, q = np.arange(100, 104), np.arange(200, 206)
+    tokens, emb, rows, blocks = joined(prefix, steps, q)
+    want = plain_logits(hf, tokens, emb, rows, blocks=blocks)
+    got = model.logits(tokens, embeddings=emb, embedding_rows=rows, blocks=blocks)
+    assert rel(got, want) <= TOL
+    causal = plain_logits(hf, tokens, emb, rows)
+    assert rel(causal, want) > 1e-3   # the blocks change the result (not vacuous)
+
+
+@pytest.mark.parametrize("mode,budget,window", [("full", 0, 0), ("statekv", 10_000, 0), ("window", 0, 100),
+                                                ("statekv", 24, 0), ("window", 0, 2)])
+def test_blocks_in_sessions_match_reference(gemma, mode, budget, window):
+    """Steps with a bidirectional image block: every mode matches the reference (selections of
+    the global layer after every step, question logits), and with room for everything the
+    reference and statekv equal transformers' whole-sequence forward."""
+    model, hf = gemma
+    steps = image_steps(hf, 10, seed=2)
+    prefix, q = np.arange(100, 104), np.arange(200, 206)
+    s, ref = make_pair(model, hf, mode, budget=budget or 40, window=window or 16)
+    s.prefill(prefix)
+    ref.prefill(prefix)
+    ties = []
+    for t, st in enumerate(steps):
+        s.add_step(**st)
+        ref.add_step(st["tokens"], st["embeddings"], st["embedding_rows"], None, st["blocks"])
+        check_carried(s, ref, f"{mode}, after step {t}", ties)
+    got, want = s.question_logits(q), ref.question_logits(q)
+    assert rel(got, want) <= TOL, f"{mode}: rel {rel(got, want):.3g}"
+    assert len(ties) <= 2, ties
+    if budget >= 10_000 or window >= 100 or mode == "full":
+        whole = plain_logits(hf, *joined(prefix, steps, q)[:3], blocks=joined(prefix, steps, q)[3])[-len(q):]
+        assert rel(got, whole) <= TOL
+
+
+@pytest.mark.parametrize("blocks,needle", [
+    ([1, 1, 0, 1, 0, 0], "not one contiguous run"),
+    ([1, 1, 0], "one per token"),
+    ([0, -1, 0, 0, 0, 0], "must be >= 0"),
+])
+def test_bad_blocks_are_refused(gemma, blocks, needle):
+    model, _ = gemma
+    with pytest.raises(ValueError, match=needle):
+        model.logits(np.arange(6), blocks=blocks)
+    s = model.session("full")
+    with pytest.raises(ValueError, match=needle):
+        s.add_step(np.arange(6), blocks=blocks)
+    s.add_step(np.arange(6), blocks=[0, 1, 1, 1, 0, 2])   # the session is still usable
+    assert s.n_tokens == 6

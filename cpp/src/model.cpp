@@ -64,7 +64,7 @@ const VisionModel& Model::Impl::require_vision() const {
     return *vision;
 }
 
-void Model::Impl::validate(const Tokens& in, bool rows_on_device) const {
+void Model::Impl::validate(const Tokens& in, bool rows_on_device, bool takes_blocks) const {
     const auto& hp = text->hp;
     const size_t n = in.ids.size();
     if (n == 0) throw InputError("empty token sequence");
@@ -86,6 +86,26 @@ void Model::Impl::validate(const Tokens& in, bool rows_on_device) const {
         }
         for (int32_t p : in.positions) {
             if (p < 0) throw InputError("positions must be non-negative, got " + std::to_string(p));
+        }
+    }
+    if (!in.blocks.empty()) {
+        if (!takes_blocks) {
+            throw InputError("bidirectional blocks are taken by Model.logits and by a session's prefill, add_step and "
+                             "add_frames only (questions and generation are causal)");
+        }
+        if (in.blocks.size() != n) {
+            throw InputError("blocks have " + std::to_string(in.blocks.size()) + " values, expected one per token (" +
+                             std::to_string(n) + ")");
+        }
+        std::set<int32_t> closed;  // blocks that ended: each block is one contiguous run
+        for (size_t i = 0; i < n; ++i) {
+            const int32_t b = in.blocks[i];
+            if (b < 0) throw InputError("blocks must be >= 0 (0: causal), got " + std::to_string(b) + " at index " + std::to_string(i));
+            if (b > 0 && closed.count(b)) {
+                throw InputError("block " + std::to_string(b) + " is not one contiguous run of tokens (again at index " +
+                                 std::to_string(i) + ")");
+            }
+            if (i > 0 && in.blocks[i - 1] > 0 && in.blocks[i - 1] != b) closed.insert(in.blocks[i - 1]);
         }
     }
     const size_t k = in.embedding_rows.size();
@@ -144,6 +164,7 @@ DecoderInputs Model::Impl::make_inputs(GraphBuilder& g, const Tokens& in, int de
     DecoderInputs d;
     d.n_tokens = n;
     d.token_ids = g.input_i32(in.ids, "token_ids");
+    g.set_batch_blocks(in.blocks);
     std::vector<int32_t> pos(n);
     if (in.positions.empty()) {
         std::iota(pos.begin(), pos.end(), default_pos0);
@@ -335,7 +356,7 @@ int Model::n_embd() const { return impl_->text->hp.n_embd; }
 
 std::vector<float> Model::logits(const Tokens& input) {
     Impl& m = *impl_;
-    m.validate(input);
+    m.validate(input, false, true);
     const int64_t n = static_cast<int64_t>(input.ids.size());
     m.check_memory(m.prefill_bytes(n, n, n), "a logits call of " + std::to_string(n) + " tokens");
     GraphBuilder g(Impl::kMaxNodes, m.backend.is_cpu());

@@ -60,7 +60,8 @@ struct Model::Impl {
 
     // Checks a batch against the model (ids, positions, embeddings, rows); InputError if bad.
     // rows_on_device: the visual rows come as DeviceRows (embeddings must be empty).
-    void validate(const Tokens& in, bool rows_on_device = false) const;
+    // takes_blocks: the call computes Tokens::blocks (logits, prefill, steps); others refuse them.
+    void validate(const Tokens& in, bool rows_on_device = false, bool takes_blocks = false) const;
     // Graph inputs for a batch. default_pos0: first position when none are given.
     // output_rows: rows whose logits are wanted (empty: all). device_rows: the batch's visual
     // rows on the device instead of in.embeddings.

@@ -136,7 +136,7 @@ struct Session::Impl {
     // Checks a prefix or step batch entering after n_past tokens at position `next`; returns the
     // position after it.
     int check_batch(const Tokens& t, bool is_step, int64_t n_past, int next, bool rows_on_device) const {
-        model->validate(t, rows_on_device);
+        model->validate(t, rows_on_device, true);
         check_positions(t, next);
         const int last = model->last_position(t, next);
         check_context(last);

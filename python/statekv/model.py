@@ -145,17 +145,21 @@ class Model:
         ``n_embd * (1 + n_deepstack)`` (llama.cpp's layout; pass rows as ``embeddings``)."""
         return self._m.encode_frames(np.ascontiguousarray(pixels, dtype=np.float32))
 
-    def logits(self, tokens: Sequence[int], positions=None, embeddings=None, embedding_rows=None) -> np.ndarray:
+    def logits(self, tokens: Sequence[int], positions=None, embeddings=None, embedding_rows=None,
+               blocks=None) -> np.ndarray:
         """One stateless full-attention prefill of a single sequence.
 
         ``positions``: ``(n,)`` or, for multi-axis RoPE models (``info()["n_position_axes"]`` > 1), ``(3, n)``;
         ``embeddings``: ``(k, n_embd)`` (or ``(k, n_embd * (1 + n_deepstack))`` with DeepStack
         features, llama.cpp's mmproj layout) replacing the token embeddings at
-        ``embedding_rows`` ``(k,)``. Returns float32 ``(len(tokens), n_vocab)``.
+        ``embedding_rows`` ``(k,)``; ``blocks``: ``(n,)`` bidirectional blocks (Gemma 3's images: the
+        tokens sharing a value > 0, one contiguous run, see each other in both directions; 0:
+        causal). Returns float32 ``(len(tokens), n_vocab)``.
         """
         return self._m.logits(_ids(tokens), _optional_array(positions, np.int32, "positions"),
                               _optional_array(embeddings, np.float32, "embeddings"),
-                              _optional_array(embedding_rows, np.int32, "embedding_rows"))
+                              _optional_array(embedding_rows, np.int32, "embedding_rows"),
+                              _optional_array(blocks, np.int32, "blocks"))
 
     def generate(self, tokens: Sequence[int], max_tokens: int, *, positions=None, embeddings=None,
                  embedding_rows=None, kv_type: str = "f16", stop: Sequence[int] = (),
@@ -226,18 +230,22 @@ class Session:
         self.model = model
         self._s = native
 
-    def prefill(self, tokens, embeddings=None, embedding_rows=None, positions=None) -> None:
+    def prefill(self, tokens, embeddings=None, embedding_rows=None, positions=None, blocks=None) -> None:
         """Prefix tokens (before the first step): full causal attention, into D and C."""
         self._s.prefill(_ids(tokens), _optional_array(positions, np.int32, "positions"),
                         _optional_array(embeddings, np.float32, "embeddings"),
-                        _optional_array(embedding_rows, np.int32, "embedding_rows"))
+                        _optional_array(embedding_rows, np.int32, "embedding_rows"),
+                        _optional_array(blocks, np.int32, "blocks"))
 
-    def add_step(self, tokens, embeddings=None, embedding_rows=None, positions=None) -> None:
+    def add_step(self, tokens, embeddings=None, embedding_rows=None, positions=None, blocks=None) -> None:
         """One frame step: its text tokens with the visual rows given as ``embeddings`` at
-        ``embedding_rows``. Costs the same whatever the number of earlier steps (statekv)."""
+        ``embedding_rows``. Costs the same whatever the number of earlier steps (statekv).
+        ``blocks``: bidirectional blocks of the step's tokens, as in :meth:`Model.logits` (a block
+        never spans two steps)."""
         self._s.add_step(_ids(tokens), _optional_array(positions, np.int32, "positions"),
                          _optional_array(embeddings, np.float32, "embeddings"),
-                         _optional_array(embedding_rows, np.int32, "embedding_rows"))
+                         _optional_array(embedding_rows, np.int32, "embedding_rows"),
+                         _optional_array(blocks, np.int32, "blocks"))
 
     def question_logits(self, tokens, positions=None) -> np.ndarray:
         """Logits ``(n, n_vocab)`` of question tokens attending over all of D plus themselves."""

@@ -92,6 +92,11 @@ struct Tokens {
     // the hidden state after decoder layer l).
     std::vector<float> embeddings;
     std::vector<int32_t> embedding_rows;
+    // Bidirectional blocks (Gemma 3's images): empty, or one value per token; the tokens that share
+    // a value > 0 form one contiguous block whose tokens see each other in both directions (within
+    // a sliding layer's window); 0: causal. Taken by Model::logits and by a session's prefill,
+    // add_step and add_frames; a block never spans two batches.
+    std::vector<int32_t> blocks;
 };
 
 struct GenerateOptions {

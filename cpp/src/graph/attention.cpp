@@ -8,24 +8,37 @@
 namespace statekv {
 
 ggml_tensor* causal_mask(GraphBuilder& g, const std::vector<KeyRun>& keys, int64_t q0, int64_t n_q, bool finite,
-                         bool null_if_all_visible, int64_t window) {
+                         bool null_if_all_visible, int64_t window, int64_t batch_first) {
+    const std::vector<int32_t>& blocks = g.batch_blocks();
+    if (batch_first < 0) batch_first = q0;
     int64_t n_kv = 0, last = -1, first = INT64_MAX;
     std::string key = "kq_mask " + std::to_string(q0) + " " + std::to_string(n_q) + " w" + std::to_string(window) +
-                      (finite ? " finite" : "");
+                      (finite ? " finite" : "") + (blocks.empty() ? "" : " b" + std::to_string(batch_first));
     for (const KeyRun& r : keys) {
         n_kv += r.n;
         if (r.n > 0) last = std::max(last, r.begin + r.n - 1), first = std::min(first, r.begin);
         key += " " + std::to_string(r.begin) + ":" + std::to_string(r.n);
     }
     if (null_if_all_visible && last <= q0 && (last < 0 || key_visible(first, q0 + n_q - 1, window))) return nullptr;
+    // Block of the token with index i, 0 outside the batch or when causal.
+    const int64_t n_batch = static_cast<int64_t>(blocks.size());
+    const auto block_of = [&](int64_t i) {
+        return i >= batch_first && i - batch_first < n_batch ? blocks[static_cast<size_t>(i - batch_first)] : 0;
+    };
     return g.shared_input(key, [&] {
         const uint16_t visible = ggml_fp32_to_fp16(0.0f);
         const uint16_t hidden = ggml_fp32_to_fp16(finite ? -65504.0f : -INFINITY);
         std::vector<uint16_t> m(static_cast<size_t>(n_kv * n_q));
         for (int64_t i = 0; i < n_q; ++i) {
             uint16_t* row = &m[static_cast<size_t>(i * n_kv)];
+            const int64_t q = q0 + i;
+            const int32_t qb = block_of(q);
             for (const KeyRun& r : keys) {
-                for (int64_t t = 0; t < r.n; ++t) *row++ = key_visible(r.begin + t, q0 + i, window) ? visible : hidden;
+                for (int64_t t = 0; t < r.n; ++t) {
+                    const int64_t k = r.begin + t;
+                    const bool same_block = qb > 0 && block_of(k) == qb && (window <= 0 || q - k < window);
+                    *row++ = key_visible(k, q, window) || same_block ? visible : hidden;
+                }
             }
         }
         return g.input(GGML_TYPE_F16, {n_kv, n_q}, m.data(), "kq_mask");
@@ -115,7 +128,7 @@ ScoredAttention scored_attention(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k
         const int64_t nt = std::min(tile, n_q - i0);
         // Query i (0-based in the step) sees the n_visible carried keys and step keys 0..i: keys
         // numbered 0.. in order, the tile's queries numbered from n_visible + i0.
-        ggml_tensor* mask = causal_mask(g, {{0, n_kv}}, n_visible + i0, nt);
+        ggml_tensor* mask = causal_mask(g, {{0, n_kv}}, n_visible + i0, nt, false, false, 0, n_visible);
         ggml_tensor* qt = ggml_view_3d(ctx, q, d, H, nt, q->nb[1], q->nb[2], i0 * q->nb[2]);
         // The output comes from the fused kernel (one pass, no probability matrix); the explicit
         // probabilities below exist only to be reduced into the key scores.

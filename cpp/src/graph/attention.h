@@ -43,12 +43,15 @@ inline bool key_visible(int64_t key, int64_t query, int64_t window) {
 }
 
 // The one mask builder: an F16 graph input [n_kv, n_q] for keys laid out as `keys`, where query i
-// (absolute index q0 + i) sees a key iff key_visible(key index, q0 + i, window). Hidden entries get
+// (absolute index q0 + i) sees a key iff key_visible(key index, q0 + i, window), or, when the graph's
+// batch has bidirectional blocks (GraphBuilder::batch_blocks; its first token has index
+// `batch_first`, -1: q0), the key is in the query's block and within the window. Hidden entries get
 // -inf, or -65504 with `finite` (rows that see nothing of a segment stay NaN-free when segments
 // are merged by log-sum-exp). Built and uploaded once per graph for each distinct argument set,
 // whatever the number of layers asking. With `null_if_all_visible`, nullptr when nothing is hidden.
 ggml_tensor* causal_mask(GraphBuilder& g, const std::vector<KeyRun>& keys, int64_t q0, int64_t n_q,
-                         bool finite = false, bool null_if_all_visible = false, int64_t window = 0);
+                         bool finite = false, bool null_if_all_visible = false, int64_t window = 0,
+                         int64_t batch_first = -1);
 
 // Causal attention of the graph's tokens over themselves (stateless logits).
 class CausalSelfAttention final : public LayerAttention {

@@ -41,11 +41,17 @@ public:
 
     void expand(ggml_tensor* t) { ggml_build_forward_expand(gf_, t); }
 
+    // The bidirectional blocks of the batch this graph computes (Tokens::blocks; empty: causal),
+    // read by the mask builder.
+    void set_batch_blocks(std::vector<int32_t> blocks) { batch_blocks_ = std::move(blocks); }
+    const std::vector<int32_t>& batch_blocks() const { return batch_blocks_; }
+
     // The graph runs on the CPU backend, so statekv's own CPU kernels (ggml custom ops, see
     // graph/exact_activations.h) may be used; other devices get ggml's built-in ops.
     const bool on_cpu;
 
 private:
+    std::vector<int32_t> batch_blocks_;
     ggml_context* ctx_ = nullptr;
     ggml_cgraph* gf_ = nullptr;
     struct PendingInput {
