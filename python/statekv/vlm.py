@@ -219,7 +219,8 @@ class VideoChat:
                 raise ValueError(f"{self.vlm.model.mmproj}: the encoder gave {len(rows)} visual rows per step, the "
                                  f"{self.layout.family} layout expected {len(step.rows)}")
             start = session.n_tokens
-            session.add_step(step.ids, embeddings=rows, embedding_rows=step.rows, positions=step.positions)
+            session.add_step(step.ids, embeddings=rows, embedding_rows=step.rows, positions=step.positions,
+                             blocks=step.blocks)
             if on_added is not None:
                 self.step_token_starts.append(start)
                 on_added(step)

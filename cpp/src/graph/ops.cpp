@@ -39,6 +39,17 @@ ggml_tensor* flash_attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, 
     return ggml_reshape_2d(ctx, out, out->ne[0] * out->ne[1], out->ne[2]);
 }
 
+ggml_tensor* patch_embedding(ggml_context* ctx, ggml_tensor* pixels, ggml_tensor* kernel, ggml_tensor* bias, int patch) {
+    const int64_t C = kernel->ne[3], n = pixels->ne[3];
+    ggml_tensor* cols = ggml_im2col(ctx, kernel, pixels, patch, patch, 0, 0, 1, 1, true, GGML_TYPE_F32);
+    const int64_t n_patches = cols->ne[1] * cols->ne[2];
+    cols = ggml_reshape_2d(ctx, cols, cols->ne[0], n_patches * cols->ne[3]);
+    ggml_tensor* w = ggml_reshape_2d(ctx, kernel, kernel->ne[0] * kernel->ne[1] * kernel->ne[2], C);
+    ggml_tensor* x = ggml_mul_mat(ctx, w, cols);
+    if (bias) x = ggml_add(ctx, x, bias);
+    return ggml_reshape_3d(ctx, x, C, n_patches, n);
+}
+
 ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, float eps) {
     ggml_tensor* y = ggml_norm(ctx, x, eps);
     if (w) y = ggml_mul(ctx, y, w);

@@ -45,6 +45,10 @@ ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_
 // Returns [d * n_head, n_tokens * n_seq].
 ggml_tensor* vision_attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, float scale);
 
+// Non-overlapping P x P patches of pixels [W, H, 3, n] through a conv kernel [P, P, 3, C] (+ bias
+// [C]) as im2col + one matrix product: [C, (W/P) * (H/P), n], patches row-major.
+ggml_tensor* patch_embedding(ggml_context* ctx, ggml_tensor* pixels, ggml_tensor* kernel, ggml_tensor* bias, int patch);
+
 // Rows `rows` of x [n, m] replaced by src [n, k].
 ggml_tensor* scatter_rows(ggml_context* ctx, ggml_tensor* x, ggml_tensor* src, ggml_tensor* rows);
 // x with src added at rows `rows`.

@@ -137,12 +137,7 @@ public:
         ggml_context* ctx = g.ctx();
         const int64_t C = n_embd_, D = n_embd_ / n_head_, G = grid_, Np = G * G, T = Np + 1;
 
-        // Patch embedding as im2col + one matrix product: [C, Np * n], patches row-major.
-        ggml_tensor* cols = ggml_im2col(ctx, patch_w_, pixels, patch_size, patch_size, 0, 0, 1, 1, true, GGML_TYPE_F32);
-        cols = ggml_reshape_2d(ctx, cols, cols->ne[0], cols->ne[1] * cols->ne[2] * cols->ne[3]);
-        ggml_tensor* kernel = ggml_reshape_2d(ctx, patch_w_, patch_w_->ne[0] * patch_w_->ne[1] * patch_w_->ne[2], C);
-        ggml_tensor* x = ggml_add(ctx, ggml_mul_mat(ctx, kernel, cols), patch_b_);
-        x = ggml_reshape_3d(ctx, x, C, Np, n);
+        ggml_tensor* x = patch_embedding(ctx, pixels, patch_w_, patch_b_, patch_size);  // [C, Np, n]
 
         // [CLS ; patches] per frame, plus the position table.
         ggml_tensor* cls = ggml_reshape_3d(ctx, as_f32(ctx, cls_), C, 1, 1);

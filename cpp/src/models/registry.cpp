@@ -12,6 +12,7 @@ std::unique_ptr<TextModel> make_qwen3vl(const GgufFile& file, WeightStore& weigh
 std::unique_ptr<TextModel> make_gemma3(const GgufFile& file, WeightStore& weights);
 std::unique_ptr<VisionModel> make_internvl_vision(const GgufFile& file, WeightStore& weights);
 std::unique_ptr<VisionModel> make_qwen3vl_vision(const GgufFile& file, WeightStore& weights);
+std::unique_ptr<VisionModel> make_gemma3_vision(const GgufFile& file, WeightStore& weights);
 
 namespace {
 
@@ -38,6 +39,8 @@ const VisionFamily kVisionFamilies[] = {
     {"qwen3vl_merger", make_qwen3vl_vision, {"qwen3vl"}},
     // InternVL3 pairs with Qwen2.5, InternVL3.5 with Qwen3.
     {"internvl", make_internvl_vision, {"qwen2", "qwen3"}},
+    // Gemma 3's SigLIP with its own decoder.
+    {"gemma3", make_gemma3_vision, {"gemma3"}},
 };
 
 const VisionFamily* vision_family(const std::string& projector) {

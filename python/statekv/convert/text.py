@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .common import OUTTYPES, ConversionError, TextFamily, _gguf, add_tensor_infos, tensor_qtype, write_gguf_atomically
 from .hf_vocab import has_bytelevel_post_processor, merges_from_hf, read_tokenizer_json, vocab_from_hf
 from .safetensors import SafetensorsIndex
-from ..families.gemma3.convert import TEXT_FAMILY as _GEMMA3_TEXT
+from ..families.gemma3.convert import CAUSAL_LM_FAMILY as _GEMMA3_CAUSAL_LM
 
 __all__ = ["TEXT_ONLY", "text_families", "mmproj_writers", "convert"]
 
@@ -26,7 +26,7 @@ logger = logging.getLogger("statekv.convert")
 TEXT_ONLY: dict[str, TextFamily] = {
     "Qwen2ForCausalLM": TextFamily("QWEN2"),
     "Qwen3ForCausalLM": TextFamily("QWEN3"),
-    "Gemma3ForCausalLM": _GEMMA3_TEXT,
+    "Gemma3ForCausalLM": _GEMMA3_CAUSAL_LM,
 }
 
 

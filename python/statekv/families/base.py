@@ -76,8 +76,9 @@ class PlannedStep:
     """One frame step ready for the session: ``ids`` (the step's tokens), ``rows`` (where, in
     ``ids``, the encoder's rows go), ``positions`` (None, or ``(3, len(ids))`` for M-RoPE),
     ``pixels`` (the step's preprocessed frames, ``(frames_per_step, 3, h, w)``: one encoder
-    patch), ``frames`` (the Frame objects it shows) and ``after`` (the layout's state once the
-    step is in the session, applied by :meth:`Layout.commit`)."""
+    patch), ``frames`` (the Frame objects it shows), ``after`` (the layout's state once the
+    step is in the session, applied by :meth:`Layout.commit`) and ``blocks`` (None, or the step's
+    bidirectional blocks for ``Session.add_step``: Gemma 3's image tokens)."""
 
     ids: Any
     rows: np.ndarray
@@ -85,6 +86,7 @@ class PlannedStep:
     pixels: np.ndarray
     frames: list
     after: dict
+    blocks: Optional[np.ndarray] = None
 
 
 class Layout(Protocol):

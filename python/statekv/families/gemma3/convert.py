@@ -1,4 +1,7 @@
-"""``Gemma3ForCausalLM`` -> llama.cpp's ``gemma3`` text GGUF, as llama.cpp's converter writes it.
+"""Gemma 3 -> llama.cpp's ``gemma3`` text GGUF and ``gemma3`` mmproj, as llama.cpp's converter
+writes them: ``Gemma3ForCausalLM`` (text only, :data:`CAUSAL_LM_FAMILY`) and
+``Gemma3ForConditionalGeneration`` (its language model, :data:`TEXT_FAMILY`, and its vision tower
+and projector, :func:`write_mmproj`).
 
 Facts (from llama.cpp's ``Gemma3Model`` converter and its gemma3 loader, checked against
 transformers' ``modeling_gemma3.py``):
@@ -19,13 +22,22 @@ convert such checkpoints with llama.cpp's ``convert_hf_to_gguf.py``, whose files
 """
 from __future__ import annotations
 
+import logging
+import math
+import os
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ...convert.common import ConversionError, TextFamily
+from ...convert.common import (OUTTYPES, ConversionError, TextFamily, _gguf, add_clip_vision_keys, add_tensor_infos,
+                               read_image_mean_std, tensor_qtype, write_gguf_atomically)
+from ...convert.safetensors import SafetensorsIndex
 
-__all__ = ["TEXT_FAMILY"]
+logger = logging.getLogger("statekv.convert")
+
+__all__ = ["CAUSAL_LM_FAMILY", "TEXT_FAMILY", "write_mmproj"]
 
 # Gemma3TextConfig's defaults for keys a config.json may leave out (llama.cpp's converter uses
 # the same ones).
@@ -91,4 +103,172 @@ def _shift_norms(name: str, data: np.ndarray) -> np.ndarray:
     return data + 1.0 if name.endswith("norm.weight") else data
 
 
-TEXT_FAMILY = TextFamily("GEMMA3", extra_params=_extra_params, prepare=_prepare, transform=_shift_norms)
+CAUSAL_LM_FAMILY = TextFamily("GEMMA3", extra_params=_extra_params, prepare=_prepare, transform=_shift_norms)
+
+# Gemma3ForConditionalGeneration: the language model saved as "model.language_model.*" (older
+# checkpoints: "language_model.model.*"); the vision tensors go to the mmproj.
+TEXT_FAMILY = TextFamily(
+    "GEMMA3",
+    rename=(("model.language_model.", "model."), ("language_model.model.", "model."),
+            ("language_model.lm_head.", "lm_head.")),
+    skip_prefixes=("model.vision_tower.", "model.multi_modal_projector.", "vision_tower.", "multi_modal_projector."),
+    extra_params=_extra_params, prepare=_prepare, transform=_shift_norms)
+
+
+# --------------------------------------------------------------------------------------------
+# The mmproj: SigLIP tower + Gemma 3's projector
+# --------------------------------------------------------------------------------------------
+#   transformers name (after "model." and "vision_tower[.vision_model]." are stripped)  GGUF name
+#   embeddings.patch_embedding.{weight,bias}          v.patch_embd.{weight,bias}
+#   embeddings.position_embedding.weight              v.position_embd.weight
+#   encoder.layers.N.layer_norm1 / layer_norm2        v.blk.N.ln1 / ln2.{weight,bias}
+#   encoder.layers.N.self_attn.{q,k,v}_proj           v.blk.N.attn_{q,k,v}.{weight,bias}
+#   encoder.layers.N.self_attn.out_proj               v.blk.N.attn_out.{weight,bias}
+#   encoder.layers.N.mlp.fc1 / fc2                    v.blk.N.ffn_up / ffn_down.{weight,bias}
+#   post_layernorm                                    v.post_ln.{weight,bias}
+#   multi_modal_projector.mm_input_projection_weight  mm.input_projection.weight  (kept as [C, E])
+#   multi_modal_projector.mm_soft_emb_norm.weight     mm.soft_emb_norm.weight     (+1, Gemma's RMSNorm)
+# The SigLIP pooling head (head.*) is not used by Gemma 3 and not written. Types as llama.cpp's
+# converter: the embeddings F32, the input projection F16 (f32 output: F32), others by the
+# shared rules.
+_LAYER = {"layer_norm1": "ln1", "layer_norm2": "ln2", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+          "self_attn.v_proj": "attn_v", "self_attn.out_proj": "attn_out", "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down"}
+_FIXED = {"embeddings.patch_embedding.weight": "v.patch_embd.weight",
+          "embeddings.patch_embedding.bias": "v.patch_embd.bias",
+          "embeddings.position_embedding.weight": "v.position_embd.weight",
+          "post_layernorm.weight": "v.post_ln.weight", "post_layernorm.bias": "v.post_ln.bias"}
+_PROJECTOR = {"mm_input_projection_weight": "mm.input_projection.weight",
+              "mm_soft_emb_norm.weight": "mm.soft_emb_norm.weight"}
+_LAYER_RE = re.compile(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def hf_to_gguf_name(name: str) -> str | None:
+    """The mmproj name of a checkpoint tensor; None for text tensors and the unused head."""
+    n = name[len("model."):] if name.startswith("model.") else name
+    if n.startswith("multi_modal_projector."):
+        return _PROJECTOR.get(n[len("multi_modal_projector."):], "")
+    if not n.startswith("vision_tower."):
+        return None
+    n = n[len("vision_tower."):]
+    if n.startswith("vision_model."):
+        n = n[len("vision_model."):]
+    if n.startswith("head."):
+        return None
+    if n in _FIXED:
+        return _FIXED[n]
+    m = _LAYER_RE.match(n)
+    if m and m.group(2) in _LAYER:
+        return f"v.blk.{m.group(1)}.{_LAYER[m.group(2)]}.{m.group(3)}"
+    return ""  # a vision tensor with no GGUF name
+
+
+class _Hparams:
+    """The vision hyper-parameters llama.cpp writes, from a Gemma3Config."""
+
+    def __init__(self, config: dict, where: str):
+        vc, tc = config.get("vision_config"), config.get("text_config") or {}
+        if not isinstance(vc, dict):
+            raise ConversionError(f"{where}: 'vision_config' missing (expected a Gemma3Config)")
+        # SiglipVisionConfig's defaults where the file leaves them out
+        self.image_size = int(vc.get("image_size", 224))
+        self.patch_size = int(vc.get("patch_size", 16))
+        self.n_embd = int(vc.get("hidden_size", 768))
+        self.n_ff = int(vc.get("intermediate_size", 3072))
+        self.n_layer = int(vc.get("num_hidden_layers", 12))
+        self.n_head = int(vc.get("num_attention_heads", 12))
+        self.eps = float(vc.get("layer_norm_eps", 1e-6))
+        self.n_embd_text = int(tc.get("hidden_size", 2304))
+        act = vc.get("hidden_act", "gelu_pytorch_tanh")
+        if act != "gelu_pytorch_tanh":
+            raise ConversionError(f"{where}: vision_config.hidden_act {act!r}, expected 'gelu_pytorch_tanh'")
+        tokens = int(config.get("mm_tokens_per_image", 256))
+        side, grid = math.isqrt(tokens), self.image_size // self.patch_size
+        if side * side != tokens or self.image_size % self.patch_size or grid % side:
+            raise ConversionError(f"{where}: mm_tokens_per_image {tokens} is not a square that divides the "
+                                  f"{grid} x {grid} patch grid")
+        self.pool = grid // side
+
+    def write(self, writer: Any, mean, std) -> None:
+        add_clip_vision_keys(writer, projection_dim=self.n_embd_text, image_size=self.image_size,
+                             patch_size=self.patch_size, width=self.n_embd, ff=self.n_ff, blocks=self.n_layer,
+                             heads=self.n_head, mean=mean, std=std, projector=_gguf().VisionProjectorType.GEMMA3,
+                             eps=self.eps)
+        if self.pool != 4:   # llama.cpp's default; written only otherwise, as its converter does
+            writer.add_vision_projector_scale_factor(self.pool)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        C, F, E, P = self.n_embd, self.n_ff, self.n_embd_text, self.patch_size
+        out = {"v.patch_embd.weight": (C, 3, P, P), "v.patch_embd.bias": (C,),
+               "v.position_embd.weight": ((self.image_size // P) ** 2, C),
+               "v.post_ln.weight": (C,), "v.post_ln.bias": (C,),
+               "mm.input_projection.weight": (C, E), "mm.soft_emb_norm.weight": (C,)}
+        for i in range(self.n_layer):
+            for t, shape in (("ln1", (C,)), ("ln2", (C,)), ("attn_q", (C, C)), ("attn_k", (C, C)),
+                             ("attn_v", (C, C)), ("attn_out", (C, C)), ("ffn_up", (F, C)), ("ffn_down", (C, F))):
+                out[f"v.blk.{i}.{t}.weight"] = shape
+                out[f"v.blk.{i}.{t}.bias"] = (shape[0],)
+        return out
+
+
+def _qtype(name: str, shape: tuple[int, ...], outtype: str):
+    Q = _gguf().GGMLQuantizationType
+    if name in ("v.patch_embd.weight", "v.position_embd.weight"):
+        return Q.F32
+    if name == "mm.input_projection.weight":
+        return Q.F32 if outtype == "f32" else Q.F16
+    return tensor_qtype(name, shape, Q[OUTTYPES[outtype][0]])
+
+
+def write_mmproj(hf_dir: str | os.PathLike, config: dict, st: SafetensorsIndex, out_path: str | os.PathLike,
+                 outtype: str) -> Path:
+    """Write the ``gemma3`` mmproj of a ``Gemma3ForConditionalGeneration`` checkpoint.
+    ``outtype``: ``f32``, ``f16``, ``bf16`` or ``q8_0`` (already resolved from ``auto``)."""
+    gguf = _gguf()
+    hf_dir, out_path = Path(hf_dir), Path(out_path)
+    where = str(hf_dir / "config.json")
+    if outtype not in OUTTYPES:
+        raise ValueError(f"outtype {outtype!r} is not supported (expected one of {sorted(OUTTYPES)})")
+    hp = _Hparams(config, where)
+    mean, std = read_image_mean_std(hf_dir, default=((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
+    want = hp.shapes()
+    sources: dict[str, str] = {}
+    for hf_name in st.names():
+        gname = hf_to_gguf_name(hf_name)
+        if gname is None:
+            continue
+        if gname == "" or gname not in want:
+            raise ConversionError(f"{st.entries[hf_name].file}: vision tensor {hf_name!r} has no place in "
+                                  "llama.cpp's gemma3 mmproj (unexpected for this configuration)")
+        if gname in sources:
+            raise ConversionError(f"{st.entries[hf_name].file}: tensors {sources[gname]!r} and {hf_name!r} "
+                                  f"both map to {gname!r}")
+        got = st.shape(hf_name)
+        if math.prod(got) != math.prod(want[gname]) or \
+                tuple(x for x in got if x != 1) != tuple(x for x in want[gname] if x != 1):
+            raise ConversionError(f"{st.entries[hf_name].file}: tensor {hf_name!r} has shape {list(got)}, "
+                                  f"expected {list(want[gname])}")
+        sources[gname] = hf_name
+    missing = sorted(set(want) - set(sources))
+    if missing:
+        raise ConversionError(f"{hf_dir}: vision tensors missing for {missing[:4]} (expected a "
+                              "Gemma3ForConditionalGeneration checkpoint)")
+    plan = [(name, want[name], _qtype(name, want[name], outtype)) for name in want]
+
+    writer = gguf.GGUFWriter(path=None, arch="clip")
+    writer.add_type(gguf.GGUFType.MMPROJ)
+    meta = gguf.Metadata.load(None, hf_dir, None, sum(math.prod(s) for _, s, _ in plan))
+    if meta.name is None:
+        meta.name = hf_dir.name
+    meta.set_gguf_meta_model(writer)
+    writer.add_file_type(int(gguf.LlamaFileType[OUTTYPES[outtype][1]]))
+    hp.write(writer, mean, std)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    add_tensor_infos(writer, plan)
+
+    def data(name: str, shape) -> np.ndarray:
+        x = np.asarray(st.load(sources[name]), dtype=np.float32).reshape(shape)
+        return x + 1.0 if name == "mm.soft_emb_norm.weight" else x
+
+    write_gguf_atomically(writer, out_path, ((data(name, shape), qtype) for name, shape, qtype in plan))
+    logger.info("wrote %s (clip/gemma3, %s, %d tensors)", out_path, outtype, len(plan))
+    return out_path

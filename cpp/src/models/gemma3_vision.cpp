@@ -1,0 +1,169 @@
+// Gemma 3 vision: the SigLIP tower and Gemma 3's projector, as llama.cpp's mmproj stores them
+// (clip.projector_type "gemma3", written by llama.cpp's converter from transformers'
+// Gemma3ForConditionalGeneration; statekv's converter writes the same layout).
+//
+// Computation (transformers' Gemma3Model.get_image_features, one image per frame):
+//   P x P patch embedding (conv with bias) + learned position table (no CLS) -> pre-norm blocks:
+//   x += attn(ln1(x)); x += mlp(ln2(x)), attention non-causal with q/k/v/out biases, MLP fc1 ->
+//   GELU (tanh) -> fc2 -> post LayerNorm -> the G x G patch grid average-pooled k x k (k = G / 16
+//   for 896 px / patch 14: 256 rows) -> RMSNorm (weight stored with Gemma's +1 added) -> times the
+//   input projection [C, E] (no bias).
+// Norm epsilon: clip.vision.attention.layer_norm_epsilon for the tower's LayerNorms and the
+// projector's RMSNorm, as both llama.cpp and transformers use.
+//
+// Tensors (ggml shapes; C = vision width, F = MLP width, N = (image/patch)^2, E = text width):
+//   v.patch_embd.weight [P, P, 3, C], v.patch_embd.bias [C], v.position_embd.weight [C, N];
+//   v.blk.L.ln1.{weight,bias} [C], v.blk.L.ln2.{weight,bias} [C];
+//   v.blk.L.attn_{q,k,v,out}.{weight [C, C], bias [C]};
+//   v.blk.L.ffn_up.{weight [C, F], bias [F]}, v.blk.L.ffn_down.{weight [F, C], bias [C]};
+//   v.post_ln.{weight,bias} [C]; mm.soft_emb_norm.weight [C]; mm.input_projection.weight [E, C].
+// Metadata: clip.vision.{image_size, patch_size, embedding_length, feed_forward_length,
+// block_count, attention.head_count, attention.layer_norm_epsilon, image_mean, image_std,
+// projection_dim (optional, checked)}, clip.vision.projector.scale_factor (the pooling kernel;
+// absent: 4, llama.cpp's default for every Gemma 3).
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "graph/exact_activations.h"
+#include "models/vision_model.h"
+
+namespace statekv {
+
+namespace {
+
+constexpr int64_t kMaxImage = 1 << 14;
+constexpr int64_t kMaxWidth = int64_t(1) << 20;
+
+class Gemma3Vision final : public VisionModel {
+public:
+    Gemma3Vision(const GgufFile& f, WeightStore& w) {
+        // Ranges first, before anything is sized from them.
+        image_size = static_cast<int>(f.get_int("clip.vision.image_size", 1, kMaxImage));
+        patch_size = static_cast<int>(f.get_int("clip.vision.patch_size", 1, kMaxImage));
+        n_embd_ = static_cast<int>(f.get_int("clip.vision.embedding_length", 1, kMaxWidth));
+        n_ff_ = static_cast<int>(f.get_int("clip.vision.feed_forward_length", 1, kMaxWidth));
+        n_layer_ = static_cast<int>(f.get_int("clip.vision.block_count", 1, f.layers_with_prefix("v.blk.")));
+        n_head_ = static_cast<int>(f.get_int("clip.vision.attention.head_count", 1, n_embd_));
+        eps_ = f.get_positive_f32_or("clip.vision.attention.layer_norm_epsilon", 1e-6f, 1.0f);
+        pool_ = static_cast<int>(f.get_int_or("clip.vision.projector.scale_factor", 4, 1, kMaxImage));
+        read_pixel_normalization(f, ByteRescale::F32);
+        if (f.get_bool_or("clip.use_silu", false)) f.fail("clip.use_silu is set: Gemma 3's SigLIP uses GELU (clip.use_gelu)");
+        if (n_embd_ % n_head_ != 0) {
+            f.fail("clip.vision.embedding_length " + std::to_string(n_embd_) + " is not a multiple of "
+                   "clip.vision.attention.head_count " + std::to_string(n_head_));
+        }
+        if (image_size % patch_size != 0 || (image_size / patch_size) % pool_ != 0) {
+            f.fail("clip.vision.image_size " + std::to_string(image_size) + " must be a multiple of patch_size " +
+                   std::to_string(patch_size) + " x projector.scale_factor " + std::to_string(pool_));
+        }
+        grid_ = image_size / patch_size;
+        size_multiple = image_size;
+
+        const int64_t C = n_embd_, F = n_ff_, P = patch_size, N = int64_t(grid_) * grid_;
+        patch_w_ = w.require("v.patch_embd.weight", {P, P, 3, C}, TensorRole::ConvKernel);
+        patch_b_ = w.require("v.patch_embd.bias", {C}, TensorRole::Float);
+        pos_ = w.require("v.position_embd.weight", {C, N}, TensorRole::Float);
+        layers_.resize(n_layer_);
+        for (int il = 0; il < n_layer_; ++il) {
+            Layer& L = layers_[il];
+            const std::string p = "v.blk." + std::to_string(il) + ".";
+            L.ln1_w = w.require(p + "ln1.weight", {C}, TensorRole::Float);
+            L.ln1_b = w.require(p + "ln1.bias", {C}, TensorRole::Float);
+            L.ln2_w = w.require(p + "ln2.weight", {C}, TensorRole::Float);
+            L.ln2_b = w.require(p + "ln2.bias", {C}, TensorRole::Float);
+            L.wq = w.require(p + "attn_q.weight", {C, C});
+            L.wk = w.require(p + "attn_k.weight", {C, C});
+            L.wv = w.require(p + "attn_v.weight", {C, C});
+            L.bq = w.require(p + "attn_q.bias", {C}, TensorRole::Float);
+            L.bk = w.require(p + "attn_k.bias", {C}, TensorRole::Float);
+            L.bv = w.require(p + "attn_v.bias", {C}, TensorRole::Float);
+            L.wo = w.require(p + "attn_out.weight", {C, C});
+            L.bo = w.require(p + "attn_out.bias", {C}, TensorRole::Float);
+            L.up_w = w.require(p + "ffn_up.weight", {C, F});
+            L.up_b = w.require(p + "ffn_up.bias", {F}, TensorRole::Float);
+            L.down_w = w.require(p + "ffn_down.weight", {F, C});
+            L.down_b = w.require(p + "ffn_down.bias", {C}, TensorRole::Float);
+        }
+        post_w_ = w.require("v.post_ln.weight", {C}, TensorRole::Float);
+        post_b_ = w.require("v.post_ln.bias", {C}, TensorRole::Float);
+        soft_norm_ = w.require("mm.soft_emb_norm.weight", {C}, TensorRole::Float);
+        proj_ = w.require("mm.input_projection.weight", {-1, C});
+        n_embd_out = static_cast<int>(proj_->ne[0]);
+        if (f.has("clip.vision.projection_dim") && static_cast<int>(f.get_u32("clip.vision.projection_dim")) != n_embd_out) {
+            f.fail("clip.vision.projection_dim " + std::to_string(f.get_u32("clip.vision.projection_dim")) +
+                   " does not match the projector's output width " + std::to_string(n_embd_out) +
+                   " (tensor 'mm.input_projection.weight')");
+        }
+    }
+
+    void check_input(int n_frames, int height, int width) const override {
+        if (n_frames <= 0) throw InputError("encode_frames needs at least one frame");
+        if (height != image_size || width != image_size) {
+            throw InputError("Gemma 3 frames must be " + std::to_string(image_size) + " x " + std::to_string(image_size) +
+                             " pixels (resize with statekv.families.gemma3.preprocess_frames), got " +
+                             std::to_string(height) + " x " + std::to_string(width));
+        }
+    }
+
+    int tokens_per_patch(int height, int width) const override {
+        return (height / patch_size / pool_) * (width / patch_size / pool_);
+    }
+
+    ggml_tensor* build(GraphBuilder& g, ggml_tensor* pixels, int n, int height, int width) const override {
+        check_input(n, height, width);
+        ggml_context* ctx = g.ctx();
+        const int64_t C = n_embd_, D = n_embd_ / n_head_, G = grid_, Np = G * G;
+
+        ggml_tensor* x = patch_embedding(ctx, pixels, patch_w_, patch_b_, patch_size);  // [C, Np, n]
+        ggml_tensor* pos = pos_->type == GGML_TYPE_F32 ? pos_ : ggml_cast(ctx, pos_, GGML_TYPE_F32);
+        x = ggml_reshape_2d(ctx, ggml_add(ctx, x, pos), C, Np * n);
+
+        const float kq_scale = 1.0f / std::sqrt(static_cast<float>(D));
+        for (const Layer& L : layers_) {
+            ggml_tensor* h = layer_norm(ctx, x, L.ln1_w, L.ln1_b, eps_);
+            ggml_tensor* q = ggml_reshape_4d(ctx, linear(ctx, h, L.wq, L.bq), D, n_head_, Np, n);
+            ggml_tensor* k = ggml_reshape_4d(ctx, linear(ctx, h, L.wk, L.bk), D, n_head_, Np, n);
+            ggml_tensor* v = ggml_reshape_4d(ctx, linear(ctx, h, L.wv, L.bv), D, n_head_, Np, n);
+            x = ggml_add(ctx, x, linear(ctx, vision_attention(ctx, q, k, v, kq_scale), L.wo, L.bo));
+            h = layer_norm(ctx, x, L.ln2_w, L.ln2_b, eps_);
+            h = gelu_tanh_exact(ctx, linear(ctx, h, L.up_w, L.up_b), g.on_cpu);
+            x = ggml_add(ctx, x, linear(ctx, h, L.down_w, L.down_b));
+        }
+        x = layer_norm(ctx, x, post_w_, post_b_, eps_);
+
+        // Average-pool the patch grid k x k per frame: [C, Np, n] -> [G, G, C, n] (x fastest) -> pool.
+        const int64_t Gp = G / pool_;
+        x = ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_3d(ctx, x, C, Np, n), 1, 0, 2, 3));  // [Np, C, n]
+        x = ggml_reshape_4d(ctx, x, G, G, C, n);
+        x = ggml_pool_2d(ctx, x, GGML_OP_POOL_AVG, pool_, pool_, pool_, pool_, 0, 0);  // [Gp, Gp, C, n]
+        x = ggml_reshape_3d(ctx, x, Gp * Gp, C, n);
+        x = ggml_cont(ctx, ggml_permute(ctx, x, 1, 0, 2, 3));  // [C, Gp * Gp, n]
+        x = ggml_reshape_2d(ctx, x, C, Gp * Gp * n);
+
+        x = rms_norm(ctx, x, soft_norm_, eps_);
+        return ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, proj_)), x);  // [E, Gp * Gp * n]
+    }
+
+private:
+    struct Layer {
+        ggml_tensor *ln1_w = nullptr, *ln1_b = nullptr, *ln2_w = nullptr, *ln2_b = nullptr;
+        ggml_tensor *wq = nullptr, *wk = nullptr, *wv = nullptr, *bq = nullptr, *bk = nullptr, *bv = nullptr;
+        ggml_tensor *wo = nullptr, *bo = nullptr;
+        ggml_tensor *up_w = nullptr, *up_b = nullptr, *down_w = nullptr, *down_b = nullptr;
+    };
+
+    int n_embd_ = 0, n_ff_ = 0, n_layer_ = 0, n_head_ = 0, pool_ = 4, grid_ = 0;
+    float eps_ = 1e-6f;
+    ggml_tensor *patch_w_ = nullptr, *patch_b_ = nullptr, *pos_ = nullptr;
+    std::vector<Layer> layers_;
+    ggml_tensor *post_w_ = nullptr, *post_b_ = nullptr, *soft_norm_ = nullptr, *proj_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<VisionModel> make_gemma3_vision(const GgufFile& f, WeightStore& w) {
+    return std::make_unique<Gemma3Vision>(f, w);
+}
+
+}  // namespace statekv
