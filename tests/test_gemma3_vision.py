@@ -147,3 +147,45 @@ def test_frames_of_another_size_are_refused(gemma3vl):
     model, _, _, _ = gemma3vl
     with pytest.raises(ValueError, match="896 x 896"):
         model.encode_frames(np.zeros((1, 3, 448, 448), np.float32))
+
+
+QUESTION = "What happens?"
+
+
+def test_video_chat_equals_transformers(gemma3vl):
+    """VideoChat on Gemma 3 (frames as timestamped images, each frame's image tokens one
+    bidirectional block) in full mode: the question's logits equal transformers' forward of the
+    same prompt written out as text (tokenized by the checkpoint's tokenizer) with pixels from
+    transformers' own Gemma 3 image processor."""
+    from transformers import AutoTokenizer
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    _, hf, text, mmproj = gemma3vl
+    vlm = statekv.load(str(text), str(mmproj), threads=1)
+    frames = np.random.default_rng(5).integers(0, 256, (3, 120, 160, 3), dtype=np.uint8)
+    chat = vlm.video_chat(mode="full", fps=1.0, kv_type="f32")
+    chat.add_frames(list(frames), timestamps=[0.0, 1.0, 2.0])
+    got = chat.question_logits(QUESTION)
+
+    image = "\n\n<start_of_image>" + "<image_soft_token>" * 256 + "<end_of_image>\n\n"
+    prompt = ("<bos><start_of_turn>user\n" + "".join(f"00:0{t}{image}" for t in range(3))
+              + f"{QUESTION}<end_of_turn>\n<start_of_turn>model\n")
+    tok = AutoTokenizer.from_pretrained(hf.config._name_or_path or text.parent)
+    ids = tok(prompt, add_special_tokens=False).input_ids
+    n_q = len(tok(f"{QUESTION}<end_of_turn>\n<start_of_turn>model\n", add_special_tokens=False).input_ids)
+    px = Gemma3ImageProcessorPil(size={"height": 896, "width": 896})(images=list(frames), return_tensors="np").pixel_values
+    want = hf_logits(hf, np.array(ids), px)[-n_q:]
+    assert got.shape == want.shape
+    assert rel(got, want) <= TOL
+
+
+def test_preprocessing_equals_transformers_image_processor():
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    from statekv.families.gemma3 import preprocess_frames
+
+    frames = np.random.default_rng(6).integers(0, 256, (2, 90, 200, 3), dtype=np.uint8)
+    want = Gemma3ImageProcessorPil(size={"height": 896, "width": 896})(images=list(frames), return_tensors="np").pixel_values
+    got = preprocess_frames(frames)
+    assert got.shape == want.shape == (2, 3, 896, 896)
+    assert np.abs(got - want).max() <= 1e-6

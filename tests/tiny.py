@@ -266,16 +266,20 @@ def make_gemma3(out_dir: str | os.PathLike, seed: int = 0, tied: bool = True, **
 
 GEMMA3_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                      image_size=896, patch_size=14, initializer_range=0.05)
-# Gemma 3's image tokens, mapped into the Qwen vocabulary of the tiny checkpoints
-GEMMA3_IMAGE_TOKENS = dict(boi_token_index=151652, eoi_token_index=151653, image_token_index=151655)
+# Gemma 3's special tokens, added after the Qwen vocabulary of the tiny checkpoints (so that a
+# chat renders Gemma 3's prompt with them), and its image token ids in the config.
+GEMMA3_EXTRA_TOKENS = [(151646, "<start_of_image>", True), (151647, "<end_of_image>", True),
+                       (151648, "<image_soft_token>", True), (151649, "<bos>", True),
+                       (151650, "<start_of_turn>", True), (151651, "<end_of_turn>", True)]
+GEMMA3_IMAGE_TOKENS = dict(boi_token_index=151646, eoi_token_index=151647, image_token_index=151648)
 
 
 def make_gemma3vl(out_dir: str | os.PathLike, seed: int = 0, tied: bool = True,
                   vision_overrides: dict | None = None, **overrides) -> Path:
     """``Gemma3ForConditionalGeneration``: the gemma3 text model above with a 2-layer SigLIP tower
     (width 32) at the real geometry (896 px, patch 14, 4 x 4 average pooling to 256 tokens), the
-    soft-embedding RMSNorm and the input projection; image tokens are Qwen ids
-    (:data:`GEMMA3_IMAGE_TOKENS`), so the tokenizer carries the Qwen3 added tokens."""
+    soft-embedding RMSNorm and the input projection; the tokenizer is Qwen's with Gemma 3's special
+    tokens added (:data:`GEMMA3_EXTRA_TOKENS`)."""
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
     kw = dict(num_hidden_layers=7, head_dim=16, query_pre_attn_scalar=16, sliding_window=8)
@@ -289,7 +293,11 @@ def make_gemma3vl(out_dir: str | os.PathLike, seed: int = 0, tied: bool = True,
     with torch.no_grad():   # transformers initializes the input projection to zeros
         proj = model.model.multi_modal_projector.mm_input_projection_weight
         proj.copy_(0.15 * torch.randn(proj.shape, generator=torch.Generator().manual_seed(seed + 13)))
-    return _save(model, Path(out_dir), "qwen3")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    save_tokenizer(out_dir, "qwen2", extra_tokens=GEMMA3_EXTRA_TOKENS)
+    return out_dir
 
 
 BUILDERS = {"qwen2": make_qwen2, "qwen3": make_qwen3, "qwen3vl": make_qwen3vl, "gemma3": make_gemma3,
