@@ -157,7 +157,14 @@ def test_shape_table():
     assert set(s) == {
         "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b",
         "internvl3-1b", "internvl3-2b", "internvl3-8b", "qwen3-vl-2b", "qwen3-vl-4b", "qwen3-vl-8b",
+        "gemma3-4b", "gemma3-12b",
     }
+    # Gemma 3 text decoders: published dims; every 6th layer global, window 1024
+    for name, dims, billions in [("gemma3-4b", (2560, 34, 8, 4, 10240), 3.88), ("gemma3-12b", (3840, 48, 16, 8, 15360), 11.77)]:
+        sh = s[name]
+        assert (sh.hidden, sh.layers, sh.heads, sh.kv_heads, sh.ffn) == dims and sh.head_dim == 256
+        assert sh.sliding_window == 1024 and sh.vocab == 262208 and sh.tied
+        assert abs(sh.n_params() / 1e9 - billions) < 0.01, name
     # published totals (billions) of the decoders
     for name, billions in [("qwen2.5-0.5b", 0.49), ("qwen2.5-1.5b", 1.54), ("qwen2.5-7b", 7.62),
                            ("qwen3-1.7b", 1.72), ("qwen3-4b", 4.02), ("qwen3-8b", 8.19)]:
@@ -178,6 +185,25 @@ def test_shape_table():
 
 
 # --------------------------------------------------------------------------------- files
+
+
+def test_gemma3_layout_equals_the_converters(tmp_path, tiny_gguf):
+    """A random gemma3 file at the tiny checkpoint's dims has the tensors (names, shapes) and the
+    hyper-parameter keys that statekv's converter writes for that checkpoint, and it runs."""
+    import statekv
+
+    shape = dict(name="gemma3-tiny", arch="gemma3", hidden=64, layers=7, heads=4, kv_heads=2, head_dim=16, ffn=128,
+                 vocab=151936, tied=True, rope_theta=1e6, context_length=4096, sliding_window=8)
+    path = tmp_path / "gemma3-random.gguf"
+    mm.make_model(shape, "f32", path, seed=1)
+    ours, ours_t = _read(path)
+    conv, conv_t = _read(tiny_gguf("gemma3"))
+    assert {n: tuple(t.shape) for n, t in ours_t.items()} == {n: tuple(t.shape) for n, t in conv_t.items()}
+    for key in ("block_count", "embedding_length", "feed_forward_length", "attention.head_count",
+                "attention.head_count_kv", "attention.key_length", "attention.sliding_window"):
+        assert ours.fields["gemma3." + key].contents() == conv.fields["gemma3." + key].contents(), key
+    m = statekv.Model(str(path), threads=1)
+    assert np.isfinite(m.logits(np.arange(20))).all()
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3", "qwen3vl"])

@@ -206,8 +206,10 @@ def test_step_layouts_at_real_sizes():
     assert (ivl.family, ivl.frames_per_step, ivl.frame_size) == ("internvl", 1, (448, 448))
     q3 = vision.step_layout({"vision.projector": "qwen3vl_merger", "vision.frames_per_patch": 2}, 16)
     assert (q3.frame_size, q3.grid, q3.visual_rows, q3.tokens_per_step) == ((352, 640), (11, 20), 220, 228)
+    g3 = vision.step_layout({"vision.projector": "gemma3", "vision.image_size": 896}, 16)
+    assert (g3.family, g3.frame_size, g3.text_before, g3.text_after) == ("gemma3", (896, 896), 7, 2)
     with pytest.raises(ValueError, match="no step layout"):
-        vision.step_layout({"vision.projector": "gemma3"}, 16)
+        vision.step_layout({"vision.projector": "llava"}, 16)
 
 
 def test_step_layout_matches_the_prompt_builders(pairs):

@@ -176,3 +176,17 @@ def test_passkey_in_every_mode(gguf_path, n_filler, key):
             s.add_step(ids[i:i + 128])
         answer = tok.decode(list(s.generate(question, 6)))
         assert str(key) in answer, (mode, len(ids), answer)
+
+
+def test_video_step_text_in_gemma_vocabulary(gguf_path):
+    """The benchmark's Gemma 3 step geometry (text tokens around the 256 rows) is what Gemma's
+    own vocabulary gives the chat's step text (the 270M file has <start_of_image> and
+    <end_of_image>; digits are single pieces)."""
+    from statekv.families.gemma3 import layout, timestamp_text
+
+    tok = tokenizer_from_gguf(gguf_path)
+    before = tok.encode(timestamp_text(75) + "\n\n<start_of_image>", add_special_tokens=False).ids
+    after = tok.encode("<end_of_image>\n\n", add_special_tokens=False).ids
+    assert timestamp_text(75) == "01:15"
+    assert (len(before), len(after)) == layout.STEP_TEXT_TOKENS
+    assert before[-1] == 255999 and after[0] == 256000

@@ -175,6 +175,12 @@ _QWEN25_ADDED = [
     ("<|fim_suffix|>", False), ("<|fim_pad|>", False), ("<|repo_name|>", False),
     ("<|file_sep|>", False),
 ]  # ids 151643 .. 151664
+# Gemma 3 shapes: the Qwen2 vocabulary's three plus Gemma's special tokens (<end_of_turn> is the
+# shapes' eos, GEMMA3_END_OF_TURN_ID).
+_GEMMA3_ADDED = [("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
+                 ("<start_of_turn>", True), ("<end_of_turn>", True), ("<start_of_image>", True),
+                 ("<end_of_image>", True), ("<image_soft_token>", True), ("<bos>", True)]
+
 _ADDED_TOKENS = {
     "qwen2.5": _QWEN25_ADDED,
     "qwen3": _QWEN25_ADDED + [
@@ -184,6 +190,7 @@ _ADDED_TOKENS = {
         ("<img>", True), ("</img>", True), ("<IMG_CONTEXT>", True), ("<quad>", True), ("</quad>", True),
         ("<ref>", True), ("</ref>", True), ("<box>", True), ("</box>", True),
     ],
+    "gemma3": _GEMMA3_ADDED,
 }
 
 
@@ -363,6 +370,11 @@ def make_model(
     if shp.explicit_head_dim:
         w.add_key_length(shp.head_dim)
         w.add_value_length(shp.head_dim)
+    if shp.sliding_window is not None:
+        w.add_sliding_window(shp.sliding_window)
+    if shp.rope_linear_factor is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(shp.rope_linear_factor)
     w.add_file_type(int(ftype))
     if shp.n_deepstack is not None:
         w.add_num_deepstack_layers(shp.n_deepstack)

@@ -16,15 +16,22 @@ __all__ = ["Shape", "SHAPES", "get_shape", "shape_from_dict", "format_table"]
 # Token ids shared by the Qwen2 / Qwen2.5 / Qwen3 vocabulary (and so InternVL3 and Qwen3-VL).
 ENDOFTEXT_ID = 151643  # <|endoftext|>: bos and pad in llama.cpp's files
 IM_END_ID = 151645  # <|im_end|>: eos of every chat / instruct model here
+GEMMA3_END_OF_TURN_ID = 151646 + 1  # <end_of_turn> in the Gemma 3 shapes' stand-in vocabulary
 
 TEMPLATE_QWEN25 = "Qwen-Qwen2.5-7B-Instruct.jinja"
 TEMPLATE_QWEN3 = "Qwen-Qwen3-0.6B.jinja"
+TEMPLATE_GEMMA3 = "gemma3-statekv.jinja"
 
 
 # What each llama.cpp text architecture's tensors have (a data table): q/k/v biases, q/k norms,
-# M-RoPE sections + DeepStack (mrope), and the defaults of a custom shape of that architecture.
+# M-RoPE sections + DeepStack (mrope), norms after attention and FFN (post_norms: Gemma 3), and
+# the defaults of a custom shape of that architecture.
 ARCH_FEATURES: dict[str, dict[str, Any]] = {
     "qwen2": dict(qkv_bias=True, qk_norm=False, mrope=False, defaults={}),
+    # Gemma 3 shapes carry a stand-in vocabulary (the Qwen2 one with Gemma's special tokens added:
+    # the benchmarks feed random ids) and statekv's Gemma 3 chat template.
+    "gemma3": dict(qkv_bias=False, qk_norm=True, mrope=False, post_norms=True,
+                   defaults=dict(chat_template=TEMPLATE_GEMMA3, added_tokens="gemma3", explicit_head_dim=True)),
     "qwen3": dict(qkv_bias=False, qk_norm=True, mrope=False,
                   defaults=dict(chat_template=TEMPLATE_QWEN3, added_tokens="qwen3")),
     "qwen3vl": dict(qkv_bias=False, qk_norm=True, mrope=True,
@@ -55,8 +62,12 @@ class Shape:
     # config.json has an explicit head_dim (Qwen3, Qwen3-VL): the converter then writes
     # attention.key_length / attention.value_length.
     explicit_head_dim: bool = False
-    # which added (special) tokens the model's tokenizer has: qwen2.5, qwen3 or internvl3
+    # which added (special) tokens the model's tokenizer has: qwen2.5, qwen3, internvl3 or gemma3
     added_tokens: str = "qwen2.5"
+    # gemma3 only: the local layers' window (every 6th layer global) and the global layers'
+    # linear rope scaling factor (llama.cpp writes rope.scaling.type = linear)
+    sliding_window: int | None = None
+    rope_linear_factor: float | None = None
     chat_template: str = TEMPLATE_QWEN25
     eos_id: int = IM_END_ID
     source: str = ""
@@ -69,6 +80,10 @@ class Shape:
     @property
     def qk_norm(self) -> bool:
         return ARCH_FEATURES[self.arch]["qk_norm"]
+
+    @property
+    def post_norms(self) -> bool:
+        return ARCH_FEATURES[self.arch].get("post_norms", False)
 
     @property
     def q_dim(self) -> int:
@@ -112,10 +127,15 @@ class Shape:
                 add(T.ATTN_Q_NORM, "weight", (self.head_dim,), i)
                 add(T.ATTN_K_NORM, "weight", (self.head_dim,), i)
             add(T.ATTN_OUT, "weight", (self.hidden, self.q_dim), i)
-            add(T.FFN_NORM, "weight", (self.hidden,), i)
+            if self.post_norms:
+                add(T.ATTN_POST_NORM, "weight", (self.hidden,), i)
+            # the same "blk.N.ffn_norm": gguf-py calls it FFN_PRE_NORM for archs with post norms
+            add(T.FFN_PRE_NORM if self.post_norms else T.FFN_NORM, "weight", (self.hidden,), i)
             add(T.FFN_GATE, "weight", (self.ffn, self.hidden), i)
             add(T.FFN_UP, "weight", (self.ffn, self.hidden), i)
             add(T.FFN_DOWN, "weight", (self.hidden, self.ffn), i)
+            if self.post_norms:
+                add(T.FFN_POST_NORM, "weight", (self.hidden,), i)
         add(T.OUTPUT_NORM, "weight", (self.hidden,))
         if not self.tied:
             add(T.OUTPUT, "weight", (self.vocab, self.hidden))
@@ -172,6 +192,11 @@ def _check(s: Shape) -> None:
     elif s.mrope_sections is not None or s.n_deepstack is not None:
         raise ValueError(f"shape {s.name}: mrope_sections / n_deepstack are for "
                          f"{', '.join(a for a, f in ARCH_FEATURES.items() if f['mrope'])} only")
+    if s.arch == "gemma3":
+        if s.sliding_window is None or not 1 <= s.sliding_window <= s.context_length:
+            raise ValueError(f"shape {s.name}: gemma3 needs a sliding_window of 1 to context_length")
+    elif s.sliding_window is not None or s.rope_linear_factor is not None:
+        raise ValueError(f"shape {s.name}: sliding_window / rope_linear_factor are for gemma3 only")
 
 
 def _qwen25(name, hidden, layers, heads, kv_heads, ffn, vocab, tied, source, added="qwen2.5"):
@@ -200,6 +225,17 @@ def _qwen3vl(name, hidden, layers, heads, kv_heads, ffn, tied, source):
         head_dim=128, ffn=ffn, vocab=151936, tied=tied, rope_theta=5e6, context_length=262144,
         rms_eps=1e-6, mrope_sections=(24, 20, 20, 0), n_deepstack=3, explicit_head_dim=True,
         added_tokens="qwen3", chat_template=TEMPLATE_QWEN3, source=source,
+    )
+
+
+def _gemma3(name, hidden, layers, heads, kv_heads, ffn, source):
+    # Gemma 3 4B/12B text_config: head_dim 256, vocab 262208, tied, rope_theta 1e6 (global layers,
+    # linear scaling 8), sliding_window 1024, max_position_embeddings 131072.
+    return Shape(
+        name=name, arch="gemma3", hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, head_dim=256,
+        ffn=ffn, vocab=262208, tied=True, rope_theta=1e6, context_length=131072, rms_eps=1e-6,
+        explicit_head_dim=True, added_tokens="gemma3", chat_template=TEMPLATE_GEMMA3, eos_id=GEMMA3_END_OF_TURN_ID,
+        sliding_window=1024, rope_linear_factor=8.0, source=source,
     )
 
 
@@ -236,6 +272,10 @@ _ALL = [
              "Qwen3-VL-4B-Instruct config.json text_config: checked; deepstack [5, 11, 17]"),
     _qwen3vl("qwen3-vl-8b", 4096, 36, 32, 8, 12288, False,
              "Qwen3-VL-8B-Instruct config.json text_config: checked; deepstack [8, 16, 24]"),
+    _gemma3("gemma3-4b", 2560, 34, 8, 4, 10240,
+            "gemma-3-4b-it config.json text_config: 2560/34/8/4/10240, head_dim 256, window 1024, linear 8"),
+    _gemma3("gemma3-12b", 3840, 48, 16, 8, 15360,
+            "gemma-3-12b-it config.json text_config: 3840/48/16/8/15360, head_dim 256, window 1024, linear 8"),
 ]
 
 for _s in _ALL:

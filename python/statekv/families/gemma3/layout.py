@@ -3,8 +3,9 @@ rows (one bidirectional block) + ``<end_of_image>\\n\\n`` (:mod:`.prompt`), posi
 (the session's own).
 
 :class:`ChatLayout` is what a :class:`statekv.VideoChat` runs; :func:`step_layout` is the step's
-geometry for the benchmarks (text before the rows: the timestamp's 3 tokens, ``\\n\\n`` and
-``<start_of_image>``; after: ``<end_of_image>`` and ``\\n\\n``)."""
+geometry for the benchmarks (text before the rows in Gemma 3's vocabulary: ``MM:SS`` is 5 tokens,
+digits being single pieces, then ``\\n\\n`` and ``<start_of_image>``; after: ``<end_of_image>``
+and ``\\n\\n``)."""
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -17,7 +18,7 @@ from .prompt import VideoPromptBuilder
 
 __all__ = ["ChatLayout", "STEP_TEXT_TOKENS", "step_layout", "step_positions", "text_positions", "preprocess"]
 
-STEP_TEXT_TOKENS = (5, 2)
+STEP_TEXT_TOKENS = (7, 2)
 
 
 def rows_per_frame(info: dict) -> int:

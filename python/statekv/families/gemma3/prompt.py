@@ -19,6 +19,7 @@ tokens and ``\\n\\n`` one piece).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -32,25 +33,10 @@ __all__ = ["CHAT_TEMPLATE", "START_OF_IMAGE", "END_OF_IMAGE", "IMAGE_SOFT_TOKEN"
 START_OF_IMAGE, END_OF_IMAGE, IMAGE_SOFT_TOKEN = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
 TOKENS_PER_FRAME = 256  # (896 / 14 / 4)^2
 
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% if messages[0]['role'] == 'system' %}"
-    "{% set sys = messages[0]['content'] if messages[0]['content'] is string else messages[0]['content'][0]['text'] %}"
-    "{% set first_prefix = sys + '\n\n' %}{% set turns = messages[1:] %}"
-    "{% else %}{% set first_prefix = '' %}{% set turns = messages %}{% endif %}"
-    "{% for message in turns %}"
-    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-    "{{ '<start_of_turn>' + role + '\n' + (first_prefix if loop.first else '') }}"
-    "{% if message['content'] is string %}{{ message['content'] | trim }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}{{ '<start_of_image>' }}"
-    "{% elif item['type'] == 'video' %}{{ '<video>' }}"
-    "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<end_of_turn>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
-)
+# statekv's Gemma 3 chat template (python/statekv/data/templates/gemma3-statekv.jinja; the turn
+# format of Gemma 3's released template, plus a "video" item that marks where the frames go).
+CHAT_TEMPLATE = (Path(__file__).resolve().parent.parent.parent / "data" / "templates" /
+                 "gemma3-statekv.jinja").read_text(encoding="utf-8")
 
 
 def timestamp_text(seconds: float) -> str:
