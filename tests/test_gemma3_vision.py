@@ -137,10 +137,44 @@ def test_video_session_matches_reference_and_transformers(gemma3vl, mode, budget
         assert rel(got, want) <= TOL
 
 
-def test_mmproj_pairs_only_with_gemma3(gemma3vl, tiny_gguf):
+def test_mmproj_pairs_only_with_gemma3(gemma3vl, tiny_gguf, tmp_path):
+    """A gemma3 mmproj with another family's text model, and another family's mmproj with the
+    gemma3 text model: clear errors naming both files."""
+    from statekv.families.internvl.random_model import make_random_internvl_mmproj
+
     _, _, text, mmproj = gemma3vl
-    with pytest.raises(statekv.ModelError, match="not a pair"):
+    with pytest.raises(statekv.ModelError, match="gemma3.*not a pair"):
         statekv.Model(str(tiny_gguf("qwen2")), mmproj=str(mmproj), threads=1)
+    other = make_random_internvl_mmproj(tmp_path / "internvl.gguf", dict(hidden_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, intermediate_size=64), n_embd_out=64, qtype="f32")
+    with pytest.raises(statekv.ModelError, match="internvl.*not a pair") as e:
+        statekv.Model(str(text), mmproj=str(other), threads=1)
+    assert str(text) in str(e.value) and str(other) in str(e.value)
+
+
+def test_greedy_answer_over_a_video_follows_transformers(gemma3vl):
+    """Greedy tokens of a question over a 3-frame video (statekv with B >= all, so the model's own
+    answer): each is transformers' argmax of the whole prompt + answer so far, wherever that
+    choice is clear."""
+    model, hf, _, _ = gemma3vl
+    px = pixels(3, seed=7)
+    feats = np.asarray(model.encode_frames(px))
+    steps = video_steps(3, seed=7)
+    prefix, question = np.arange(100, 105), np.arange(300, 307)
+    s = model.session(mode="statekv", budget=100_000, kv_type="f32")
+    s.prefill(prefix)
+    for t, (ids, rows, blocks) in enumerate(steps):
+        s.add_step(ids, embeddings=feats[t], embedding_rows=rows, blocks=blocks)
+    answer = [int(x) for x in s.generate(question, max_tokens=6, ignore_eos=True)]
+    assert len(answer) == 6
+    whole = np.concatenate([prefix] + [ids for ids, _, _ in steps] + [question, answer])
+    logits = hf_logits(hf, whole, px)
+    start = len(whole) - len(answer) - 1
+    for i, tok in enumerate(answer):
+        row = logits[start + i]
+        top2 = np.sort(row)[-2:]
+        if top2[1] - top2[0] > 1e-3 * np.abs(row).max():
+            assert tok == int(row.argmax()), (i, tok, int(row.argmax()))
 
 
 def test_frames_of_another_size_are_refused(gemma3vl):
