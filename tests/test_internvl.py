@@ -413,11 +413,12 @@ def test_mismatched_pair(ivl, tmp_path):
 
 
 def test_other_projector_types(ivl, tmp_path):
-    bad = rewrite(ivl.mmproj, tmp_path / "gemma3.gguf", set_kv={"clip.projector_type": "gemma3"})
-    expect_error(ivl.text, bad, "gemma3", "internvl")
+    bad = rewrite(ivl.mmproj, tmp_path / "llava.gguf", set_kv={"clip.projector_type": "llava"})
+    expect_error(ivl.text, bad, "llava", "internvl")
     # a supported projector of another family: its loader rejects the InternVL tensors/keys
-    other = rewrite(ivl.mmproj, tmp_path / "qwen3vl.gguf", set_kv={"clip.projector_type": "qwen3vl_merger"})
-    expect_error(ivl.text, other)
+    for projector in ("qwen3vl_merger", "gemma3"):
+        other = rewrite(ivl.mmproj, tmp_path / f"{projector}.gguf", set_kv={"clip.projector_type": projector})
+        expect_error(ivl.text, other)
     missing = rewrite(ivl.mmproj, tmp_path / "no-ls2.gguf", drop=("v.blk.1.ls2.weight",))
     expect_error(ivl.text, missing, "v.blk.1.ls2.weight")
     # an mmproj passed as the text model
