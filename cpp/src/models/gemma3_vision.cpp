@@ -21,12 +21,12 @@
 // block_count, attention.head_count, attention.layer_norm_epsilon, image_mean, image_std,
 // projection_dim (optional, checked)}, clip.vision.projector.scale_factor (the pooling kernel;
 // absent: 4, llama.cpp's default for every Gemma 3).
-#include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
-#include "graph/exact_activations.h"
 #include "models/vision_model.h"
+#include "models/vit.h"
 
 namespace statekv {
 
@@ -64,27 +64,9 @@ public:
         patch_w_ = w.require("v.patch_embd.weight", {P, P, 3, C}, TensorRole::ConvKernel);
         patch_b_ = w.require("v.patch_embd.bias", {C}, TensorRole::Float);
         pos_ = w.require("v.position_embd.weight", {C, N}, TensorRole::Float);
-        layers_.resize(n_layer_);
-        for (int il = 0; il < n_layer_; ++il) {
-            Layer& L = layers_[il];
-            const std::string p = "v.blk." + std::to_string(il) + ".";
-            L.ln1_w = w.require(p + "ln1.weight", {C}, TensorRole::Float);
-            L.ln1_b = w.require(p + "ln1.bias", {C}, TensorRole::Float);
-            L.ln2_w = w.require(p + "ln2.weight", {C}, TensorRole::Float);
-            L.ln2_b = w.require(p + "ln2.bias", {C}, TensorRole::Float);
-            L.wq = w.require(p + "attn_q.weight", {C, C});
-            L.wk = w.require(p + "attn_k.weight", {C, C});
-            L.wv = w.require(p + "attn_v.weight", {C, C});
-            L.bq = w.require(p + "attn_q.bias", {C}, TensorRole::Float);
-            L.bk = w.require(p + "attn_k.bias", {C}, TensorRole::Float);
-            L.bv = w.require(p + "attn_v.bias", {C}, TensorRole::Float);
-            L.wo = w.require(p + "attn_out.weight", {C, C});
-            L.bo = w.require(p + "attn_out.bias", {C}, TensorRole::Float);
-            L.up_w = w.require(p + "ffn_up.weight", {C, F});
-            L.up_b = w.require(p + "ffn_up.bias", {F}, TensorRole::Float);
-            L.down_w = w.require(p + "ffn_down.weight", {F, C});
-            L.down_b = w.require(p + "ffn_down.bias", {C}, TensorRole::Float);
-        }
+        VitOptions o;
+        o.gelu_tanh = true;
+        blocks_ = std::make_unique<VitBlocks>(f, w, n_layer_, C, F, n_head_, eps_, o);
         post_w_ = w.require("v.post_ln.weight", {C}, TensorRole::Float);
         post_b_ = w.require("v.post_ln.bias", {C}, TensorRole::Float);
         soft_norm_ = w.require("mm.soft_emb_norm.weight", {C}, TensorRole::Float);
@@ -113,23 +95,13 @@ public:
     ggml_tensor* build(GraphBuilder& g, ggml_tensor* pixels, int n, int height, int width) const override {
         check_input(n, height, width);
         ggml_context* ctx = g.ctx();
-        const int64_t C = n_embd_, D = n_embd_ / n_head_, G = grid_, Np = G * G;
+        const int64_t C = n_embd_, G = grid_, Np = G * G;
 
         ggml_tensor* x = patch_embedding(ctx, pixels, patch_w_, patch_b_, patch_size);  // [C, Np, n]
         ggml_tensor* pos = pos_->type == GGML_TYPE_F32 ? pos_ : ggml_cast(ctx, pos_, GGML_TYPE_F32);
         x = ggml_reshape_2d(ctx, ggml_add(ctx, x, pos), C, Np * n);
 
-        const float kq_scale = 1.0f / std::sqrt(static_cast<float>(D));
-        for (const Layer& L : layers_) {
-            ggml_tensor* h = layer_norm(ctx, x, L.ln1_w, L.ln1_b, eps_);
-            ggml_tensor* q = ggml_reshape_4d(ctx, linear(ctx, h, L.wq, L.bq), D, n_head_, Np, n);
-            ggml_tensor* k = ggml_reshape_4d(ctx, linear(ctx, h, L.wk, L.bk), D, n_head_, Np, n);
-            ggml_tensor* v = ggml_reshape_4d(ctx, linear(ctx, h, L.wv, L.bv), D, n_head_, Np, n);
-            x = ggml_add(ctx, x, linear(ctx, vision_attention(ctx, q, k, v, kq_scale), L.wo, L.bo));
-            h = layer_norm(ctx, x, L.ln2_w, L.ln2_b, eps_);
-            h = gelu_tanh_exact(ctx, linear(ctx, h, L.up_w, L.up_b), g.on_cpu);
-            x = ggml_add(ctx, x, linear(ctx, h, L.down_w, L.down_b));
-        }
+        x = blocks_->build(g, x, Np, n, n_layer_);
         x = layer_norm(ctx, x, post_w_, post_b_, eps_);
 
         // Average-pool the patch grid k x k per frame: [C, Np, n] -> [G, G, C, n] (x fastest) -> pool.
@@ -146,17 +118,10 @@ public:
     }
 
 private:
-    struct Layer {
-        ggml_tensor *ln1_w = nullptr, *ln1_b = nullptr, *ln2_w = nullptr, *ln2_b = nullptr;
-        ggml_tensor *wq = nullptr, *wk = nullptr, *wv = nullptr, *bq = nullptr, *bk = nullptr, *bv = nullptr;
-        ggml_tensor *wo = nullptr, *bo = nullptr;
-        ggml_tensor *up_w = nullptr, *up_b = nullptr, *down_w = nullptr, *down_b = nullptr;
-    };
-
     int n_embd_ = 0, n_ff_ = 0, n_layer_ = 0, n_head_ = 0, pool_ = 4, grid_ = 0;
     float eps_ = 1e-6f;
     ggml_tensor *patch_w_ = nullptr, *patch_b_ = nullptr, *pos_ = nullptr;
-    std::vector<Layer> layers_;
+    std::unique_ptr<VitBlocks> blocks_;
     ggml_tensor *post_w_ = nullptr, *post_b_ = nullptr, *soft_norm_ = nullptr, *proj_ = nullptr;
 };
 

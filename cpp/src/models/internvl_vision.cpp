@@ -27,10 +27,12 @@
 // block_count, attention.head_count, attention.layer_norm_epsilon, projection_dim (optional,
 // checked), image_mean, image_std, projector.scale_factor}, clip.use_gelu / clip.use_silu.
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "models/vision_model.h"
+#include "models/vit.h"
 
 namespace statekv {
 
@@ -78,40 +80,14 @@ public:
         patch_b_ = w.require("v.patch_embd.bias", {C}, TensorRole::Float);
         cls_ = w.require("v.class_embd", {C}, TensorRole::Float);
         pos_ = w.require("v.position_embd.weight", {C, N}, TensorRole::Float);
-        layers_.resize(n_layer_);
-        for (int il = 0; il < n_layer_; ++il) {
-            Layer& L = layers_[il];
-            const std::string p = "v.blk." + std::to_string(il) + ".";
-            L.ln1_w = w.require(p + "ln1.weight", {C}, TensorRole::Float);
-            L.ln1_b = w.optional(p + "ln1.bias", {C}, TensorRole::Float);
-            L.ln2_w = w.require(p + "ln2.weight", {C}, TensorRole::Float);
-            L.ln2_b = w.optional(p + "ln2.bias", {C}, TensorRole::Float);
-            L.wq = w.require(p + "attn_q.weight", {C, C});
-            L.wk = w.require(p + "attn_k.weight", {C, C});
-            L.wv = w.require(p + "attn_v.weight", {C, C});
-            L.bq = w.optional(p + "attn_q.bias", {C}, TensorRole::Float);
-            L.bk = w.optional(p + "attn_k.bias", {C}, TensorRole::Float);
-            L.bv = w.optional(p + "attn_v.bias", {C}, TensorRole::Float);
-            L.q_norm = w.optional(p + "attn_q_norm.weight", {C}, TensorRole::Float);
-            L.k_norm = w.optional(p + "attn_k_norm.weight", {C}, TensorRole::Float);
-            if (!L.q_norm != !L.k_norm) f.fail("layer " + std::to_string(il) + " has only one of attn_q_norm / attn_k_norm");
-            L.wo = w.require(p + "attn_out.weight", {C, C});
-            L.bo = w.optional(p + "attn_out.bias", {C}, TensorRole::Float);
-            L.ls1 = w.require(p + "ls1.weight", {C}, TensorRole::Float);
-            L.ls2 = w.require(p + "ls2.weight", {C}, TensorRole::Float);
-            L.up_w = w.require(p + "ffn_up.weight", {C, F});
-            L.up_b = w.require(p + "ffn_up.bias", {F}, TensorRole::Float);
-            L.down_w = w.require(p + "ffn_down.weight", {F, C});
-            L.down_b = w.require(p + "ffn_down.bias", {C}, TensorRole::Float);
-        }
-        mm0_w_ = w.require("mm.model.mlp.0.weight", {M}, TensorRole::Float);
-        mm0_b_ = w.require("mm.model.mlp.0.bias", {M}, TensorRole::Float);
-        mm1_w_ = w.require("mm.model.mlp.1.weight", {M, -1});
-        n_embd_out = static_cast<int>(mm1_w_->ne[1]);
-        const int64_t E = n_embd_out;
-        mm1_b_ = w.require("mm.model.mlp.1.bias", {E}, TensorRole::Float);
-        mm3_w_ = w.require("mm.model.mlp.3.weight", {E, E});
-        mm3_b_ = w.require("mm.model.mlp.3.bias", {E}, TensorRole::Float);
+        VitOptions o;
+        o.rms_norm = rms_;
+        o.layer_scale = true;
+        o.qk_norm = true;
+        o.qkv_bias = false;
+        blocks_ = std::make_unique<VitBlocks>(f, w, n_layer_, C, F, n_head_, eps_, o);
+        projector_ = std::make_unique<MlpProjector>(w, M);
+        n_embd_out = static_cast<int>(projector_->n_out());
         if (f.has("clip.vision.projection_dim") && static_cast<int>(f.get_u32("clip.vision.projection_dim")) != n_embd_out) {
             f.fail("clip.vision.projection_dim " + std::to_string(f.get_u32("clip.vision.projection_dim")) +
                    " does not match the projector's output width " + std::to_string(n_embd_out) +
@@ -135,7 +111,7 @@ public:
     ggml_tensor* build(GraphBuilder& g, ggml_tensor* pixels, int n, int height, int width) const override {
         check_input(n, height, width);
         ggml_context* ctx = g.ctx();
-        const int64_t C = n_embd_, D = n_embd_ / n_head_, G = grid_, Np = G * G, T = Np + 1;
+        const int64_t C = n_embd_, G = grid_, Np = G * G, T = Np + 1;
 
         ggml_tensor* x = patch_embedding(ctx, pixels, patch_w_, patch_b_, patch_size);  // [C, Np, n]
 
@@ -146,72 +122,25 @@ public:
         x = ggml_add(ctx, x, ggml_reshape_2d(ctx, as_f32(ctx, pos_), C, T));
         x = ggml_reshape_2d(ctx, x, C, T * n);
 
-        const float kq_scale = 1.0f / std::sqrt(static_cast<float>(D));
-        for (const Layer& L : layers_) {
-            ggml_tensor* h = norm(ctx, x, L.ln1_w, L.ln1_b);
-            ggml_tensor* q = linear(ctx, h, L.wq, L.bq);
-            ggml_tensor* k = linear(ctx, h, L.wk, L.bk);
-            ggml_tensor* v = linear(ctx, h, L.wv, L.bv);
-            if (L.q_norm) {
-                q = rms_norm(ctx, q, L.q_norm, eps_);
-                k = rms_norm(ctx, k, L.k_norm, eps_);
-            }
-            q = ggml_reshape_4d(ctx, q, D, n_head_, T, n);
-            k = ggml_reshape_4d(ctx, k, D, n_head_, T, n);
-            v = ggml_reshape_4d(ctx, v, D, n_head_, T, n);
-            ggml_tensor* a = linear(ctx, vision_attention(ctx, q, k, v, kq_scale), L.wo, L.bo);
-            x = ggml_add(ctx, x, ggml_mul(ctx, a, L.ls1));
+        x = blocks_->build(g, x, T, n, n_layer_);
 
-            h = norm(ctx, x, L.ln2_w, L.ln2_b);
-            h = ggml_gelu_erf(ctx, linear(ctx, h, L.up_w, L.up_b));
-            h = linear(ctx, h, L.down_w, L.down_b);
-            x = ggml_add(ctx, x, ggml_mul(ctx, h, L.ls2));
-        }
-
-        // Drop CLS: [C, Np, n].
+        // Drop CLS: [C, Np, n], then pixel shuffle and the projector.
         x = ggml_reshape_3d(ctx, x, C, T, n);
-        x = ggml_cont(ctx, ggml_view_3d(ctx, x, C, Np, n, x->nb[1], x->nb[2], x->nb[1]));
-
-        // Pixel shuffle: patch (y, x) = (s*i + r, s*j + c') goes to row (i, j), feature (r*s + c')*C + ch.
-        const int64_t s = scale_;
-        x = ggml_reshape_4d(ctx, x, s * C, G / s, s, (G / s) * n);  // [(c', ch), j, r, (i, frame)]
-        x = ggml_cont(ctx, ggml_permute(ctx, x, 0, 2, 1, 3));        // [(c', ch), r, j, (i, frame)]
-        x = ggml_reshape_2d(ctx, x, s * s * C, (G / s) * (G / s) * n);
-
-        // Projector.
-        x = layer_norm(ctx, x, mm0_w_, mm0_b_, 1e-5f);
-        x = ggml_gelu_erf(ctx, linear(ctx, x, mm1_w_, mm1_b_));
-        return linear(ctx, x, mm3_w_, mm3_b_);
+        x = ggml_view_3d(ctx, x, C, Np, n, x->nb[1], x->nb[2], x->nb[1]);
+        return projector_->build(ctx, pixel_shuffle(ctx, x, G, scale_));
     }
 
 private:
-    struct Layer {
-        ggml_tensor *ln1_w = nullptr, *ln1_b = nullptr, *ln2_w = nullptr, *ln2_b = nullptr;
-        ggml_tensor *wq = nullptr, *wk = nullptr, *wv = nullptr, *bq = nullptr, *bk = nullptr, *bv = nullptr;
-        ggml_tensor *q_norm = nullptr, *k_norm = nullptr, *wo = nullptr, *bo = nullptr;
-        ggml_tensor *ls1 = nullptr, *ls2 = nullptr;
-        ggml_tensor *up_w = nullptr, *up_b = nullptr, *down_w = nullptr, *down_b = nullptr;
-    };
-
     static ggml_tensor* as_f32(ggml_context* ctx, ggml_tensor* t) {
         return t->type == GGML_TYPE_F32 ? t : ggml_cast(ctx, t, GGML_TYPE_F32);
-    }
-
-    ggml_tensor* norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b) const {
-        if (rms_) {
-            ggml_tensor* y = rms_norm(ctx, x, w, eps_);
-            return b ? ggml_add(ctx, y, b) : y;
-        }
-        return layer_norm(ctx, x, w, b, eps_);
     }
 
     int n_embd_ = 0, n_ff_ = 0, n_layer_ = 0, n_head_ = 0, scale_ = 0, grid_ = 0;
     float eps_ = 1e-6f;
     bool rms_ = false;
     ggml_tensor *patch_w_ = nullptr, *patch_b_ = nullptr, *cls_ = nullptr, *pos_ = nullptr;
-    std::vector<Layer> layers_;
-    ggml_tensor *mm0_w_ = nullptr, *mm0_b_ = nullptr, *mm1_w_ = nullptr, *mm1_b_ = nullptr;
-    ggml_tensor *mm3_w_ = nullptr, *mm3_b_ = nullptr;
+    std::unique_ptr<VitBlocks> blocks_;
+    std::unique_ptr<MlpProjector> projector_;
 };
 
 }  // namespace
