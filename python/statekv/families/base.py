@@ -18,7 +18,8 @@ from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 
-__all__ = ["Family", "Layout", "PlannedStep", "StepLayout", "encode", "token_id", "floats", "split_video_prompt"]
+__all__ = ["Family", "Layout", "PlannedStep", "StepLayout", "encode", "token_id", "floats", "split_video_prompt",
+           "square_frames"]
 
 
 # ------------------------------------------------------------------------------ tokens and text
@@ -68,6 +69,38 @@ def split_video_prompt(template: Any, placeholder: str, question: str, system: O
                          "(the system prompt must not contain it)")
     before, after = text.split(placeholder)
     return before, after.replace(_QUESTION, question)
+
+
+# ------------------------------------------------------------------------------ frames
+def square_frames(frames, size: int, mean: Sequence[float], std: Sequence[float], resample: str) -> np.ndarray:
+    """RGB frames uint8 ``(n, H, W, 3)`` -> pixels float32 ``(n, 3, size, size)``, as transformers'
+    PIL image processors make one square tile: a PIL resize (``resample``: ``"bicubic"`` or
+    ``"bilinear"``) of the whole frame, ``x * float32(1/255)``, ``(x - mean) / std`` in float32."""
+    from PIL import Image
+
+    arr = np.asarray(frames)
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"frames must have shape (n, height, width, 3) (RGB), got {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 RGB, got dtype {arr.dtype}")
+    if 0 in arr.shape:
+        raise ValueError(f"frames must be non-empty, got shape {arr.shape}")
+    size = int(size)
+    if size <= 0:
+        raise ValueError(f"image_size must be positive, got {size}")
+    m = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
+    if m.size != 3 or s.size != 3 or np.any(s <= 0):
+        raise ValueError("mean and std must have 3 values, std positive")
+    filters = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+    out = np.empty((arr.shape[0], 3, size, size), dtype=np.float32)
+    for i, frame in enumerate(arr):
+        img = Image.fromarray(np.ascontiguousarray(frame), mode="RGB")
+        resized = np.asarray(img.resize((size, size), resample=filters[resample]), dtype=np.uint8)
+        out[i] = (resized.transpose(2, 0, 1).astype(np.float32) * np.float32(1 / 255) - m) / s
+    return out
 
 
 # ------------------------------------------------------------------------------ steps
