@@ -131,6 +131,15 @@ def test_video_chat_equals_the_written_out_prompt(eagle):
     assert rel(got, want) <= TOL
 
 
+def test_benchmark_step_geometry_is_the_first_frames_step(eagle):
+    from statekv.families.eagle2_5 import VideoPromptBuilder, layout
+    from statekv.text.tokenizer import tokenizer_from_gguf
+
+    model = eagle[0]
+    ids, rows = VideoPromptBuilder(tokenizer_from_gguf(model.path)).step(1, 0.0)
+    assert (int(rows[0]), len(ids) - int(rows[-1]) - 1) == layout.STEP_TEXT_TOKENS
+
+
 def test_bad_pairs_and_sizes(eagle, tiny_gguf, tmp_path):
     model, _, text, mmproj, _ = eagle
     with pytest.raises(statekv.ModelError, match="eagle2_5.*qwen2.*not a pair"):
