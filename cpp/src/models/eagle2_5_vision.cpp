@@ -25,31 +25,17 @@ namespace statekv {
 namespace {
 
 constexpr int64_t kMaxImage = 1 << 14;
-constexpr int64_t kMaxWidth = int64_t(1) << 20;
 
 class Eagle25Vision final : public VisionModel {
 public:
     Eagle25Vision(const GgufFile& f, WeightStore& w) {
-        image_size = static_cast<int>(f.get_int("clip.vision.image_size", 1, kMaxImage));
-        patch_size = static_cast<int>(f.get_int("clip.vision.patch_size", 1, kMaxImage));
-        n_embd_ = static_cast<int>(f.get_int("clip.vision.embedding_length", 1, kMaxWidth));
-        const int64_t F = f.get_int("clip.vision.feed_forward_length", 1, kMaxWidth);
-        n_layer_ = static_cast<int>(f.get_int("clip.vision.block_count", 1, f.layers_with_prefix("v.blk.")));
-        const int n_head = static_cast<int>(f.get_int("clip.vision.attention.head_count", 1, n_embd_));
-        const float eps = f.get_positive_f32_or("clip.vision.attention.layer_norm_epsilon", 1e-6f, 1.0f);
-        eps_ = eps;
         scale_ = static_cast<int>(f.get_int("clip.vision.projector.scale_factor", 1, kMaxImage));
+        const VitSizes v = read_vit_sizes(f, scale_, "projector.scale_factor");
+        n_embd_ = static_cast<int>(v.width);
+        n_layer_ = v.n_layer;
+        grid_ = v.grid;
+        eps_ = v.eps;
         read_pixel_normalization(f, ByteRescale::F32);
-        if (n_embd_ % n_head != 0) {
-            f.fail("clip.vision.embedding_length " + std::to_string(n_embd_) + " is not a multiple of "
-                   "clip.vision.attention.head_count " + std::to_string(n_head));
-        }
-        if (image_size % patch_size != 0 || (image_size / patch_size) % scale_ != 0) {
-            f.fail("clip.vision.image_size " + std::to_string(image_size) + " must be a multiple of patch_size " +
-                   std::to_string(patch_size) + " x projector.scale_factor " + std::to_string(scale_));
-        }
-        grid_ = image_size / patch_size;
-        size_multiple = image_size;
 
         const int64_t C = n_embd_, P = patch_size, N = int64_t(grid_) * grid_;
         patch_w_ = w.require("v.patch_embd.weight", {P, P, 3, C}, TensorRole::ConvKernel);
@@ -57,7 +43,7 @@ public:
         pos_ = w.require("v.position_embd.weight", {C, N}, TensorRole::Float);
         VitOptions o;
         o.gelu_tanh = true;
-        blocks_ = std::make_unique<VitBlocks>(f, w, n_layer_, C, F, n_head, eps, o);
+        blocks_ = std::make_unique<VitBlocks>(f, w, n_layer_, C, v.ff, v.n_head, eps_, o);
         post_w_ = w.optional("v.post_ln.weight", {C}, TensorRole::Float);
         post_b_ = w.optional("v.post_ln.bias", {C}, TensorRole::Float);
         if (!post_w_ != !post_b_) f.fail("v.post_ln needs both weight and bias");
@@ -71,20 +57,11 @@ public:
         }
         projector_ = std::make_unique<MlpProjector>(w, C * scale_ * scale_);
         n_embd_out = static_cast<int>(projector_->n_out());
-        if (f.has("clip.vision.projection_dim") && static_cast<int>(f.get_u32("clip.vision.projection_dim")) != n_embd_out) {
-            f.fail("clip.vision.projection_dim " + std::to_string(f.get_u32("clip.vision.projection_dim")) +
-                   " does not match the projector's output width " + std::to_string(n_embd_out) +
-                   " (tensor 'mm.model.mlp.3.weight')");
-        }
+        check_projection_dim(f, "mm.model.mlp.3.weight");
     }
 
     void check_input(int n_frames, int height, int width) const override {
-        if (n_frames <= 0) throw InputError("encode_frames needs at least one frame");
-        if (height != image_size || width != image_size) {
-            throw InputError("Eagle 2.5 frames must be " + std::to_string(image_size) + " x " + std::to_string(image_size) +
-                             " pixels (one tile per frame; resize with statekv.families.eagle2_5.preprocess_frames), got " +
-                             std::to_string(height) + " x " + std::to_string(width));
-        }
+        check_square_frames(n_frames, height, width, "Eagle 2.5", "statekv.families.eagle2_5.preprocess_frames");
     }
 
     int tokens_per_patch(int height, int width) const override {

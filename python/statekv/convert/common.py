@@ -150,6 +150,32 @@ def add_clip_vision_keys(writer: Any, *, projection_dim: int, image_size: int, p
     writer.add_vision_attention_layernorm_eps(float(eps))
 
 
+def write_mmproj_file(out_path: Path, source: Path | str, outtype: str, write_keys: Callable[[Any], None],
+                      plan: Sequence[tuple[str, tuple[int, ...], Any]], arrays: Iterable[np.ndarray]) -> Path:
+    """An mmproj GGUF as llama.cpp's converter lays it out: ``general.architecture = clip``,
+    ``general.type = mmproj``, the model card of the checkpoint folder ``source`` (or the name
+    ``source``), the file type of ``outtype``, the family's keys (``write_keys(writer)``), then the
+    tensors of ``plan`` ((name, numpy shape, GGML type), in order) with the float data ``arrays``,
+    written atomically (see :func:`write_gguf_atomically`)."""
+    gguf = _gguf()
+    writer = gguf.GGUFWriter(path=None, arch="clip")
+    writer.add_type(gguf.GGUFType.MMPROJ)
+    if isinstance(source, Path):
+        meta = gguf.Metadata.load(None, source, None, sum(math.prod(s) for _, s, _ in plan))
+        if meta.name is None:
+            meta.name = source.name
+        meta.set_gguf_meta_model(writer)
+    else:
+        writer.add_name(source)
+    writer.add_file_type(int(gguf.LlamaFileType[OUTTYPES[outtype][1]]))
+    write_keys(writer)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    add_tensor_infos(writer, plan)
+    write_gguf_atomically(writer, Path(out_path), ((np.asarray(a, dtype=np.float32).reshape(shape), qtype)
+                                                   for (_, shape, qtype), a in zip(plan, arrays)))
+    return Path(out_path)
+
+
 def write_gguf_atomically(writer: Any, out_path: Path, tensors: Iterable[tuple[np.ndarray, Any]]) -> None:
     """Write ``writer``'s header, metadata and tensor infos, then each ``(float data, ggml type)``
     as llama.cpp stores it (F32 as is, F16 cast, quantized types through gguf-py), in the order

@@ -27,10 +27,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from ...convert.common import (OUTTYPES, ConversionError, TextFamily, _gguf, add_clip_vision_keys, add_tensor_infos,
-                               read_image_mean_std, tensor_qtype, write_gguf_atomically)
+from ...convert.common import (OUTTYPES, ConversionError, TextFamily, _gguf, add_clip_vision_keys,
+                               read_image_mean_std, tensor_qtype, write_mmproj_file)
 from ...convert.safetensors import SafetensorsIndex
 
 __all__ = ["TEXT_FAMILY", "PROJECTOR", "write_mmproj", "mmproj_shapes"]
@@ -167,7 +166,6 @@ def _is_unused(gname: str, hp: Hparams) -> bool:
 def write_mmproj(hf_dir: str | os.PathLike, config: dict, st: SafetensorsIndex, out_path: str | os.PathLike,
                  outtype: str) -> Path:
     """Write the ``eagle2_5`` mmproj of an Eagle 2.5 checkpoint (see the module docstring)."""
-    gguf = _gguf()
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     where = str(hf_dir / "config.json")
     if outtype not in OUTTYPES:
@@ -197,17 +195,7 @@ def write_mmproj(hf_dir: str | os.PathLike, config: dict, st: SafetensorsIndex, 
         raise ConversionError(f"{hf_dir}: vision tensors missing for {missing[:4]} (expected an Eagle 2.5 "
                               "checkpoint: vision_model.*, mlp1.*)")
     plan = [(name, shape, qtype_of(name, shape, outtype)) for name, shape in want.items()]
-    writer = gguf.GGUFWriter(path=None, arch="clip")
-    writer.add_type(gguf.GGUFType.MMPROJ)
-    meta = gguf.Metadata.load(None, hf_dir, None, sum(math.prod(s) for _, s, _ in plan))
-    if meta.name is None:
-        meta.name = hf_dir.name
-    meta.set_gguf_meta_model(writer)
-    writer.add_file_type(int(gguf.LlamaFileType[OUTTYPES[outtype][1]]))
-    hp.write(writer, mean, std)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    add_tensor_infos(writer, plan)
-    write_gguf_atomically(writer, out_path, ((np.asarray(st.load(sources[n]), dtype=np.float32).reshape(s), q)
-                                             for n, s, q in plan))
+    write_mmproj_file(out_path, hf_dir, outtype, lambda writer: hp.write(writer, mean, std), plan,
+                      (st.load(sources[n]) for n, _, _ in plan))
     logger.info("wrote %s (clip/%s, %s, %d tensors)", out_path, PROJECTOR, outtype, len(plan))
     return out_path

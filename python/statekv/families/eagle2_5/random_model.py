@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ...convert.common import OUTTYPES, _gguf, add_tensor_infos, write_gguf_atomically
+from ...convert.common import OUTTYPES, write_mmproj_file
 from .convert import Hparams, mmproj_shapes, qtype_of
 
 __all__ = ["VISION_SHAPES", "make_random_mmproj"]
@@ -25,7 +25,6 @@ def make_random_mmproj(out_path: str | os.PathLike, tower: str | dict, n_embd_ou
     """An ``eagle2_5`` mmproj with random weights (N(0, 0.02^2), norms 1 + N(0, 0.02^2)) at the tower
     shape ``tower`` (a key of :data:`VISION_SHAPES` or a dict of vision_config fields) whose
     projector gives ``n_embd_out`` features (Eagle2.5-8B: 3584)."""
-    gguf = _gguf()
     if qtype not in OUTTYPES:
         raise ValueError(f"qtype {qtype!r} is not supported (expected one of {sorted(OUTTYPES)})")
     if isinstance(tower, str):
@@ -44,12 +43,6 @@ def make_random_mmproj(out_path: str | os.PathLike, tower: str | dict, n_embd_ou
             base = 1.0 if len(shp) == 1 and n.endswith(".weight") else 0.0
             yield base + 0.02 * rng.standard_normal(shp, dtype=np.float32)
 
-    writer = gguf.GGUFWriter(path=None, arch="clip")
-    writer.add_type(gguf.GGUFType.MMPROJ)
-    writer.add_name(f"random {name} Eagle 2.5 mmproj")
-    writer.add_file_type(int(gguf.LlamaFileType[OUTTYPES[qtype][1]]))
-    hp.write(writer, [0.5] * 3, [0.5] * 3)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    add_tensor_infos(writer, plan)
-    write_gguf_atomically(writer, Path(out_path), ((v, q) for v, (_, _, q) in zip(values(), plan)))
-    return Path(out_path)
+    return write_mmproj_file(Path(out_path), f"random {name} Eagle 2.5 mmproj", qtype,
+                             lambda writer: hp.write(writer, [0.5] * 3, [0.5] * 3), plan, values())
+

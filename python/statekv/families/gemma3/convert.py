@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ...convert.common import (OUTTYPES, ConversionError, TextFamily, _gguf, add_clip_vision_keys, add_tensor_infos,
-                               read_image_mean_std, tensor_qtype, write_gguf_atomically)
+from ...convert.common import (OUTTYPES, ConversionError, TextFamily, _gguf, add_clip_vision_keys,
+                               read_image_mean_std, tensor_qtype, write_mmproj_file)
 from ...convert.safetensors import SafetensorsIndex
 
 logger = logging.getLogger("statekv.convert")
@@ -223,7 +223,6 @@ def write_mmproj(hf_dir: str | os.PathLike, config: dict, st: SafetensorsIndex, 
                  outtype: str) -> Path:
     """Write the ``gemma3`` mmproj of a ``Gemma3ForConditionalGeneration`` checkpoint.
     ``outtype``: ``f32``, ``f16``, ``bf16`` or ``q8_0`` (already resolved from ``auto``)."""
-    gguf = _gguf()
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     where = str(hf_dir / "config.json")
     if outtype not in OUTTYPES:
@@ -254,21 +253,11 @@ def write_mmproj(hf_dir: str | os.PathLike, config: dict, st: SafetensorsIndex, 
                               "Gemma3ForConditionalGeneration checkpoint)")
     plan = [(name, want[name], _qtype(name, want[name], outtype)) for name in want]
 
-    writer = gguf.GGUFWriter(path=None, arch="clip")
-    writer.add_type(gguf.GGUFType.MMPROJ)
-    meta = gguf.Metadata.load(None, hf_dir, None, sum(math.prod(s) for _, s, _ in plan))
-    if meta.name is None:
-        meta.name = hf_dir.name
-    meta.set_gguf_meta_model(writer)
-    writer.add_file_type(int(gguf.LlamaFileType[OUTTYPES[outtype][1]]))
-    hp.write(writer, mean, std)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    add_tensor_infos(writer, plan)
-
-    def data(name: str, shape) -> np.ndarray:
-        x = np.asarray(st.load(sources[name]), dtype=np.float32).reshape(shape)
+    def data(name: str) -> np.ndarray:
+        x = np.asarray(st.load(sources[name]), dtype=np.float32)
         return x + 1.0 if name == "mm.soft_emb_norm.weight" else x
 
-    write_gguf_atomically(writer, out_path, ((data(name, shape), qtype) for name, shape, qtype in plan))
+    write_mmproj_file(out_path, hf_dir, outtype, lambda writer: hp.write(writer, mean, std), plan,
+                      (data(name) for name, _, _ in plan))
     logger.info("wrote %s (clip/gemma3, %s, %d tensors)", out_path, outtype, len(plan))
     return out_path
