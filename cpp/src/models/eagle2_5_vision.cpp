@@ -37,10 +37,8 @@ public:
         eps_ = v.eps;
         read_pixel_normalization(f, ByteRescale::F32);
 
-        const int64_t C = n_embd_, P = patch_size, N = int64_t(grid_) * grid_;
-        patch_w_ = w.require("v.patch_embd.weight", {P, P, 3, C}, TensorRole::ConvKernel);
-        patch_b_ = w.require("v.patch_embd.bias", {C}, TensorRole::Float);
-        pos_ = w.require("v.position_embd.weight", {C, N}, TensorRole::Float);
+        const int64_t C = n_embd_, N = int64_t(grid_) * grid_;
+        embeddings_ = std::make_unique<PatchEmbeddings>(w, patch_size, C, N);
         VitOptions o;
         o.gelu_tanh = true;
         blocks_ = std::make_unique<VitBlocks>(f, w, n_layer_, C, v.ff, v.n_head, eps_, o);
@@ -72,9 +70,7 @@ public:
         check_input(n, height, width);
         ggml_context* ctx = g.ctx();
         const int64_t C = n_embd_, G = grid_, Np = G * G;
-        ggml_tensor* x = patch_embedding(ctx, pixels, patch_w_, patch_b_, patch_size);  // [C, Np, n]
-        ggml_tensor* pos = pos_->type == GGML_TYPE_F32 ? pos_ : ggml_cast(ctx, pos_, GGML_TYPE_F32);
-        x = ggml_reshape_2d(ctx, ggml_add(ctx, x, pos), C, Np * n);
+        ggml_tensor* x = embeddings_->with_positions(ctx, pixels);  // [C, Np * n]
         x = blocks_->build(g, x, Np, n, n_layer_);
         if (post_w_) x = layer_norm(ctx, x, post_w_, post_b_, eps_);
         return projector_->build(ctx, pixel_shuffle(ctx, ggml_reshape_3d(ctx, x, C, Np, n), G, scale_));
@@ -83,7 +79,8 @@ public:
 private:
     int n_embd_ = 0, n_layer_ = 0, scale_ = 0, grid_ = 0;
     float eps_ = 1e-6f;
-    ggml_tensor *patch_w_ = nullptr, *patch_b_ = nullptr, *pos_ = nullptr, *post_w_ = nullptr, *post_b_ = nullptr;
+    ggml_tensor *post_w_ = nullptr, *post_b_ = nullptr;
+    std::unique_ptr<PatchEmbeddings> embeddings_;
     std::unique_ptr<VitBlocks> blocks_;
     std::unique_ptr<MlpProjector> projector_;
 };

@@ -47,10 +47,8 @@ public:
         read_pixel_normalization(f, ByteRescale::F32);
         if (f.get_bool_or("clip.use_silu", false)) f.fail("clip.use_silu is set: Gemma 3's SigLIP uses GELU (clip.use_gelu)");
 
-        const int64_t C = n_embd_, P = patch_size, N = int64_t(grid_) * grid_;
-        patch_w_ = w.require("v.patch_embd.weight", {P, P, 3, C}, TensorRole::ConvKernel);
-        patch_b_ = w.require("v.patch_embd.bias", {C}, TensorRole::Float);
-        pos_ = w.require("v.position_embd.weight", {C, N}, TensorRole::Float);
+        const int64_t C = n_embd_, N = int64_t(grid_) * grid_;
+        embeddings_ = std::make_unique<PatchEmbeddings>(w, patch_size, C, N);
         VitOptions o;
         o.gelu_tanh = true;
         blocks_ = std::make_unique<VitBlocks>(f, w, n_layer_, C, v.ff, v.n_head, eps_, o);
@@ -75,9 +73,7 @@ public:
         ggml_context* ctx = g.ctx();
         const int64_t C = n_embd_, G = grid_, Np = G * G;
 
-        ggml_tensor* x = patch_embedding(ctx, pixels, patch_w_, patch_b_, patch_size);  // [C, Np, n]
-        ggml_tensor* pos = pos_->type == GGML_TYPE_F32 ? pos_ : ggml_cast(ctx, pos_, GGML_TYPE_F32);
-        x = ggml_reshape_2d(ctx, ggml_add(ctx, x, pos), C, Np * n);
+        ggml_tensor* x = embeddings_->with_positions(ctx, pixels);  // [C, Np * n]
 
         x = blocks_->build(g, x, Np, n, n_layer_);
         x = layer_norm(ctx, x, post_w_, post_b_, eps_);
@@ -98,7 +94,7 @@ public:
 private:
     int n_embd_ = 0, n_layer_ = 0, pool_ = 4, grid_ = 0;
     float eps_ = 1e-6f;
-    ggml_tensor *patch_w_ = nullptr, *patch_b_ = nullptr, *pos_ = nullptr;
+    std::unique_ptr<PatchEmbeddings> embeddings_;
     std::unique_ptr<VitBlocks> blocks_;
     ggml_tensor *post_w_ = nullptr, *post_b_ = nullptr, *soft_norm_ = nullptr, *proj_ = nullptr;
 };

@@ -57,12 +57,10 @@ public:
         }
         rms_ = n_embd_ == 3200 && n_layer_ == 45;  // InternViT-6B (llama.cpp's rule)
 
-        const int64_t C = n_embd_, F = n_ff_, P = patch_size, N = int64_t(grid_) * grid_ + 1;
+        const int64_t C = n_embd_, F = n_ff_, N = int64_t(grid_) * grid_ + 1;
         const int64_t M = C * scale_ * scale_;
-        patch_w_ = w.require("v.patch_embd.weight", {P, P, 3, C}, TensorRole::ConvKernel);
-        patch_b_ = w.require("v.patch_embd.bias", {C}, TensorRole::Float);
+        embeddings_ = std::make_unique<PatchEmbeddings>(w, patch_size, C, N);
         cls_ = w.require("v.class_embd", {C}, TensorRole::Float);
-        pos_ = w.require("v.position_embd.weight", {C, N}, TensorRole::Float);
         VitOptions o;
         o.rms_norm = rms_;
         o.layer_scale = true;
@@ -87,13 +85,13 @@ public:
         ggml_context* ctx = g.ctx();
         const int64_t C = n_embd_, G = grid_, Np = G * G, T = Np + 1;
 
-        ggml_tensor* x = patch_embedding(ctx, pixels, patch_w_, patch_b_, patch_size);  // [C, Np, n]
+        ggml_tensor* x = embeddings_->patches(ctx, pixels);  // [C, Np, n]
 
         // [CLS ; patches] per frame, plus the position table.
         ggml_tensor* cls = ggml_reshape_3d(ctx, as_f32(ctx, cls_), C, 1, 1);
         cls = ggml_repeat_4d(ctx, cls, C, 1, n, 1);
         x = ggml_concat(ctx, cls, x, 1);
-        x = ggml_add(ctx, x, ggml_reshape_2d(ctx, as_f32(ctx, pos_), C, T));
+        x = ggml_add(ctx, x, embeddings_->positions(ctx));
         x = ggml_reshape_2d(ctx, x, C, T * n);
 
         x = blocks_->build(g, x, T, n, n_layer_);
@@ -112,7 +110,8 @@ private:
     int n_embd_ = 0, n_ff_ = 0, n_layer_ = 0, n_head_ = 0, scale_ = 0, grid_ = 0;
     float eps_ = 1e-6f;
     bool rms_ = false;
-    ggml_tensor *patch_w_ = nullptr, *patch_b_ = nullptr, *cls_ = nullptr, *pos_ = nullptr;
+    ggml_tensor* cls_ = nullptr;
+    std::unique_ptr<PatchEmbeddings> embeddings_;
     std::unique_ptr<VitBlocks> blocks_;
     std::unique_ptr<MlpProjector> projector_;
 };

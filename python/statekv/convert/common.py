@@ -150,6 +150,46 @@ def add_clip_vision_keys(writer: Any, *, projection_dim: int, image_size: int, p
     writer.add_vision_attention_layernorm_eps(float(eps))
 
 
+def match_mmproj_tensors(st: Any, hf_dir: Path, want: dict[str, tuple[int, ...]],
+                         to_gguf: Callable[[str], str | None], projector: str, expected: str) -> dict[str, str]:
+    """GGUF name -> checkpoint name for every tensor of ``want`` (GGUF name -> numpy shape):
+    ``to_gguf(name)`` is None for tensors the mmproj does not take, "" (or a name outside ``want``)
+    for a vision tensor with no place in it. ConversionError naming the file for an unexpected,
+    misshapen, doubly mapped or missing tensor (``expected`` says what checkpoint was expected)."""
+    sources: dict[str, str] = {}
+    for hf_name in st.names():
+        gname = to_gguf(hf_name)
+        if gname is None:
+            continue
+        where = st.entries[hf_name].file
+        if gname not in want:
+            raise ConversionError(f"{where}: vision tensor {hf_name!r} has no place in the {projector} mmproj "
+                                  "(unexpected for this configuration)")
+        got = st.shape(hf_name)
+        if math.prod(got) != math.prod(want[gname]) or \
+                tuple(x for x in got if x != 1) != tuple(x for x in want[gname] if x != 1):
+            raise ConversionError(f"{where}: tensor {hf_name!r} has shape {list(got)}, expected {list(want[gname])}")
+        if gname in sources:
+            raise ConversionError(f"{where}: tensors {sources[gname]!r} and {hf_name!r} both map to {gname!r}")
+        sources[gname] = hf_name
+    missing = sorted(set(want) - set(sources))
+    if missing:
+        raise ConversionError(f"{hf_dir}: vision tensors missing for {missing[:4]} (expected {expected})")
+    return sources
+
+
+def random_tower(shapes: dict[str, dict[str, Any]], tower: str | dict, default: str, qtype: str) -> tuple[dict, str]:
+    """(vision_config, name) of a random tower: a key of ``shapes`` or a dict of fields over
+    ``shapes[default]``; ValueError for an unknown tower or weight type."""
+    if qtype not in OUTTYPES:
+        raise ValueError(f"qtype {qtype!r} is not supported (expected one of {sorted(OUTTYPES)})")
+    if isinstance(tower, str):
+        if tower not in shapes:
+            raise ValueError(f"unknown tower {tower!r} (expected one of {sorted(shapes)} or a dict)")
+        return dict(shapes[tower]), tower
+    return dict(shapes[default], **tower), "custom"
+
+
 def write_mmproj_file(out_path: Path, source: Path | str, outtype: str, write_keys: Callable[[Any], None],
                       plan: Sequence[tuple[str, tuple[int, ...], Any]], arrays: Iterable[np.ndarray]) -> Path:
     """An mmproj GGUF as llama.cpp's converter lays it out: ``general.architecture = clip``,

@@ -21,7 +21,6 @@ states do not); ``clip.vision.eagle2_5.select_layer`` records the value.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from pathlib import Path
@@ -29,7 +28,8 @@ from typing import Any
 
 
 from ...convert.common import (OUTTYPES, ConversionError, TextFamily, _gguf, add_clip_vision_keys,
-                               read_image_mean_std, tensor_qtype, write_mmproj_file)
+                               match_mmproj_tensors, read_image_mean_std, tensor_qtype,
+                               write_mmproj_file)
 from ...convert.safetensors import SafetensorsIndex
 
 __all__ = ["TEXT_FAMILY", "PROJECTOR", "write_mmproj", "mmproj_shapes"]
@@ -173,27 +173,12 @@ def write_mmproj(hf_dir: str | os.PathLike, config: dict, st: SafetensorsIndex, 
     hp = Hparams(config, where)
     mean, std = read_image_mean_std(hf_dir, default=((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
     want = mmproj_shapes(hp)
-    sources: dict[str, str] = {}
-    for hf_name in st.names():
+    def to_gguf(hf_name: str) -> str | None:
         gname = hf_to_gguf_name(hf_name)
-        if gname is None or (gname and _is_unused(gname, hp)):
-            continue
-        if gname not in want:
-            raise ConversionError(f"{st.entries[hf_name].file}: vision tensor {hf_name!r} has no place in the "
-                                  "eagle2_5 mmproj (unexpected for this configuration)")
-        got = st.shape(hf_name)
-        if math.prod(got) != math.prod(want[gname]) or \
-                tuple(x for x in got if x != 1) != tuple(x for x in want[gname] if x != 1):
-            raise ConversionError(f"{st.entries[hf_name].file}: tensor {hf_name!r} has shape {list(got)}, "
-                                  f"expected {list(want[gname])}")
-        if gname in sources:
-            raise ConversionError(f"{st.entries[hf_name].file}: tensors {sources[gname]!r} and {hf_name!r} "
-                                  f"both map to {gname!r}")
-        sources[gname] = hf_name
-    missing = sorted(set(want) - set(sources))
-    if missing:
-        raise ConversionError(f"{hf_dir}: vision tensors missing for {missing[:4]} (expected an Eagle 2.5 "
-                              "checkpoint: vision_model.*, mlp1.*)")
+        return None if gname is None or (gname and _is_unused(gname, hp)) else gname
+
+    sources = match_mmproj_tensors(st, hf_dir, want, to_gguf, PROJECTOR,
+                                   "an Eagle 2.5 checkpoint: vision_model.*, mlp1.*")
     plan = [(name, shape, qtype_of(name, shape, outtype)) for name, shape in want.items()]
     write_mmproj_file(out_path, hf_dir, outtype, lambda writer: hp.write(writer, mean, std), plan,
                       (st.load(sources[n]) for n, _, _ in plan))

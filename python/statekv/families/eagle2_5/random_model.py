@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ...convert.common import OUTTYPES, write_mmproj_file
+from ...convert.common import random_tower, write_mmproj_file
 from .convert import Hparams, mmproj_shapes, qtype_of
 
 __all__ = ["VISION_SHAPES", "make_random_mmproj"]
@@ -25,14 +25,7 @@ def make_random_mmproj(out_path: str | os.PathLike, tower: str | dict, n_embd_ou
     """An ``eagle2_5`` mmproj with random weights (N(0, 0.02^2), norms 1 + N(0, 0.02^2)) at the tower
     shape ``tower`` (a key of :data:`VISION_SHAPES` or a dict of vision_config fields) whose
     projector gives ``n_embd_out`` features (Eagle2.5-8B: 3584)."""
-    if qtype not in OUTTYPES:
-        raise ValueError(f"qtype {qtype!r} is not supported (expected one of {sorted(OUTTYPES)})")
-    if isinstance(tower, str):
-        if tower not in VISION_SHAPES:
-            raise ValueError(f"unknown tower {tower!r} (expected one of {sorted(VISION_SHAPES)} or a dict)")
-        vc, name = dict(VISION_SHAPES[tower]), tower
-    else:
-        vc, name = dict(VISION_SHAPES["siglip-so400m-448"], **tower), "custom"
+    vc, name = random_tower(VISION_SHAPES, tower, "siglip-so400m-448", qtype)
     hp = Hparams(dict(vision_config=vc, text_config=dict(hidden_size=int(n_embd_out)), select_layer=select_layer),
                  f"tower {name!r}")
     plan = [(n, s, qtype_of(n, s, qtype)) for n, s in mmproj_shapes(hp).items()]

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from ...convert.common import (OUTTYPES, ConversionError, TextFamily, _gguf, add_clip_vision_keys,
-                               read_image_mean_std, tensor_qtype, write_mmproj_file)
+                               match_mmproj_tensors, read_image_mean_std, tensor_qtype,
+                               write_mmproj_file)
 from ...convert.safetensors import SafetensorsIndex
 
 logger = logging.getLogger("statekv.convert")
@@ -230,27 +231,8 @@ def write_mmproj(hf_dir: str | os.PathLike, config: dict, st: SafetensorsIndex, 
     hp = _Hparams(config, where)
     mean, std = read_image_mean_std(hf_dir, default=((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
     want = hp.shapes()
-    sources: dict[str, str] = {}
-    for hf_name in st.names():
-        gname = hf_to_gguf_name(hf_name)
-        if gname is None:
-            continue
-        if gname == "" or gname not in want:
-            raise ConversionError(f"{st.entries[hf_name].file}: vision tensor {hf_name!r} has no place in "
-                                  "llama.cpp's gemma3 mmproj (unexpected for this configuration)")
-        if gname in sources:
-            raise ConversionError(f"{st.entries[hf_name].file}: tensors {sources[gname]!r} and {hf_name!r} "
-                                  f"both map to {gname!r}")
-        got = st.shape(hf_name)
-        if math.prod(got) != math.prod(want[gname]) or \
-                tuple(x for x in got if x != 1) != tuple(x for x in want[gname] if x != 1):
-            raise ConversionError(f"{st.entries[hf_name].file}: tensor {hf_name!r} has shape {list(got)}, "
-                                  f"expected {list(want[gname])}")
-        sources[gname] = hf_name
-    missing = sorted(set(want) - set(sources))
-    if missing:
-        raise ConversionError(f"{hf_dir}: vision tensors missing for {missing[:4]} (expected a "
-                              "Gemma3ForConditionalGeneration checkpoint)")
+    sources = match_mmproj_tensors(st, hf_dir, want, hf_to_gguf_name, "gemma3",
+                                   "a Gemma3ForConditionalGeneration checkpoint")
     plan = [(name, want[name], _qtype(name, want[name], outtype)) for name in want]
 
     def data(name: str) -> np.ndarray:
