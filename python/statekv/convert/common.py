@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,44 @@ def add_clip_vision_keys(writer: Any, *, projection_dim: int, image_size: int, p
     writer.add_clip_projector_type(projector)
     writer.add_vision_use_gelu(True)
     writer.add_vision_attention_layernorm_eps(float(eps))
+
+
+# transformers' SiglipVisionModel names (after the tower's own prefix) -> llama.cpp's v.* names, as
+# llama.cpp's converter maps SigLIP-based towers (Gemma 3's, Eagle 2.5's).
+_SIGLIP_LAYER = {"layer_norm1": "ln1", "layer_norm2": "ln2", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+                 "self_attn.v_proj": "attn_v", "self_attn.out_proj": "attn_out", "mlp.fc1": "ffn_up",
+                 "mlp.fc2": "ffn_down"}
+_SIGLIP_FIXED = {"embeddings.patch_embedding.weight": "v.patch_embd.weight",
+                 "embeddings.patch_embedding.bias": "v.patch_embd.bias",
+                 "embeddings.position_embedding.weight": "v.position_embd.weight",
+                 "post_layernorm.weight": "v.post_ln.weight", "post_layernorm.bias": "v.post_ln.bias"}
+_SIGLIP_LAYER_RE = re.compile(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def siglip_gguf_name(name: str) -> str | None:
+    """The v.* name of a SigLIP tower tensor (``vision_model.`` nesting already stripped); None for
+    the pooling head (``head.*``, which llama.cpp's towers do not use); "" for an unknown one."""
+    if name.startswith("vision_model."):
+        name = name[len("vision_model."):]
+    if name.startswith("head."):
+        return None
+    if name in _SIGLIP_FIXED:
+        return _SIGLIP_FIXED[name]
+    m = _SIGLIP_LAYER_RE.match(name)
+    if m and m.group(2) in _SIGLIP_LAYER:
+        return f"v.blk.{m.group(1)}.{_SIGLIP_LAYER[m.group(2)]}.{m.group(3)}"
+    return ""
+
+
+def siglip_block_shapes(n_layer: int, C: int, F: int) -> dict[str, tuple[int, ...]]:
+    """numpy shapes of the v.blk.N.* tensors of n_layer SigLIP blocks (width C, MLP width F)."""
+    out = {}
+    for i in range(n_layer):
+        for t, shape in (("ln1", (C,)), ("ln2", (C,)), ("attn_q", (C, C)), ("attn_k", (C, C)), ("attn_v", (C, C)),
+                         ("attn_out", (C, C)), ("ffn_up", (F, C)), ("ffn_down", (C, F))):
+            out[f"v.blk.{i}.{t}.weight"] = shape
+            out[f"v.blk.{i}.{t}.bias"] = (shape[0],)
+    return out
 
 
 def match_mmproj_tensors(st: Any, hf_dir: Path, want: dict[str, tuple[int, ...]],

@@ -28,8 +28,8 @@ from typing import Any
 
 
 from ...convert.common import (OUTTYPES, ConversionError, TextFamily, _gguf, add_clip_vision_keys,
-                               match_mmproj_tensors, read_image_mean_std, tensor_qtype,
-                               write_mmproj_file)
+                               match_mmproj_tensors, read_image_mean_std, siglip_block_shapes,
+                               siglip_gguf_name, tensor_qtype, write_mmproj_file)
 from ...convert.safetensors import SafetensorsIndex
 
 __all__ = ["TEXT_FAMILY", "PROJECTOR", "write_mmproj", "mmproj_shapes"]
@@ -53,13 +53,6 @@ TEXT_FAMILY = TextFamily(
     extra_params=_check_text,
 )
 
-_LAYER = {"layer_norm1": "ln1", "layer_norm2": "ln2", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-          "self_attn.v_proj": "attn_v", "self_attn.out_proj": "attn_out", "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down"}
-_FIXED = {"embeddings.patch_embedding.weight": "v.patch_embd.weight",
-          "embeddings.patch_embedding.bias": "v.patch_embd.bias",
-          "embeddings.position_embedding.weight": "v.position_embd.weight",
-          "post_layernorm.weight": "v.post_ln.weight", "post_layernorm.bias": "v.post_ln.bias"}
-_LAYER_RE = re.compile(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 _MLP_RE = re.compile(r"^mlp1\.(0|1|3)\.(weight|bias)$")
 
 
@@ -70,17 +63,7 @@ def hf_to_gguf_name(name: str) -> str | None:
         return f"mm.model.mlp.{m.group(1)}.{m.group(2)}"
     if not name.startswith("vision_model."):
         return None
-    n = name[len("vision_model."):]
-    if n.startswith("vision_model."):
-        n = n[len("vision_model."):]
-    if n.startswith("head."):
-        return None  # SigLIP's pooling head: Eagle uses every patch token
-    if n in _FIXED:
-        return _FIXED[n]
-    m = _LAYER_RE.match(n)
-    if m and m.group(2) in _LAYER:
-        return f"v.blk.{m.group(1)}.{_LAYER[m.group(2)]}.{m.group(3)}"
-    return ""
+    return siglip_gguf_name(name[len("vision_model."):])
 
 
 class Hparams:
@@ -141,11 +124,7 @@ def mmproj_shapes(hp: Hparams) -> dict[str, tuple[int, ...]]:
            "mm.model.mlp.3.weight": (E, E), "mm.model.mlp.3.bias": (E,)}
     if hp.select_layer == -1:
         out["v.post_ln.weight"] = out["v.post_ln.bias"] = (C,)
-    for i in range(hp.n_layer):
-        for t, shape in (("ln1", (C,)), ("ln2", (C,)), ("attn_q", (C, C)), ("attn_k", (C, C)), ("attn_v", (C, C)),
-                         ("attn_out", (C, C)), ("ffn_up", (F, C)), ("ffn_down", (C, F))):
-            out[f"v.blk.{i}.{t}.weight"] = shape
-            out[f"v.blk.{i}.{t}.bias"] = (shape[0],)
+    out.update(siglip_block_shapes(hp.n_layer, C, F))
     return out
 
 

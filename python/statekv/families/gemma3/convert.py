@@ -25,15 +25,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...convert.common import (OUTTYPES, ConversionError, TextFamily, _gguf, add_clip_vision_keys,
-                               match_mmproj_tensors, read_image_mean_std, tensor_qtype,
-                               write_mmproj_file)
+                               match_mmproj_tensors, read_image_mean_std, siglip_block_shapes,
+                               siglip_gguf_name, tensor_qtype, write_mmproj_file)
 from ...convert.safetensors import SafetensorsIndex
 
 logger = logging.getLogger("statekv.convert")
@@ -132,15 +131,8 @@ TEXT_FAMILY = TextFamily(
 # The SigLIP pooling head (head.*) is not used by Gemma 3 and not written. Types as llama.cpp's
 # converter: the embeddings F32, the input projection F16 (f32 output: F32), others by the
 # shared rules.
-_LAYER = {"layer_norm1": "ln1", "layer_norm2": "ln2", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-          "self_attn.v_proj": "attn_v", "self_attn.out_proj": "attn_out", "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down"}
-_FIXED = {"embeddings.patch_embedding.weight": "v.patch_embd.weight",
-          "embeddings.patch_embedding.bias": "v.patch_embd.bias",
-          "embeddings.position_embedding.weight": "v.position_embd.weight",
-          "post_layernorm.weight": "v.post_ln.weight", "post_layernorm.bias": "v.post_ln.bias"}
 _PROJECTOR = {"mm_input_projection_weight": "mm.input_projection.weight",
               "mm_soft_emb_norm.weight": "mm.soft_emb_norm.weight"}
-_LAYER_RE = re.compile(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 
 def hf_to_gguf_name(name: str) -> str | None:
@@ -150,17 +142,8 @@ def hf_to_gguf_name(name: str) -> str | None:
         return _PROJECTOR.get(n[len("multi_modal_projector."):], "")
     if not n.startswith("vision_tower."):
         return None
-    n = n[len("vision_tower."):]
-    if n.startswith("vision_model."):
-        n = n[len("vision_model."):]
-    if n.startswith("head."):
-        return None
-    if n in _FIXED:
-        return _FIXED[n]
-    m = _LAYER_RE.match(n)
-    if m and m.group(2) in _LAYER:
-        return f"v.blk.{m.group(1)}.{_LAYER[m.group(2)]}.{m.group(3)}"
-    return ""  # a vision tensor with no GGUF name
+    return siglip_gguf_name(n[len("vision_tower."):])
+
 
 
 class _Hparams:
@@ -203,11 +186,7 @@ class _Hparams:
                "v.position_embd.weight": ((self.image_size // P) ** 2, C),
                "v.post_ln.weight": (C,), "v.post_ln.bias": (C,),
                "mm.input_projection.weight": (C, E), "mm.soft_emb_norm.weight": (C,)}
-        for i in range(self.n_layer):
-            for t, shape in (("ln1", (C,)), ("ln2", (C,)), ("attn_q", (C, C)), ("attn_k", (C, C)),
-                             ("attn_v", (C, C)), ("attn_out", (C, C)), ("ffn_up", (F, C)), ("ffn_down", (C, F))):
-                out[f"v.blk.{i}.{t}.weight"] = shape
-                out[f"v.blk.{i}.{t}.bias"] = (shape[0],)
+        out.update(siglip_block_shapes(self.n_layer, C, F))
         return out
 
 
