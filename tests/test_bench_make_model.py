@@ -157,8 +157,9 @@ def test_shape_table():
     assert set(s) == {
         "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b",
         "internvl3-1b", "internvl3-2b", "internvl3-8b", "qwen3-vl-2b", "qwen3-vl-4b", "qwen3-vl-8b",
-        "gemma3-4b", "gemma3-12b",
+        "gemma3-4b", "gemma3-12b", "eagle2.5-8b",
     }
+    assert s["eagle2.5-8b"].arch == "qwen2" and (s["eagle2.5-8b"].hidden, s["eagle2.5-8b"].layers) == (3584, 28)
     # Gemma 3 text decoders: published dims; every 6th layer global, window 1024
     for name, dims, billions in [("gemma3-4b", (2560, 34, 8, 4, 10240), 3.88), ("gemma3-12b", (3840, 48, 16, 8, 15360), 11.77)]:
         sh = s[name]

@@ -208,6 +208,8 @@ def test_step_layouts_at_real_sizes():
     assert (q3.frame_size, q3.grid, q3.visual_rows, q3.tokens_per_step) == ((352, 640), (11, 20), 220, 228)
     g3 = vision.step_layout({"vision.projector": "gemma3", "vision.image_size": 896}, 16)
     assert (g3.family, g3.frame_size, g3.text_before, g3.text_after) == ("gemma3", (896, 896), 7, 2)
+    eg = vision.step_layout({"vision.projector": "eagle2_5", "vision.image_size": 448}, 16)
+    assert (eg.family, eg.frame_size, eg.text_before, eg.text_after) == ("eagle2_5", (448, 448), 14, 1)
     with pytest.raises(ValueError, match="no step layout"):
         vision.step_layout({"vision.projector": "llava"}, 16)
 

@@ -300,8 +300,120 @@ def make_gemma3vl(out_dir: str | os.PathLike, seed: int = 0, tied: bool = True,
     return out_dir
 
 
+EAGLE_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=448,
+                    patch_size=14, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh", vision_use_head=False,
+                    model_type="siglip_vision_model")
+# Eagle 2.5's image tokens after the Qwen2.5 added tokens (151646..151664), as its tokenizer adds them
+EAGLE_EXTRA_TOKENS = QWEN3_EXTRA_TOKENS[:19] + [(151665, "<img>", True), (151666, "</img>", True),
+                                                (151667, "<IMG_CONTEXT>", True)]
+EAGLE_IMAGE_TOKEN = 151667
+
+
+class EagleParts:
+    """Eagle2_5_VLForConditionalGeneration as NVlabs composes it, from transformers' own blocks:
+    ``vision_model`` (SiglipVisionModel, features from ``hidden_states[select_layer]``, the
+    post-norm only for -1), ``pixel_shuffle`` (NVlabs' function, ratio 0.5), ``mlp1``
+    (LayerNorm -> Linear -> GELU -> Linear) and ``language_model`` (Qwen2ForCausalLM)."""
+
+    def __init__(self, config: dict):
+        import torch
+        from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+
+        self.config = config
+        vc = SiglipVisionConfig(**{k: v for k, v in config["vision_config"].items() if k != "model_type"})
+        self.vision_model = SiglipVisionModel(vc).eval()
+        C, E = vc.hidden_size, config["text_config"]["hidden_size"]
+        self.mlp1 = torch.nn.Sequential(torch.nn.LayerNorm(C * 4), torch.nn.Linear(C * 4, E), torch.nn.GELU(),
+                                        torch.nn.Linear(E, E)).eval()
+        tc = {k: v for k, v in config["text_config"].items() if k not in ("architectures", "model_type")}
+        self.language_model = Qwen2ForCausalLM(Qwen2Config(**tc)).eval()
+        self.select_layer = config["select_layer"]
+
+    def modules(self):
+        return {"vision_model": self.vision_model, "mlp1": self.mlp1, "language_model": self.language_model}
+
+    def state_dict(self):
+        """NVlabs' tensor names: vision_model.vision_model.* (SiglipVisionModel as older
+        transformers nest it), mlp1.{0,1,3}.*, language_model.*."""
+        out = {}
+        for prefix, m in self.modules().items():
+            for k, v in m.state_dict().items():
+                if prefix == "vision_model" and not k.startswith("vision_model."):
+                    k = "vision_model." + k
+                out[f"{prefix}.{k}"] = v
+        return out
+
+    @staticmethod
+    def pixel_shuffle(x, scale_factor=0.5):
+        n, w, h, c = x.size()
+        x = x.view(n, w, int(h * scale_factor), int(c / scale_factor))
+        x = x.permute(0, 2, 1, 3).contiguous()
+        x = x.view(n, int(h * scale_factor), int(w * scale_factor), int(c / (scale_factor * scale_factor)))
+        return x.permute(0, 2, 1, 3).contiguous()
+
+    def image_features(self, pixels):
+        """(n, 3, 448, 448) -> (n, 256, E), as extract_feature computes them."""
+        import torch
+
+        with torch.no_grad():
+            out = self.vision_model(pixel_values=torch.as_tensor(pixels), output_hidden_states=True)
+            x = out.last_hidden_state if self.select_layer == -1 else out.hidden_states[self.select_layer]
+            h = w = int(x.shape[1] ** 0.5)
+            x = self.pixel_shuffle(x.contiguous().reshape(x.shape[0], h, w, -1), self.config["downsample_ratio"])
+            x = x.reshape(x.shape[0], -1, x.shape[-1])
+            return self.mlp1(x).numpy()
+
+
+def make_eagle2_5(out_dir: str | os.PathLike, seed: int = 0, tied: bool = False, select_layer: int = -1,
+                  **overrides) -> Path:
+    """An Eagle 2.5 checkpoint saved as NVlabs saves it (config.json with vision_config /
+    text_config / select_layer / downsample_ratio, NVlabs' tensor names) from :class:`EagleParts`:
+    a 3-layer SigLIP (width 32) at 448 px / patch 14, the qwen2 text model above, the Qwen2.5
+    tokenizer with <img>, </img>, <IMG_CONTEXT>."""
+    import torch
+    from safetensors.torch import save_file
+
+    text = _text_kwargs(tied, **overrides)
+    text.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2",
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    config = dict(architectures=["Eagle2_5_VLForConditionalGeneration"], model_type="eagle_2_5_vl",
+                  vision_config=dict(EAGLE_VISION), text_config=text, select_layer=select_layer,
+                  downsample_ratio=0.5, force_image_size=448, mlp_connector_layers=2, use_thumbnail=True,
+                  image_token_index=EAGLE_IMAGE_TOKEN)
+    torch.manual_seed(seed)
+    parts = EagleParts(config)
+    for m in parts.modules().values():
+        _randomize_(m, seed)
+    with torch.no_grad():   # the vision tower's default init is tiny: give it weights that matter
+        for name, p in parts.vision_model.named_parameters():
+            if p.ndim > 1:
+                p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(seed + len(name)))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in parts.state_dict().items()}, str(out_dir / "model.safetensors"))
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    save_tokenizer(out_dir, "qwen2", extra_tokens=EAGLE_EXTRA_TOKENS)
+    return out_dir
+
+
+def load_eagle2_5(hf_dir: str | os.PathLike) -> EagleParts:
+    """:class:`EagleParts` with the weights of a saved checkpoint (strict: every NVlabs name)."""
+    from safetensors.torch import load_file
+
+    hf_dir = Path(hf_dir)
+    parts = EagleParts(json.loads((hf_dir / "config.json").read_text()))
+    state = load_file(str(hf_dir / "model.safetensors"))
+    for prefix, m in parts.modules().items():
+        sub = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        if prefix == "vision_model" and not any(k.startswith("vision_model.") for k in m.state_dict()):
+            sub = {k[len("vision_model."):]: v for k, v in sub.items()}
+        m.load_state_dict(sub, strict=True)
+    return parts
+
+
 BUILDERS = {"qwen2": make_qwen2, "qwen3": make_qwen3, "qwen3vl": make_qwen3vl, "gemma3": make_gemma3,
-            "gemma3vl": make_gemma3vl}
+            "gemma3vl": make_gemma3vl,
+            "eagle2_5": make_eagle2_5}
 
 
 def make(arch: str, out_dir: str | os.PathLike, seed: int = 0, tied: bool | None = None, **overrides) -> Path:

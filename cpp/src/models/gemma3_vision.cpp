@@ -33,59 +33,35 @@ namespace statekv {
 namespace {
 
 constexpr int64_t kMaxImage = 1 << 14;
-constexpr int64_t kMaxWidth = int64_t(1) << 20;
 
 class Gemma3Vision final : public VisionModel {
 public:
     Gemma3Vision(const GgufFile& f, WeightStore& w) {
         // Ranges first, before anything is sized from them.
-        image_size = static_cast<int>(f.get_int("clip.vision.image_size", 1, kMaxImage));
-        patch_size = static_cast<int>(f.get_int("clip.vision.patch_size", 1, kMaxImage));
-        n_embd_ = static_cast<int>(f.get_int("clip.vision.embedding_length", 1, kMaxWidth));
-        n_ff_ = static_cast<int>(f.get_int("clip.vision.feed_forward_length", 1, kMaxWidth));
-        n_layer_ = static_cast<int>(f.get_int("clip.vision.block_count", 1, f.layers_with_prefix("v.blk.")));
-        n_head_ = static_cast<int>(f.get_int("clip.vision.attention.head_count", 1, n_embd_));
-        eps_ = f.get_positive_f32_or("clip.vision.attention.layer_norm_epsilon", 1e-6f, 1.0f);
         pool_ = static_cast<int>(f.get_int_or("clip.vision.projector.scale_factor", 4, 1, kMaxImage));
+        const VitSizes v = read_vit_sizes(f, pool_, "projector.scale_factor");
+        n_embd_ = static_cast<int>(v.width);
+        n_layer_ = v.n_layer;
+        grid_ = v.grid;
+        eps_ = v.eps;
         read_pixel_normalization(f, ByteRescale::F32);
         if (f.get_bool_or("clip.use_silu", false)) f.fail("clip.use_silu is set: Gemma 3's SigLIP uses GELU (clip.use_gelu)");
-        if (n_embd_ % n_head_ != 0) {
-            f.fail("clip.vision.embedding_length " + std::to_string(n_embd_) + " is not a multiple of "
-                   "clip.vision.attention.head_count " + std::to_string(n_head_));
-        }
-        if (image_size % patch_size != 0 || (image_size / patch_size) % pool_ != 0) {
-            f.fail("clip.vision.image_size " + std::to_string(image_size) + " must be a multiple of patch_size " +
-                   std::to_string(patch_size) + " x projector.scale_factor " + std::to_string(pool_));
-        }
-        grid_ = image_size / patch_size;
-        size_multiple = image_size;
 
-        const int64_t C = n_embd_, F = n_ff_, P = patch_size, N = int64_t(grid_) * grid_;
-        patch_w_ = w.require("v.patch_embd.weight", {P, P, 3, C}, TensorRole::ConvKernel);
-        patch_b_ = w.require("v.patch_embd.bias", {C}, TensorRole::Float);
-        pos_ = w.require("v.position_embd.weight", {C, N}, TensorRole::Float);
+        const int64_t C = n_embd_, N = int64_t(grid_) * grid_;
+        embeddings_ = std::make_unique<PatchEmbeddings>(w, patch_size, C, N);
         VitOptions o;
         o.gelu_tanh = true;
-        blocks_ = std::make_unique<VitBlocks>(f, w, n_layer_, C, F, n_head_, eps_, o);
+        blocks_ = std::make_unique<VitBlocks>(f, w, n_layer_, C, v.ff, v.n_head, eps_, o);
         post_w_ = w.require("v.post_ln.weight", {C}, TensorRole::Float);
         post_b_ = w.require("v.post_ln.bias", {C}, TensorRole::Float);
         soft_norm_ = w.require("mm.soft_emb_norm.weight", {C}, TensorRole::Float);
         proj_ = w.require("mm.input_projection.weight", {-1, C});
         n_embd_out = static_cast<int>(proj_->ne[0]);
-        if (f.has("clip.vision.projection_dim") && static_cast<int>(f.get_u32("clip.vision.projection_dim")) != n_embd_out) {
-            f.fail("clip.vision.projection_dim " + std::to_string(f.get_u32("clip.vision.projection_dim")) +
-                   " does not match the projector's output width " + std::to_string(n_embd_out) +
-                   " (tensor 'mm.input_projection.weight')");
-        }
+        check_projection_dim(f, "mm.input_projection.weight");
     }
 
     void check_input(int n_frames, int height, int width) const override {
-        if (n_frames <= 0) throw InputError("encode_frames needs at least one frame");
-        if (height != image_size || width != image_size) {
-            throw InputError("Gemma 3 frames must be " + std::to_string(image_size) + " x " + std::to_string(image_size) +
-                             " pixels (resize with statekv.families.gemma3.preprocess_frames), got " +
-                             std::to_string(height) + " x " + std::to_string(width));
-        }
+        check_square_frames(n_frames, height, width, "Gemma 3", "statekv.families.gemma3.preprocess_frames");
     }
 
     int tokens_per_patch(int height, int width) const override {
@@ -97,9 +73,7 @@ public:
         ggml_context* ctx = g.ctx();
         const int64_t C = n_embd_, G = grid_, Np = G * G;
 
-        ggml_tensor* x = patch_embedding(ctx, pixels, patch_w_, patch_b_, patch_size);  // [C, Np, n]
-        ggml_tensor* pos = pos_->type == GGML_TYPE_F32 ? pos_ : ggml_cast(ctx, pos_, GGML_TYPE_F32);
-        x = ggml_reshape_2d(ctx, ggml_add(ctx, x, pos), C, Np * n);
+        ggml_tensor* x = embeddings_->with_positions(ctx, pixels);  // [C, Np * n]
 
         x = blocks_->build(g, x, Np, n, n_layer_);
         x = layer_norm(ctx, x, post_w_, post_b_, eps_);
@@ -118,9 +92,9 @@ public:
     }
 
 private:
-    int n_embd_ = 0, n_ff_ = 0, n_layer_ = 0, n_head_ = 0, pool_ = 4, grid_ = 0;
+    int n_embd_ = 0, n_layer_ = 0, pool_ = 4, grid_ = 0;
     float eps_ = 1e-6f;
-    ggml_tensor *patch_w_ = nullptr, *patch_b_ = nullptr, *pos_ = nullptr;
+    std::unique_ptr<PatchEmbeddings> embeddings_;
     std::unique_ptr<VitBlocks> blocks_;
     ggml_tensor *post_w_ = nullptr, *post_b_ = nullptr, *soft_norm_ = nullptr, *proj_ = nullptr;
 };

@@ -39,47 +39,28 @@ namespace statekv {
 namespace {
 
 constexpr int64_t kMaxImage = 1 << 14;
-constexpr int64_t kMaxWidth = int64_t(1) << 20;
 
 class InternVLVision final : public VisionModel {
 public:
     InternVLVision(const GgufFile& f, WeightStore& w) {
-        // Ranges first, before anything is sized from them (see text_model.cpp).
-        image_size = static_cast<int>(f.get_int("clip.vision.image_size", 1, kMaxImage));
-        patch_size = static_cast<int>(f.get_int("clip.vision.patch_size", 1, kMaxImage));
-        n_embd_ = static_cast<int>(f.get_int("clip.vision.embedding_length", 1, kMaxWidth));
-        n_ff_ = static_cast<int>(f.get_int("clip.vision.feed_forward_length", 1, kMaxWidth));
-        n_layer_ = static_cast<int>(f.get_int("clip.vision.block_count", 1, f.layers_with_prefix("v.blk.")));
-        n_head_ = static_cast<int>(f.get_int("clip.vision.attention.head_count", 1, n_embd_));
-        eps_ = f.get_positive_f32_or("clip.vision.attention.layer_norm_epsilon", 1e-6f, 1.0f);
         scale_ = static_cast<int>(f.get_int("clip.vision.projector.scale_factor", 1, kMaxImage));
+        const VitSizes v = read_vit_sizes(f, scale_, "projector.scale_factor");
+        n_embd_ = static_cast<int>(v.width);
+        n_ff_ = static_cast<int>(v.ff);
+        n_layer_ = v.n_layer;
+        n_head_ = v.n_head;
+        eps_ = v.eps;
+        grid_ = v.grid;
         read_pixel_normalization(f, ByteRescale::F32);
         if (f.get_bool_or("clip.use_silu", false)) {
             f.fail("clip.use_silu is set: this InternViT uses SiLU in its MLP, statekv supports GELU (clip.use_gelu)");
         }
-        if (image_size <= 0 || patch_size <= 0 || n_embd_ <= 0 || n_ff_ <= 0 || n_layer_ <= 0 || n_head_ <= 0 ||
-            scale_ <= 0) {
-            f.fail("clip.vision.{image_size, patch_size, embedding_length, feed_forward_length, block_count, "
-                   "attention.head_count, projector.scale_factor} must all be positive");
-        }
-        if (n_embd_ % n_head_ != 0) {
-            f.fail("clip.vision.embedding_length " + std::to_string(n_embd_) + " is not a multiple of "
-                   "clip.vision.attention.head_count " + std::to_string(n_head_));
-        }
-        if (image_size % patch_size != 0 || (image_size / patch_size) % scale_ != 0) {
-            f.fail("clip.vision.image_size " + std::to_string(image_size) + " must be a multiple of patch_size " +
-                   std::to_string(patch_size) + " x projector.scale_factor " + std::to_string(scale_));
-        }
-        grid_ = image_size / patch_size;
-        size_multiple = image_size;
         rms_ = n_embd_ == 3200 && n_layer_ == 45;  // InternViT-6B (llama.cpp's rule)
 
-        const int64_t C = n_embd_, F = n_ff_, P = patch_size, N = int64_t(grid_) * grid_ + 1;
+        const int64_t C = n_embd_, F = n_ff_, N = int64_t(grid_) * grid_ + 1;
         const int64_t M = C * scale_ * scale_;
-        patch_w_ = w.require("v.patch_embd.weight", {P, P, 3, C}, TensorRole::ConvKernel);
-        patch_b_ = w.require("v.patch_embd.bias", {C}, TensorRole::Float);
+        embeddings_ = std::make_unique<PatchEmbeddings>(w, patch_size, C, N);
         cls_ = w.require("v.class_embd", {C}, TensorRole::Float);
-        pos_ = w.require("v.position_embd.weight", {C, N}, TensorRole::Float);
         VitOptions o;
         o.rms_norm = rms_;
         o.layer_scale = true;
@@ -88,20 +69,11 @@ public:
         blocks_ = std::make_unique<VitBlocks>(f, w, n_layer_, C, F, n_head_, eps_, o);
         projector_ = std::make_unique<MlpProjector>(w, M);
         n_embd_out = static_cast<int>(projector_->n_out());
-        if (f.has("clip.vision.projection_dim") && static_cast<int>(f.get_u32("clip.vision.projection_dim")) != n_embd_out) {
-            f.fail("clip.vision.projection_dim " + std::to_string(f.get_u32("clip.vision.projection_dim")) +
-                   " does not match the projector's output width " + std::to_string(n_embd_out) +
-                   " (tensor 'mm.model.mlp.3.weight')");
-        }
+        check_projection_dim(f, "mm.model.mlp.3.weight");
     }
 
     void check_input(int n_frames, int height, int width) const override {
-        if (n_frames <= 0) throw InputError("encode_frames needs at least one frame");
-        if (height != image_size || width != image_size) {
-            throw InputError("InternVL frames must be " + std::to_string(image_size) + " x " + std::to_string(image_size) +
-                             " pixels (one tile per frame; resize with statekv.vision.internvl.preprocess_frames), got " +
-                             std::to_string(height) + " x " + std::to_string(width));
-        }
+        check_square_frames(n_frames, height, width, "InternVL", "statekv.families.internvl.preprocess_frames");
     }
 
     int tokens_per_patch(int height, int width) const override {
@@ -113,13 +85,13 @@ public:
         ggml_context* ctx = g.ctx();
         const int64_t C = n_embd_, G = grid_, Np = G * G, T = Np + 1;
 
-        ggml_tensor* x = patch_embedding(ctx, pixels, patch_w_, patch_b_, patch_size);  // [C, Np, n]
+        ggml_tensor* x = embeddings_->patches(ctx, pixels);  // [C, Np, n]
 
         // [CLS ; patches] per frame, plus the position table.
         ggml_tensor* cls = ggml_reshape_3d(ctx, as_f32(ctx, cls_), C, 1, 1);
         cls = ggml_repeat_4d(ctx, cls, C, 1, n, 1);
         x = ggml_concat(ctx, cls, x, 1);
-        x = ggml_add(ctx, x, ggml_reshape_2d(ctx, as_f32(ctx, pos_), C, T));
+        x = ggml_add(ctx, x, embeddings_->positions(ctx));
         x = ggml_reshape_2d(ctx, x, C, T * n);
 
         x = blocks_->build(g, x, T, n, n_layer_);
@@ -138,7 +110,8 @@ private:
     int n_embd_ = 0, n_ff_ = 0, n_layer_ = 0, n_head_ = 0, scale_ = 0, grid_ = 0;
     float eps_ = 1e-6f;
     bool rms_ = false;
-    ggml_tensor *patch_w_ = nullptr, *patch_b_ = nullptr, *cls_ = nullptr, *pos_ = nullptr;
+    ggml_tensor* cls_ = nullptr;
+    std::unique_ptr<PatchEmbeddings> embeddings_;
     std::unique_ptr<VitBlocks> blocks_;
     std::unique_ptr<MlpProjector> projector_;
 };

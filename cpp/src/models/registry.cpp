@@ -13,6 +13,7 @@ std::unique_ptr<TextModel> make_gemma3(const GgufFile& file, WeightStore& weight
 std::unique_ptr<VisionModel> make_internvl_vision(const GgufFile& file, WeightStore& weights);
 std::unique_ptr<VisionModel> make_qwen3vl_vision(const GgufFile& file, WeightStore& weights);
 std::unique_ptr<VisionModel> make_gemma3_vision(const GgufFile& file, WeightStore& weights);
+std::unique_ptr<VisionModel> make_eagle2_5_vision(const GgufFile& file, WeightStore& weights);
 
 namespace {
 
@@ -41,6 +42,8 @@ const VisionFamily kVisionFamilies[] = {
     {"internvl", make_internvl_vision, {"qwen2", "qwen3"}},
     // Gemma 3's SigLIP with its own decoder.
     {"gemma3", make_gemma3_vision, {"gemma3"}},
+    // Eagle 2.5 (statekv's mmproj layout, docs/eagle2_5-gguf.md) with its Qwen2.5 decoder.
+    {"eagle2_5", make_eagle2_5_vision, {"qwen2"}},
 };
 
 const VisionFamily* vision_family(const std::string& projector) {

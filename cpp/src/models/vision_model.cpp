@@ -19,6 +19,52 @@ void VisionModel::read_pixel_normalization(const GgufFile& f, ByteRescale rescal
     }
 }
 
+namespace {
+
+constexpr int64_t kMaxImage = 1 << 14;
+constexpr int64_t kMaxWidth = int64_t(1) << 20;
+
+}  // namespace
+
+VisionModel::VitSizes VisionModel::read_vit_sizes(const GgufFile& f, int merge, const char* merge_key) {
+    VitSizes v;
+    image_size = static_cast<int>(f.get_int("clip.vision.image_size", 1, kMaxImage));
+    patch_size = static_cast<int>(f.get_int("clip.vision.patch_size", 1, kMaxImage));
+    v.width = f.get_int("clip.vision.embedding_length", 1, kMaxWidth);
+    v.ff = f.get_int("clip.vision.feed_forward_length", 1, kMaxWidth);
+    v.n_layer = static_cast<int>(f.get_int("clip.vision.block_count", 1, f.layers_with_prefix("v.blk.")));
+    v.n_head = static_cast<int>(f.get_int("clip.vision.attention.head_count", 1, v.width));
+    v.eps = f.get_positive_f32_or("clip.vision.attention.layer_norm_epsilon", 1e-6f, 1.0f);
+    if (v.width % v.n_head != 0) {
+        f.fail("clip.vision.embedding_length " + std::to_string(v.width) + " is not a multiple of "
+               "clip.vision.attention.head_count " + std::to_string(v.n_head));
+    }
+    if (image_size % patch_size != 0 || (image_size / patch_size) % merge != 0) {
+        f.fail("clip.vision.image_size " + std::to_string(image_size) + " must be a multiple of patch_size " +
+               std::to_string(patch_size) + " x " + merge_key + " " + std::to_string(merge));
+    }
+    v.grid = image_size / patch_size;
+    size_multiple = image_size;
+    return v;
+}
+
+void VisionModel::check_square_frames(int n, int height, int width, const std::string& family,
+                                      const std::string& resize_with) const {
+    if (n <= 0) throw InputError("encode_frames needs at least one frame");
+    if (height != image_size || width != image_size) {
+        throw InputError(family + " frames must be " + std::to_string(image_size) + " x " + std::to_string(image_size) +
+                         " pixels (one tile per frame; resize with " + resize_with + "), got " + std::to_string(height) +
+                         " x " + std::to_string(width));
+    }
+}
+
+void VisionModel::check_projection_dim(const GgufFile& f, const std::string& tensor) const {
+    if (f.has("clip.vision.projection_dim") && static_cast<int>(f.get_u32("clip.vision.projection_dim")) != n_embd_out) {
+        f.fail("clip.vision.projection_dim " + std::to_string(f.get_u32("clip.vision.projection_dim")) +
+               " does not match the projector's output width " + std::to_string(n_embd_out) + " (tensor '" + tensor + "')");
+    }
+}
+
 ggml_tensor* VisionModel::normalize(GraphBuilder& g, ggml_tensor* byte_ids, int n_frames, int height, int width) const {
     ggml_context* ctx = g.ctx();
     ggml_tensor* table = g.input_f32(byte_table_, {1, 3 * 256}, "pixel_table");

@@ -54,6 +54,21 @@ protected:
     // normalization table for the family's byte rescale.
     void read_pixel_normalization(const GgufFile& f, ByteRescale rescale);
 
+    // The clip.vision.* sizes of a ViT tower on square tiles, ranges checked before anything is
+    // sized from them: sets image_size, patch_size and size_multiple, checks that the tile is a
+    // whole grid of patches divisible by `merge` (a pooling or pixel-shuffle factor) and that the
+    // width splits into the heads.
+    struct VitSizes {
+        int64_t width = 0, ff = 0;
+        int n_layer = 0, n_head = 0, grid = 0;
+        float eps = 1e-6f;
+    };
+    VitSizes read_vit_sizes(const GgufFile& f, int merge, const char* merge_key);
+    // InputError unless n >= 1 frames of image_size x image_size (`family` and `resize_with` for the message).
+    void check_square_frames(int n, int height, int width, const std::string& family, const std::string& resize_with) const;
+    // ModelError when clip.vision.projection_dim is present and not n_embd_out (`tensor` gives it).
+    void check_projection_dim(const GgufFile& f, const std::string& tensor) const;
+
 private:
     std::vector<float> byte_table_;  // (rescale(byte) - mean[c]) / std[c] at byte_id(c, byte)
 };

@@ -8,6 +8,25 @@
 
 namespace statekv {
 
+PatchEmbeddings::PatchEmbeddings(WeightStore& w, int patch, int64_t C, int64_t n_pos) : patch_(patch) {
+    w_ = w.require("v.patch_embd.weight", {patch, patch, 3, C}, TensorRole::ConvKernel);
+    b_ = w.require("v.patch_embd.bias", {C}, TensorRole::Float);
+    pos_ = w.require("v.position_embd.weight", {C, n_pos}, TensorRole::Float);
+}
+
+ggml_tensor* PatchEmbeddings::patches(ggml_context* ctx, ggml_tensor* pixels) const {
+    return patch_embedding(ctx, pixels, w_, b_, patch_);
+}
+
+ggml_tensor* PatchEmbeddings::positions(ggml_context* ctx) const {
+    return pos_->type == GGML_TYPE_F32 ? pos_ : ggml_cast(ctx, pos_, GGML_TYPE_F32);
+}
+
+ggml_tensor* PatchEmbeddings::with_positions(ggml_context* ctx, ggml_tensor* pixels) const {
+    ggml_tensor* x = ggml_add(ctx, patches(ctx, pixels), positions(ctx));
+    return ggml_reshape_2d(ctx, x, x->ne[0], x->ne[1] * x->ne[2]);
+}
+
 VitBlocks::VitBlocks(const GgufFile& f, WeightStore& w, int n_layer, int64_t C, int64_t F, int n_head, float eps,
                      const VitOptions& o)
     : C_(C), n_head_(n_head), eps_(eps), o_(o) {

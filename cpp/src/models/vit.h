@@ -12,6 +12,23 @@
 
 namespace statekv {
 
+// v.patch_embd.{weight [P, P, 3, C], bias [C]} and v.position_embd.weight [C, n_pos] (n_pos: the
+// patches, or one more with a class token that the tower places itself).
+class PatchEmbeddings {
+public:
+    PatchEmbeddings(WeightStore& w, int patch, int64_t C, int64_t n_pos);
+    // pixels [W, H, 3, n] -> [C, (W/P) * (H/P), n], positions not added.
+    ggml_tensor* patches(ggml_context* ctx, ggml_tensor* pixels) const;
+    // The position table as F32 [C, n_pos].
+    ggml_tensor* positions(ggml_context* ctx) const;
+    // SigLIP (no class token): patches + positions as [C, patches * n].
+    ggml_tensor* with_positions(ggml_context* ctx, ggml_tensor* pixels) const;
+
+private:
+    int patch_ = 0;
+    ggml_tensor *w_ = nullptr, *b_ = nullptr, *pos_ = nullptr;
+};
+
 // What a tower's blocks have besides the common pre-norm structure
 // x += [ls1 *] attn(norm1(x)); x += [ls2 *] mlp(norm2(x)).
 struct VitOptions {

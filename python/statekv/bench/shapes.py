@@ -272,6 +272,10 @@ _ALL = [
              "Qwen3-VL-4B-Instruct config.json text_config: checked; deepstack [5, 11, 17]"),
     _qwen3vl("qwen3-vl-8b", 4096, 36, 32, 8, 12288, False,
              "Qwen3-VL-8B-Instruct config.json text_config: checked; deepstack [8, 16, 24]"),
+    # Eagle2.5-8B's LLM: Qwen2.5-7B-Instruct (NVlabs' code builds Qwen2ForCausalLM); its released
+    # config.json could not be read here, so the vocabulary is Qwen2.5-7B's.
+    _qwen25("eagle2.5-8b", 3584, 28, 28, 4, 18944, 152064, False,
+            "Qwen2.5-7B-Instruct dims (Eagle2.5-8B's LLM per NVlabs' code); vocab as Qwen2.5-7B"),
     _gemma3("gemma3-4b", 2560, 34, 8, 4, 10240,
             "gemma-3-4b-it config.json text_config: 2560/34/8/4/10240, head_dim 256, window 1024, linear 8"),
     _gemma3("gemma3-12b", 3840, 48, 16, 8, 15360,

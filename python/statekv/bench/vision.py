@@ -33,6 +33,7 @@ TOWER_OF_SHAPE: dict[str, tuple[str, str]] = {
     "qwen3-vl-2b": ("qwen3vl", "qwen3-vl-2b"),
     "qwen3-vl-4b": ("qwen3vl", "qwen3-vl-4b"),
     "qwen3-vl-8b": ("qwen3vl", "qwen3-vl-8b"),
+    "eagle2.5-8b": ("eagle2_5", "siglip-so400m-448"),
     "gemma3-4b": ("gemma3", "siglip-so400m-896"),
     "gemma3-12b": ("gemma3", "siglip-so400m-896"),
 }

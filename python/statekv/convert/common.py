@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,110 @@ def add_clip_vision_keys(writer: Any, *, projection_dim: int, image_size: int, p
     writer.add_clip_projector_type(projector)
     writer.add_vision_use_gelu(True)
     writer.add_vision_attention_layernorm_eps(float(eps))
+
+
+# transformers' SiglipVisionModel names (after the tower's own prefix) -> llama.cpp's v.* names, as
+# llama.cpp's converter maps SigLIP-based towers (Gemma 3's, Eagle 2.5's).
+_SIGLIP_LAYER = {"layer_norm1": "ln1", "layer_norm2": "ln2", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+                 "self_attn.v_proj": "attn_v", "self_attn.out_proj": "attn_out", "mlp.fc1": "ffn_up",
+                 "mlp.fc2": "ffn_down"}
+_SIGLIP_FIXED = {"embeddings.patch_embedding.weight": "v.patch_embd.weight",
+                 "embeddings.patch_embedding.bias": "v.patch_embd.bias",
+                 "embeddings.position_embedding.weight": "v.position_embd.weight",
+                 "post_layernorm.weight": "v.post_ln.weight", "post_layernorm.bias": "v.post_ln.bias"}
+_SIGLIP_LAYER_RE = re.compile(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def siglip_gguf_name(name: str) -> str | None:
+    """The v.* name of a SigLIP tower tensor (``vision_model.`` nesting already stripped); None for
+    the pooling head (``head.*``, which llama.cpp's towers do not use); "" for an unknown one."""
+    if name.startswith("vision_model."):
+        name = name[len("vision_model."):]
+    if name.startswith("head."):
+        return None
+    if name in _SIGLIP_FIXED:
+        return _SIGLIP_FIXED[name]
+    m = _SIGLIP_LAYER_RE.match(name)
+    if m and m.group(2) in _SIGLIP_LAYER:
+        return f"v.blk.{m.group(1)}.{_SIGLIP_LAYER[m.group(2)]}.{m.group(3)}"
+    return ""
+
+
+def siglip_block_shapes(n_layer: int, C: int, F: int) -> dict[str, tuple[int, ...]]:
+    """numpy shapes of the v.blk.N.* tensors of n_layer SigLIP blocks (width C, MLP width F)."""
+    out = {}
+    for i in range(n_layer):
+        for t, shape in (("ln1", (C,)), ("ln2", (C,)), ("attn_q", (C, C)), ("attn_k", (C, C)), ("attn_v", (C, C)),
+                         ("attn_out", (C, C)), ("ffn_up", (F, C)), ("ffn_down", (C, F))):
+            out[f"v.blk.{i}.{t}.weight"] = shape
+            out[f"v.blk.{i}.{t}.bias"] = (shape[0],)
+    return out
+
+
+def match_mmproj_tensors(st: Any, hf_dir: Path, want: dict[str, tuple[int, ...]],
+                         to_gguf: Callable[[str], str | None], projector: str, expected: str) -> dict[str, str]:
+    """GGUF name -> checkpoint name for every tensor of ``want`` (GGUF name -> numpy shape):
+    ``to_gguf(name)`` is None for tensors the mmproj does not take, "" (or a name outside ``want``)
+    for a vision tensor with no place in it. ConversionError naming the file for an unexpected,
+    misshapen, doubly mapped or missing tensor (``expected`` says what checkpoint was expected)."""
+    sources: dict[str, str] = {}
+    for hf_name in st.names():
+        gname = to_gguf(hf_name)
+        if gname is None:
+            continue
+        where = st.entries[hf_name].file
+        if gname not in want:
+            raise ConversionError(f"{where}: vision tensor {hf_name!r} has no place in the {projector} mmproj "
+                                  "(unexpected for this configuration)")
+        got = st.shape(hf_name)
+        if math.prod(got) != math.prod(want[gname]) or \
+                tuple(x for x in got if x != 1) != tuple(x for x in want[gname] if x != 1):
+            raise ConversionError(f"{where}: tensor {hf_name!r} has shape {list(got)}, expected {list(want[gname])}")
+        if gname in sources:
+            raise ConversionError(f"{where}: tensors {sources[gname]!r} and {hf_name!r} both map to {gname!r}")
+        sources[gname] = hf_name
+    missing = sorted(set(want) - set(sources))
+    if missing:
+        raise ConversionError(f"{hf_dir}: vision tensors missing for {missing[:4]} (expected {expected})")
+    return sources
+
+
+def random_tower(shapes: dict[str, dict[str, Any]], tower: str | dict, default: str, qtype: str) -> tuple[dict, str]:
+    """(vision_config, name) of a random tower: a key of ``shapes`` or a dict of fields over
+    ``shapes[default]``; ValueError for an unknown tower or weight type."""
+    if qtype not in OUTTYPES:
+        raise ValueError(f"qtype {qtype!r} is not supported (expected one of {sorted(OUTTYPES)})")
+    if isinstance(tower, str):
+        if tower not in shapes:
+            raise ValueError(f"unknown tower {tower!r} (expected one of {sorted(shapes)} or a dict)")
+        return dict(shapes[tower]), tower
+    return dict(shapes[default], **tower), "custom"
+
+
+def write_mmproj_file(out_path: Path, source: Path | str, outtype: str, write_keys: Callable[[Any], None],
+                      plan: Sequence[tuple[str, tuple[int, ...], Any]], arrays: Iterable[np.ndarray]) -> Path:
+    """An mmproj GGUF as llama.cpp's converter lays it out: ``general.architecture = clip``,
+    ``general.type = mmproj``, the model card of the checkpoint folder ``source`` (or the name
+    ``source``), the file type of ``outtype``, the family's keys (``write_keys(writer)``), then the
+    tensors of ``plan`` ((name, numpy shape, GGML type), in order) with the float data ``arrays``,
+    written atomically (see :func:`write_gguf_atomically`)."""
+    gguf = _gguf()
+    writer = gguf.GGUFWriter(path=None, arch="clip")
+    writer.add_type(gguf.GGUFType.MMPROJ)
+    if isinstance(source, Path):
+        meta = gguf.Metadata.load(None, source, None, sum(math.prod(s) for _, s, _ in plan))
+        if meta.name is None:
+            meta.name = source.name
+        meta.set_gguf_meta_model(writer)
+    else:
+        writer.add_name(source)
+    writer.add_file_type(int(gguf.LlamaFileType[OUTTYPES[outtype][1]]))
+    write_keys(writer)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    add_tensor_infos(writer, plan)
+    write_gguf_atomically(writer, Path(out_path), ((np.asarray(a, dtype=np.float32).reshape(shape), qtype)
+                                                   for (_, shape, qtype), a in zip(plan, arrays)))
+    return Path(out_path)
 
 
 def write_gguf_atomically(writer: Any, out_path: Path, tensors: Iterable[tuple[np.ndarray, Any]]) -> None:

@@ -18,7 +18,9 @@ from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 
-__all__ = ["Family", "Layout", "PlannedStep", "StepLayout", "encode", "token_id", "floats", "split_video_prompt"]
+__all__ = ["Family", "Layout", "PlannedStep", "StepLayout", "encode", "token_id", "floats", "split_video_prompt",
+           "square_frames", "OneFramePerStep", "square_step_layout", "session_step_positions",
+           "session_text_positions"]
 
 
 # ------------------------------------------------------------------------------ tokens and text
@@ -68,6 +70,38 @@ def split_video_prompt(template: Any, placeholder: str, question: str, system: O
                          "(the system prompt must not contain it)")
     before, after = text.split(placeholder)
     return before, after.replace(_QUESTION, question)
+
+
+# ------------------------------------------------------------------------------ frames
+def square_frames(frames, size: int, mean: Sequence[float], std: Sequence[float], resample: str) -> np.ndarray:
+    """RGB frames uint8 ``(n, H, W, 3)`` -> pixels float32 ``(n, 3, size, size)``, as transformers'
+    PIL image processors make one square tile: a PIL resize (``resample``: ``"bicubic"`` or
+    ``"bilinear"``) of the whole frame, ``x * float32(1/255)``, ``(x - mean) / std`` in float32."""
+    from PIL import Image
+
+    arr = np.asarray(frames)
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"frames must have shape (n, height, width, 3) (RGB), got {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 RGB, got dtype {arr.dtype}")
+    if 0 in arr.shape:
+        raise ValueError(f"frames must be non-empty, got shape {arr.shape}")
+    size = int(size)
+    if size <= 0:
+        raise ValueError(f"image_size must be positive, got {size}")
+    m = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
+    if m.size != 3 or s.size != 3 or np.any(s <= 0):
+        raise ValueError("mean and std must have 3 values, std positive")
+    filters = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+    out = np.empty((arr.shape[0], 3, size, size), dtype=np.float32)
+    for i, frame in enumerate(arr):
+        img = Image.fromarray(np.ascontiguousarray(frame), mode="RGB")
+        resized = np.asarray(img.resize((size, size), resample=filters[resample]), dtype=np.uint8)
+        out[i] = (resized.transpose(2, 0, 1).astype(np.float32) * np.float32(1 / 255) - m) / s
+    return out
 
 
 # ------------------------------------------------------------------------------ steps
@@ -151,6 +185,89 @@ class StepLayout:
     def row_indices(self) -> np.ndarray:
         """Where the visual rows go within a step's tokens."""
         return np.arange(self.text_before, self.text_before + self.visual_rows, dtype=np.int32)
+
+
+class OneFramePerStep:
+    """The chat layout of the families whose steps are one square tile per frame with text around
+    it and one position axis (InternVL3, Gemma 3, Eagle 2.5). A family's ``ChatLayout`` subclasses
+    it with ``family``, its preprocessing ``preprocess_frames(frames, size, mean, std)`` and
+    ``_step(number, seconds) -> (ids, rows, blocks or None)`` / ``_step_length(number, seconds)``
+    (frames numbered from 1 across the chat); ``self.builder`` is the family's prompt builder."""
+
+    family = ""
+    frames_per_step = 1
+    default_mean: Sequence[float] = (0.5, 0.5, 0.5)
+    default_std: Sequence[float] = (0.5, 0.5, 0.5)
+
+    def __init__(self, builder: Any, info: dict):
+        self.image_size = int(info["vision.image_size"])
+        self.mean = floats(info["vision.image_mean"]) or self.default_mean
+        self.std = floats(info["vision.image_std"]) or self.default_std
+        self.builder = builder
+        self.n_frames = 0  # frames in the session's steps
+        self.waiting: list = []  # never used: every frame is a complete step
+
+    @staticmethod
+    def preprocess_frames(frames, size, mean, std) -> np.ndarray:
+        raise NotImplementedError  # set by the family's ChatLayout
+
+    def _step(self, number: int, seconds: float):
+        raise NotImplementedError
+
+    def _step_length(self, number: int, seconds: float) -> int:
+        raise NotImplementedError
+
+    def prefix(self, system: Optional[str]):
+        return self.builder.prefix(system), None
+
+    def fix_size(self, n_frames: int, height: int, width: int) -> None:
+        pass  # every frame is resized to one image_size tile
+
+    def video_tokens(self, timestamps: Sequence[float]) -> int:
+        return sum(self._step_length(self.n_frames + k + 1, t) for k, t in enumerate(timestamps))
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        return self.preprocess_frames(rgb[None], self.image_size, self.mean, self.std)[0]
+
+    def plan(self, items: list) -> tuple[list[PlannedStep], list]:
+        out = []
+        for k, (frame, px) in enumerate(items):
+            number = self.n_frames + k + 1
+            ids, rows, blocks = self._step(number, frame.timestamp)
+            out.append(PlannedStep(ids, rows, None, px[None], [frame], {"n_frames": number}, blocks))
+        return out, []
+
+    def commit(self, step: PlannedStep) -> None:
+        self.n_frames = step.after["n_frames"]
+
+    def question(self, text: str):
+        return None, self.builder.question(text), None
+
+    def state(self) -> dict:
+        return {"n_frames": self.n_frames}
+
+    def restore(self, state: dict) -> None:
+        n = state["n_frames"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n_frames must be a non-negative integer, got {n!r}")
+        self.n_frames = n
+
+
+def square_step_layout(family: str, info: dict, text_tokens: tuple[int, int]) -> StepLayout:
+    """The benchmark step of a one-tile-per-frame family: an ``image_size`` square, the rows
+    counted from the encoder's output (``visual_rows`` -1), ``text_tokens`` (before, after)."""
+    size = int(info["vision.image_size"])
+    return StepLayout(family, 1, (size, size), visual_rows=-1, text_before=text_tokens[0], text_after=text_tokens[1])
+
+
+def session_step_positions(layout: StepLayout, start: int) -> tuple[Optional[np.ndarray], int]:
+    """One position axis: the session's own positions; the next step starts after this one."""
+    return None, start + layout.tokens_per_step
+
+
+def session_text_positions(start: int, n: int) -> Optional[np.ndarray]:
+    """One position axis: the session's own positions."""
+    return None
 
 
 # ------------------------------------------------------------------------------ the registry entry

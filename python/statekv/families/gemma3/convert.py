@@ -25,14 +25,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...convert.common import (OUTTYPES, ConversionError, TextFamily, _gguf, add_clip_vision_keys, add_tensor_infos,
-                               read_image_mean_std, tensor_qtype, write_gguf_atomically)
+from ...convert.common import (OUTTYPES, ConversionError, TextFamily, _gguf, add_clip_vision_keys,
+                               match_mmproj_tensors, read_image_mean_std, siglip_block_shapes,
+                               siglip_gguf_name, tensor_qtype, write_mmproj_file)
 from ...convert.safetensors import SafetensorsIndex
 
 logger = logging.getLogger("statekv.convert")
@@ -131,15 +131,8 @@ TEXT_FAMILY = TextFamily(
 # The SigLIP pooling head (head.*) is not used by Gemma 3 and not written. Types as llama.cpp's
 # converter: the embeddings F32, the input projection F16 (f32 output: F32), others by the
 # shared rules.
-_LAYER = {"layer_norm1": "ln1", "layer_norm2": "ln2", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-          "self_attn.v_proj": "attn_v", "self_attn.out_proj": "attn_out", "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down"}
-_FIXED = {"embeddings.patch_embedding.weight": "v.patch_embd.weight",
-          "embeddings.patch_embedding.bias": "v.patch_embd.bias",
-          "embeddings.position_embedding.weight": "v.position_embd.weight",
-          "post_layernorm.weight": "v.post_ln.weight", "post_layernorm.bias": "v.post_ln.bias"}
 _PROJECTOR = {"mm_input_projection_weight": "mm.input_projection.weight",
               "mm_soft_emb_norm.weight": "mm.soft_emb_norm.weight"}
-_LAYER_RE = re.compile(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 
 def hf_to_gguf_name(name: str) -> str | None:
@@ -149,17 +142,8 @@ def hf_to_gguf_name(name: str) -> str | None:
         return _PROJECTOR.get(n[len("multi_modal_projector."):], "")
     if not n.startswith("vision_tower."):
         return None
-    n = n[len("vision_tower."):]
-    if n.startswith("vision_model."):
-        n = n[len("vision_model."):]
-    if n.startswith("head."):
-        return None
-    if n in _FIXED:
-        return _FIXED[n]
-    m = _LAYER_RE.match(n)
-    if m and m.group(2) in _LAYER:
-        return f"v.blk.{m.group(1)}.{_LAYER[m.group(2)]}.{m.group(3)}"
-    return ""  # a vision tensor with no GGUF name
+    return siglip_gguf_name(n[len("vision_tower."):])
+
 
 
 class _Hparams:
@@ -202,11 +186,7 @@ class _Hparams:
                "v.position_embd.weight": ((self.image_size // P) ** 2, C),
                "v.post_ln.weight": (C,), "v.post_ln.bias": (C,),
                "mm.input_projection.weight": (C, E), "mm.soft_emb_norm.weight": (C,)}
-        for i in range(self.n_layer):
-            for t, shape in (("ln1", (C,)), ("ln2", (C,)), ("attn_q", (C, C)), ("attn_k", (C, C)),
-                             ("attn_v", (C, C)), ("attn_out", (C, C)), ("ffn_up", (F, C)), ("ffn_down", (C, F))):
-                out[f"v.blk.{i}.{t}.weight"] = shape
-                out[f"v.blk.{i}.{t}.bias"] = (shape[0],)
+        out.update(siglip_block_shapes(self.n_layer, C, F))
         return out
 
 
@@ -223,7 +203,6 @@ def write_mmproj(hf_dir: str | os.PathLike, config: dict, st: SafetensorsIndex, 
                  outtype: str) -> Path:
     """Write the ``gemma3`` mmproj of a ``Gemma3ForConditionalGeneration`` checkpoint.
     ``outtype``: ``f32``, ``f16``, ``bf16`` or ``q8_0`` (already resolved from ``auto``)."""
-    gguf = _gguf()
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     where = str(hf_dir / "config.json")
     if outtype not in OUTTYPES:
@@ -231,44 +210,15 @@ def write_mmproj(hf_dir: str | os.PathLike, config: dict, st: SafetensorsIndex, 
     hp = _Hparams(config, where)
     mean, std = read_image_mean_std(hf_dir, default=((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
     want = hp.shapes()
-    sources: dict[str, str] = {}
-    for hf_name in st.names():
-        gname = hf_to_gguf_name(hf_name)
-        if gname is None:
-            continue
-        if gname == "" or gname not in want:
-            raise ConversionError(f"{st.entries[hf_name].file}: vision tensor {hf_name!r} has no place in "
-                                  "llama.cpp's gemma3 mmproj (unexpected for this configuration)")
-        if gname in sources:
-            raise ConversionError(f"{st.entries[hf_name].file}: tensors {sources[gname]!r} and {hf_name!r} "
-                                  f"both map to {gname!r}")
-        got = st.shape(hf_name)
-        if math.prod(got) != math.prod(want[gname]) or \
-                tuple(x for x in got if x != 1) != tuple(x for x in want[gname] if x != 1):
-            raise ConversionError(f"{st.entries[hf_name].file}: tensor {hf_name!r} has shape {list(got)}, "
-                                  f"expected {list(want[gname])}")
-        sources[gname] = hf_name
-    missing = sorted(set(want) - set(sources))
-    if missing:
-        raise ConversionError(f"{hf_dir}: vision tensors missing for {missing[:4]} (expected a "
-                              "Gemma3ForConditionalGeneration checkpoint)")
+    sources = match_mmproj_tensors(st, hf_dir, want, hf_to_gguf_name, "gemma3",
+                                   "a Gemma3ForConditionalGeneration checkpoint")
     plan = [(name, want[name], _qtype(name, want[name], outtype)) for name in want]
 
-    writer = gguf.GGUFWriter(path=None, arch="clip")
-    writer.add_type(gguf.GGUFType.MMPROJ)
-    meta = gguf.Metadata.load(None, hf_dir, None, sum(math.prod(s) for _, s, _ in plan))
-    if meta.name is None:
-        meta.name = hf_dir.name
-    meta.set_gguf_meta_model(writer)
-    writer.add_file_type(int(gguf.LlamaFileType[OUTTYPES[outtype][1]]))
-    hp.write(writer, mean, std)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    add_tensor_infos(writer, plan)
-
-    def data(name: str, shape) -> np.ndarray:
-        x = np.asarray(st.load(sources[name]), dtype=np.float32).reshape(shape)
+    def data(name: str) -> np.ndarray:
+        x = np.asarray(st.load(sources[name]), dtype=np.float32)
         return x + 1.0 if name == "mm.soft_emb_norm.weight" else x
 
-    write_gguf_atomically(writer, out_path, ((data(name, shape), qtype) for name, shape, qtype in plan))
+    write_mmproj_file(out_path, hf_dir, outtype, lambda writer: hp.write(writer, mean, std), plan,
+                      (data(name) for name, _, _ in plan))
     logger.info("wrote %s (clip/gemma3, %s, %d tensors)", out_path, outtype, len(plan))
     return out_path

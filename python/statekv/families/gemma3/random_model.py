@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ...convert.common import OUTTYPES, _gguf, add_tensor_infos, write_gguf_atomically
+from ...convert.common import random_tower, write_mmproj_file
 from .convert import _Hparams, _qtype
 
 __all__ = ["VISION_SHAPES", "make_random_mmproj"]
@@ -25,15 +25,7 @@ def make_random_mmproj(out_path: str | os.PathLike, tower: str | dict, n_embd_ou
     :data:`VISION_SHAPES` or a dict of vision_config fields) whose projector gives ``n_embd_out``
     features (Gemma 3 4B: 2560, 12B: 3840, 27B: 5376). Weights ~ N(0, 0.02^2), norms 1 + N(0,
     0.02^2), biases N(0, 0.02^2); same layout and metadata as the converter's."""
-    gguf = _gguf()
-    if qtype not in OUTTYPES:
-        raise ValueError(f"qtype {qtype!r} is not supported (expected one of {sorted(OUTTYPES)})")
-    if isinstance(tower, str):
-        if tower not in VISION_SHAPES:
-            raise ValueError(f"unknown tower {tower!r} (expected one of {sorted(VISION_SHAPES)} or a dict)")
-        vc, name = dict(VISION_SHAPES[tower]), tower
-    else:
-        vc, name = dict(VISION_SHAPES["siglip-so400m-896"], **tower), "custom"
+    vc, name = random_tower(VISION_SHAPES, tower, "siglip-so400m-896", qtype)
     hp = _Hparams(dict(vision_config=vc, text_config=dict(hidden_size=int(n_embd_out)), mm_tokens_per_image=256),
                   f"tower {name!r}")
     plan = [(n, s, _qtype(n, s, qtype)) for n, s in hp.shapes().items()]
@@ -44,12 +36,6 @@ def make_random_mmproj(out_path: str | os.PathLike, tower: str | dict, n_embd_ou
             scale = 1.0 if len(shp) == 1 and n.endswith(".weight") else 0.0
             yield scale + 0.02 * rng.standard_normal(shp, dtype=np.float32)
 
-    writer = gguf.GGUFWriter(path=None, arch="clip")
-    writer.add_type(gguf.GGUFType.MMPROJ)
-    writer.add_name(f"random {name} Gemma 3 mmproj")
-    writer.add_file_type(int(gguf.LlamaFileType[OUTTYPES[qtype][1]]))
-    hp.write(writer, [0.5] * 3, [0.5] * 3)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    add_tensor_infos(writer, plan)
-    write_gguf_atomically(writer, Path(out_path), ((v, q) for v, (_, _, q) in zip(values(), plan)))
-    return Path(out_path)
+    return write_mmproj_file(Path(out_path), f"random {name} Gemma 3 mmproj", qtype,
+                             lambda writer: hp.write(writer, [0.5] * 3, [0.5] * 3), plan, values())
+

@@ -47,12 +47,11 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-import numpy as np
 
-from ...convert.common import (OUTTYPES, ConversionError, TextFamily, _gguf, add_clip_vision_keys, add_tensor_infos,
-                               read_image_mean_std, tensor_qtype, write_gguf_atomically)
+from ...convert.common import (OUTTYPES, ConversionError, TextFamily, _gguf, add_clip_vision_keys,
+                               read_image_mean_std, tensor_qtype, write_mmproj_file)
 from ...convert.safetensors import SafetensorsIndex
 
 __all__ = ["TEXT_FAMILY", "write_mmproj", "hf_to_gguf_name", "check_text_config"]
@@ -218,19 +217,10 @@ class _Hparams:
         writer.add_vision_projector_scale_factor(self.scale)
 
 
-def _write_gguf(out_path: Path, writer: Any, plan: list[tuple[str, tuple[int, ...], Any]],
-                data: Iterable[np.ndarray]) -> None:
-    """Write header, metadata, tensor infos and the tensors' data (in plan order) atomically."""
-    add_tensor_infos(writer, plan)
-    write_gguf_atomically(writer, out_path, ((np.asarray(arr, dtype=np.float32).reshape(shape), qtype)
-                                             for (name, shape, qtype), arr in zip(plan, data)))
-
-
 def write_mmproj(hf_dir: str | os.PathLike, config: dict, st: SafetensorsIndex, out_path: str | os.PathLike,
                  outtype: str) -> Path:
     """Write the mmproj GGUF of a transformers InternVL checkpoint (see the module docstring).
     ``outtype``: ``f32``, ``f16``, ``bf16`` or ``q8_0`` (already resolved from ``auto``)."""
-    gguf = _gguf()
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     where = str(hf_dir / "config.json")
     if outtype not in OUTTYPES:
@@ -255,17 +245,8 @@ def write_mmproj(hf_dir: str | os.PathLike, config: dict, st: SafetensorsIndex, 
     _check_complete(plan, hp, hf_dir)
     plan.sort(key=lambda t: _sort_key(t[0]))
 
-    writer = gguf.GGUFWriter(path=None, arch="clip")
-    writer.add_type(gguf.GGUFType.MMPROJ)
-    total = sum(math.prod(s) for _, s, _ in plan)
-    meta = gguf.Metadata.load(None, hf_dir, None, total)
-    if meta.name is None:
-        meta.name = hf_dir.name
-    meta.set_gguf_meta_model(writer)
-    writer.add_file_type(int(gguf.LlamaFileType[OUTTYPES[outtype][1]]))
-    hp.write(writer, mean, std)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _write_gguf(out_path, writer, plan, (st.load(sources[name]) for name, _, _ in plan))
+    write_mmproj_file(out_path, hf_dir, outtype, lambda writer: hp.write(writer, mean, std), plan,
+                      (st.load(sources[name]) for name, _, _ in plan))
     logger.info("wrote %s (clip/internvl, %s, %d tensors)", out_path, outtype, len(plan))
     return out_path
 

@@ -7,8 +7,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ...convert.common import OUTTYPES, _gguf
-from .convert import _expected_shapes, _Hparams, _sort_key, _tensor_qtype, _write_gguf
+from ...convert.common import write_mmproj_file
+from .convert import _expected_shapes, _Hparams, _sort_key, _tensor_qtype
 
 __all__ = ["VISION_SHAPES", "make_random_internvl_mmproj", "make_random_mmproj"]
 
@@ -39,7 +39,6 @@ def make_random_internvl_mmproj(out_path: str | os.PathLike, shape: str | dict =
     1 + N(0, 0.02^2), biases N(0, 0.02^2), layer scales 0.1: values stay finite through the tower.
     Same layout and metadata as :func:`write_mmproj`; ImageNet mean/std.
     """
-    gguf = _gguf()
     if qtype not in _QTYPES:
         raise ValueError(f"qtype {qtype!r} is not supported (expected one of {list(_QTYPES)})")
     if isinstance(shape, str):
@@ -68,15 +67,10 @@ def make_random_internvl_mmproj(out_path: str | os.PathLike, shape: str | dict =
             else:
                 yield 0.02 * rng.standard_normal(shp, dtype=np.float32)
 
-    out_path = Path(out_path)
-    writer = gguf.GGUFWriter(path=None, arch="clip")
-    writer.add_type(gguf.GGUFType.MMPROJ)
-    writer.add_name(f"random {shape_name} InternVL mmproj")
-    writer.add_file_type(int(gguf.LlamaFileType[OUTTYPES[qtype][1]]))
-    hp.write(writer, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _write_gguf(out_path, writer, plan, values())
-    return out_path
+    return write_mmproj_file(Path(out_path), f"random {shape_name} InternVL mmproj", qtype,
+                             lambda writer: hp.write(writer, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), plan,
+                             values())
+
 
 
 def make_random_mmproj(out_path: str | os.PathLike, tower: str | dict, n_embd_out: int, qtype: str) -> Path:
