@@ -407,3 +407,28 @@ def test_short_fuzz_run(tmp_path):
     for kind, c in counts.items():
         assert sum(c.values()) == 50
         assert c["clean"] > 10, (kind, c)  # the mutations do reach the checks
+
+
+# found by the long fuzz run (SIGABRT in a test mul_mat): a zero size where any size is allowed
+@pytest.mark.parametrize("seed,tensor,dims,text", [
+    ("mmproj-gemma3", "mm.input_projection.weight", [0, 16], "text-gemma3"),
+    ("mmproj-eagle2_5", "mm.model.mlp.1.weight", [64, 0], "text-qwen2"),
+    ("mmproj-internvl", "mm.model.mlp.1.weight", [64, 0], "text-qwen2"),
+])
+def test_empty_wildcard_dimensions_are_refused(seed_files, tmp_path, seed, tensor, dims, text):
+    p = edited(seed_files[seed], tmp_path / "m.gguf", lambda g: set_dims(g, tensor, dims))
+    expect_error(p, tensor, "any positive size", mmproj=True, text=seed_files[text])
+
+
+def test_new_families_seeds_run_clean(seed_files):
+    """The Gemma 3 text seed (sliding windows), and the Gemma 3 / Eagle 2.5 mmproj seeds, unmutated."""
+    m = statekv.Model(seed_files["text-gemma3"], threads=1)
+    s = m.session(mode="statekv", budget=4)
+    s.prefill([1, 2])
+    for _ in range(3):
+        s.add_step([3, 4, 5])
+    assert np.isfinite(s.question_logits([6])).all()
+    for family in ("gemma3", "eagle2_5"):
+        text, shape = seeds.MMPROJ_PAIRS[family]
+        vm = statekv.Model(seed_files[f"text-{text}"], mmproj=seed_files[f"mmproj-{family}"], threads=1)
+        assert np.isfinite(vm.encode_frames(np.zeros(shape, np.float32))).all()
