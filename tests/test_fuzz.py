@@ -215,7 +215,7 @@ def test_vision_hyper_parameters_are_range_checked(seed_files, tmp_path, family,
 
 
 @pytest.mark.parametrize("family,tensor,edit,expected", [
-    ("qwen3vl", "v.position_embd.weight", lambda t: setattr(t, "dims", [16, 0]), "positions"),
+    ("qwen3vl", "v.position_embd.weight", lambda t: setattr(t, "dims", [16, 0]), "any positive size"),
     ("qwen3vl", "v.position_embd.weight", lambda t: setattr(t, "dims", [16, 2**62]), None),  # gguf refuses
     ("qwen3vl", "v.blk.0.ln1.bias", lambda t: setattr(t, "ggml_type", I32), "f32, f16 or bf16"),
     ("internvl", "v.patch_embd.weight", lambda t: setattr(t, "ggml_type", 30), "f32 or f16"),
@@ -407,3 +407,35 @@ def test_short_fuzz_run(tmp_path):
     for kind, c in counts.items():
         assert sum(c.values()) == 50
         assert c["clean"] > 10, (kind, c)  # the mutations do reach the checks
+
+
+# found by the long fuzz run (SIGABRT in a test mul_mat): a zero size where any size is allowed
+@pytest.mark.parametrize("seed,tensor,dims,text", [
+    ("mmproj-gemma3", "mm.input_projection.weight", [0, 16], "text-gemma3"),
+    ("mmproj-eagle2_5", "mm.model.mlp.1.weight", [64, 0], "text-qwen2"),
+    ("mmproj-internvl", "mm.model.mlp.1.weight", [64, 0], "text-qwen2"),
+])
+def test_empty_wildcard_dimensions_are_refused(seed_files, tmp_path, seed, tensor, dims, text):
+    p = edited(seed_files[seed], tmp_path / "m.gguf", lambda g: set_dims(g, tensor, dims))
+    expect_error(p, tensor, "any positive size", mmproj=True, text=seed_files[text])
+
+
+def test_new_families_seeds_run_clean(seed_files):
+    """The Gemma 3 text seed (sliding windows), and the Gemma 3 / Eagle 2.5 mmproj seeds, unmutated."""
+    m = statekv.Model(seed_files["text-gemma3"], threads=1)
+    s = m.session(mode="statekv", budget=4)
+    s.prefill([1, 2])
+    for _ in range(3):
+        s.add_step([3, 4, 5])
+    assert np.isfinite(s.question_logits([6])).all()
+    for family in ("gemma3", "eagle2_5"):
+        text, shape = seeds.MMPROJ_PAIRS[family]
+        vm = statekv.Model(seed_files[f"text-{text}"], mmproj=seed_files[f"mmproj-{family}"], threads=1)
+        assert np.isfinite(vm.encode_frames(np.zeros(shape, np.float32))).all()
+
+
+# found by the long fuzz run (SIGABRT): the Gemma 3 input projection is used transposed, so a
+# quantized one cannot be; it must be a float type
+def test_quantized_gemma3_input_projection_is_refused(seed_files, tmp_path):
+    p = edited(seed_files["mmproj-gemma3"], tmp_path / "m.gguf", lambda g: set_type(g, "mm.input_projection.weight", 8))
+    expect_error(p, "mm.input_projection.weight", "f32, f16 or bf16", mmproj=True, text=seed_files["text-gemma3"])

@@ -55,12 +55,16 @@ class Context:
         self.text_seeds = [k for k in self.seeds if k.startswith("text-")]
         self.mmproj_seeds = [k for k in self.seeds if k.startswith("mmproj-")]
         self.session_model = None
+        self.gemma3_model = None
         self.session_seeds = {}
         if "session" in kinds:
             # threads=1: the CPU backend then computes in the calling thread, and a forked child
             # (which has only that thread) can use the model.
             self.session_model = statekv.Model(self.seeds["text-qwen3"], threads=1)
             self.session_seeds = seeds.save_sessions(self.session_model, work / "seeds")
+            # sliding-window layers: session files hold their window (a ring in D)
+            self.gemma3_model = statekv.Model(self.seeds["text-gemma3"], threads=1)
+            self.session_seeds.update(seeds.save_sessions(self.gemma3_model, work / "seeds", "gemma3-"))
         self.vlm = None
         self.chat_seeds = {}
         if ("chat" in kinds or "cli" in kinds) and chat_files is not None:
@@ -122,7 +126,8 @@ def use_mmproj(ctx: Context, path: str, seed_name: str) -> None:
 
 
 def use_session(ctx: Context, path: str, seed_name: str) -> None:
-    s = ctx.session_model.load_session(path)
+    model = ctx.gemma3_model if seed_name.startswith("session-gemma3-") else ctx.session_model
+    s = model.load_session(path)
     s.stats()
     s.carried(0)
     s.question_logits([1, 2])

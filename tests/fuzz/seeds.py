@@ -1,5 +1,5 @@
 """Seed files for the fuzz harness: tiny, valid GGUFs of every supported family (text decoders
-qwen2, qwen3, qwen3vl; mmproj internvl and qwen3vl_merger) written directly with gguf-py at a
+qwen2, qwen3, qwen3vl, gemma3; mmproj internvl, qwen3vl_merger, gemma3, eagle2_5) written directly with gguf-py at a
 64-token vocabulary, so that one mutated file is a few tens of kilobytes and loads in
 milliseconds; plus session files saved from them.
 
@@ -56,6 +56,9 @@ def write_text(path: Path, arch: str, seed: int = 0) -> Path:
     if arch != "qwen2":
         w.add_uint32(f"{a}.attention.key_length", HEAD_DIM)
         w.add_uint32(f"{a}.attention.value_length", HEAD_DIM)
+    if arch == "gemma3":   # local layers see 3 tokens; layer pattern 2: layer 1 global
+        w.add_uint32(f"{a}.attention.sliding_window", 3)
+        w.add_uint32(f"{a}.attention.sliding_window_pattern", 2)
     if arch == "qwen3vl":
         w.add_array(f"{a}.rope.dimension_sections", [2, 1, 1, 0])
         w.add_uint32(f"{a}.n_deepstack_layers", 1)
@@ -79,6 +82,9 @@ def write_text(path: Path, arch: str, seed: int = 0) -> Path:
         else:
             _add(w, p + "attn_q_norm.weight", r.normal(1, 0.1, HEAD_DIM))
             _add(w, p + "attn_k_norm.weight", r.normal(1, 0.1, HEAD_DIM))
+        if arch == "gemma3":
+            _add(w, p + "post_attention_norm.weight", r.normal(1, 0.1, E))
+            _add(w, p + "post_ffw_norm.weight", r.normal(1, 0.1, E))
         _add(w, p + "ffn_norm.weight", r.normal(1, 0.1, E))
         _add(w, p + "ffn_gate.weight", r.normal(0, 0.3, (N_FF, E)), mat)
         _add(w, p + "ffn_up.weight", r.normal(0, 0.3, (N_FF, E)), mat)
@@ -204,15 +210,91 @@ def write_mmproj_qwen3vl(path: Path, seed: int = 0) -> Path:
     return path
 
 
+# SigLIP towers (Gemma 3, Eagle 2.5): 56 x 56 frames, 14 x 14 patches (4 x 4 grid); Gemma 3 pools
+# 4 x 4 to one row, Eagle 2.5 pixel-shuffles by 2 to 4 rows.
+SIG_IMAGE, SIG_PATCH, SIG_C, SIG_FF = 56, 14, 16, 32
+
+
+def _siglip(w, r, n_layer: int, post_ln: bool) -> None:
+    C, F, P = SIG_C, SIG_FF, SIG_PATCH
+    from gguf import GGMLQuantizationType as Q
+    w.add_uint32("clip.vision.image_size", SIG_IMAGE)
+    w.add_uint32("clip.vision.patch_size", P)
+    w.add_uint32("clip.vision.embedding_length", C)
+    w.add_uint32("clip.vision.feed_forward_length", F)
+    w.add_uint32("clip.vision.block_count", n_layer)
+    w.add_uint32("clip.vision.attention.head_count", 2)
+    w.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    w.add_uint32("clip.vision.projection_dim", E)
+    _add(w, "v.patch_embd.weight", r.normal(0, 0.1, (C, 3, P, P)), Q.F16)
+    _add(w, "v.patch_embd.bias", r.normal(0, 0.1, C))
+    _add(w, "v.position_embd.weight", r.normal(0, 0.1, ((SIG_IMAGE // P) ** 2, C)))
+    for il in range(n_layer):
+        p = f"v.blk.{il}."
+        for n in ("ln1", "ln2"):
+            _add(w, p + n + ".weight", r.normal(1, 0.1, C))
+            _add(w, p + n + ".bias", r.normal(0, 0.1, C))
+        for n in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            _add(w, p + n + ".weight", r.normal(0, 0.2, (C, C)), Q.F16)
+            _add(w, p + n + ".bias", r.normal(0, 0.1, C))
+        _add(w, p + "ffn_up.weight", r.normal(0, 0.2, (F, C)), Q.F16)
+        _add(w, p + "ffn_up.bias", r.normal(0, 0.1, F))
+        _add(w, p + "ffn_down.weight", r.normal(0, 0.2, (C, F)), Q.F16)
+        _add(w, p + "ffn_down.bias", r.normal(0, 0.1, C))
+    if post_ln:
+        _add(w, "v.post_ln.weight", r.normal(1, 0.1, C))
+        _add(w, "v.post_ln.bias", r.normal(0, 0.1, C))
+
+
+def _finish(w, path: Path) -> Path:
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_mmproj_gemma3(path: Path, seed: int = 0) -> Path:
+    from gguf import GGMLQuantizationType as Q, GGUFWriter
+    r = _rng(seed + 300)
+    w = GGUFWriter(str(path), "clip")
+    _clip_header(w, "gemma3")
+    _siglip(w, r, 1, post_ln=True)
+    _add(w, "mm.soft_emb_norm.weight", r.normal(1, 0.1, SIG_C))
+    _add(w, "mm.input_projection.weight", r.normal(0, 0.2, (SIG_C, E)), Q.F16)
+    return _finish(w, path)
+
+
+def write_mmproj_eagle2_5(path: Path, seed: int = 0) -> Path:
+    from gguf import GGMLQuantizationType as Q, GGUFWriter
+    r = _rng(seed + 400)
+    w = GGUFWriter(str(path), "clip")
+    _clip_header(w, "eagle2_5")
+    _siglip(w, r, 1, post_ln=False)
+    w.add_uint32("clip.vision.projector.scale_factor", 2)
+    w.add_int32("clip.vision.eagle2_5.select_layer", -2)
+    M = SIG_C * 4
+    _add(w, "mm.model.mlp.0.weight", r.normal(1, 0.1, M))
+    _add(w, "mm.model.mlp.0.bias", r.normal(0, 0.1, M))
+    _add(w, "mm.model.mlp.1.weight", r.normal(0, 0.2, (E, M)), Q.F16)
+    _add(w, "mm.model.mlp.1.bias", r.normal(0, 0.1, E))
+    _add(w, "mm.model.mlp.3.weight", r.normal(0, 0.2, (E, E)), Q.F16)
+    _add(w, "mm.model.mlp.3.bias", r.normal(0, 0.1, E))
+    return _finish(w, path)
+
+
 # Which text seed each mmproj seed pairs with, and the frames its encoder takes (n, 3, H, W).
 MMPROJ_PAIRS = {"internvl": ("qwen2", (1, 3, IVL_IMAGE, IVL_IMAGE)),
-                "qwen3vl": ("qwen3vl", (2, 3, 2 * Q3_PATCH, 2 * Q3_PATCH))}
+                "qwen3vl": ("qwen3vl", (2, 3, 2 * Q3_PATCH, 2 * Q3_PATCH)),
+                "gemma3": ("gemma3", (1, 3, SIG_IMAGE, SIG_IMAGE)),
+                "eagle2_5": ("qwen2", (1, 3, SIG_IMAGE, SIG_IMAGE))}
 
 SESSION_STEPS = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16]]
 
 
-def save_sessions(model, out_dir: Path) -> dict[str, Path]:
-    """Session files of every mode from a loaded seed model (prefix, three steps)."""
+def save_sessions(model, out_dir: Path, prefix: str = "") -> dict[str, Path]:
+    """Session files of every mode from a loaded seed model (prefix, three steps); names start
+    with ``prefix``."""
     out = {}
     for name, kw in (("statekv", dict(mode="statekv", budget=6, kv_type="f32")),
                      ("statekv-f16", dict(mode="statekv", budget=64, kv_type="f16", detailed_chunk=5)),
@@ -222,9 +304,9 @@ def save_sessions(model, out_dir: Path) -> dict[str, Path]:
         s.prefill([2, 3, 4])
         for step in SESSION_STEPS:
             s.add_step(step)
-        p = out_dir / f"session-{name}.statekv"
+        p = out_dir / f"session-{prefix}{name}.statekv"
         s.save(p, app_data='{"note": "fuzz seed"}')
-        out[name] = p
+        out[prefix + name] = p
     return out
 
 
@@ -232,8 +314,10 @@ def write_all(out_dir: Path) -> dict[str, Path]:
     """Every GGUF seed under out_dir: text-<arch>.gguf and mmproj-<family>.gguf."""
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = {}
-    for arch in ("qwen2", "qwen3", "qwen3vl"):
+    for arch in ("qwen2", "qwen3", "qwen3vl", "gemma3"):
         seeds[f"text-{arch}"] = write_text(out_dir / f"text-{arch}.gguf", arch)
     seeds["mmproj-internvl"] = write_mmproj_internvl(out_dir / "mmproj-internvl.gguf")
     seeds["mmproj-qwen3vl"] = write_mmproj_qwen3vl(out_dir / "mmproj-qwen3vl.gguf")
+    seeds["mmproj-gemma3"] = write_mmproj_gemma3(out_dir / "mmproj-gemma3.gguf")
+    seeds["mmproj-eagle2_5"] = write_mmproj_eagle2_5(out_dir / "mmproj-eagle2_5.gguf")
     return seeds

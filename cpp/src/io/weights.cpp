@@ -1,3 +1,4 @@
+#include <algorithm>
 #include "io/weights.h"
 
 #include <cmath>
@@ -111,11 +112,13 @@ ggml_tensor* WeightStore::require(const std::string& name, const std::vector<int
     bool same = true;
     for (int i = 0; i < GGML_MAX_DIMS; ++i) {
         const int64_t want = i < (int)shape.size() ? shape[i] : 1;
-        if (want >= 0 && meta->ne[i] != want) same = false;  // -1: any size
+        if (want >= 0 && meta->ne[i] != want) same = false;  // -1: any size, but not empty
+        if (want < 0 && meta->ne[i] < 1) same = false;
     }
     if (!same) {
+        const bool wildcard = std::find(shape.begin(), shape.end(), -1) != shape.end();
         file_.fail("tensor '" + name + "' has shape " + shape_str(meta->ne, ggml_n_dims(meta)) +
-                   ", expected " + shape_str(shape.data(), (int)shape.size()));
+                   ", expected " + shape_str(shape.data(), (int)shape.size()) + (wildcard ? " (-1: any positive size)" : ""));
     }
     check_role(meta, role);
     for (const auto& e : entries_) {

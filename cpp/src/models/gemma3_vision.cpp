@@ -55,7 +55,8 @@ public:
         post_w_ = w.require("v.post_ln.weight", {C}, TensorRole::Float);
         post_b_ = w.require("v.post_ln.bias", {C}, TensorRole::Float);
         soft_norm_ = w.require("mm.soft_emb_norm.weight", {C}, TensorRole::Float);
-        proj_ = w.require("mm.input_projection.weight", {-1, C});
+        // Used transposed (x times [C, E]): a float type, kept in f32 (llama.cpp writes it F16).
+        proj_ = w.require("mm.input_projection.weight", {-1, C}, TensorRole::Float);
         n_embd_out = static_cast<int>(proj_->ne[0]);
         check_projection_dim(f, "mm.input_projection.weight");
     }
