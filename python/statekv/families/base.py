@@ -12,6 +12,7 @@ Nothing here imports the compiled extension.
 """
 from __future__ import annotations
 
+import abc
 import importlib
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, Sequence
@@ -187,7 +188,7 @@ class StepLayout:
         return np.arange(self.text_before, self.text_before + self.visual_rows, dtype=np.int32)
 
 
-class OneFramePerStep:
+class OneFramePerStep(abc.ABC):
     """The chat layout of the families whose steps are one square tile per frame with text around
     it and one position axis (InternVL3, Gemma 3, Eagle 2.5). A family's ``ChatLayout`` subclasses
     it with ``family``, its preprocessing ``preprocess_frames(frames, size, mean, std)`` and
@@ -208,14 +209,17 @@ class OneFramePerStep:
         self.waiting: list = []  # never used: every frame is a complete step
 
     @staticmethod
+    @abc.abstractmethod
     def preprocess_frames(frames, size, mean, std) -> np.ndarray:
-        raise NotImplementedError  # set by the family's ChatLayout
+        """uint8 frames -> pixels (the family's preprocess_frames)."""
 
+    @abc.abstractmethod
     def _step(self, number: int, seconds: float):
-        raise NotImplementedError
+        """(ids, rows, blocks or None) of frame ``number`` at ``seconds``."""
 
+    @abc.abstractmethod
     def _step_length(self, number: int, seconds: float) -> int:
-        raise NotImplementedError
+        """Tokens of that step."""
 
     def prefix(self, system: Optional[str]):
         return self.builder.prefix(system), None

@@ -36,8 +36,8 @@ DEFAULT_SYSTEM = "You are a helpful assistant."
 # whole-prompt tokenization), so it belongs to the first step.
 VIDEO_INTRO = "The first video:"
 VIDEO_PLACEHOLDER = "<video>"
-# ChatML with the processor's default system prompt; a video item renders as the placeholder the
-# processor expands (followed by the newline before the question).
+# ChatML with the processor's default system prompt; a video item renders as the `<video>` marker
+# that the processor expands (followed by the newline before the question).
 CHAT_TEMPLATE = (
     "{% if messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\n" + DEFAULT_SYSTEM + "<|im_end|>\n' }}"
