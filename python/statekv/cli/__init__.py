@@ -1,5 +1,5 @@
-"""The `statekv` command line: `statekv ask`, `statekv chat`, `statekv info`, `statekv convert`,
-`statekv bench ...`."""
+"""The `statekv` command line: `statekv ask`, `statekv chat`, `statekv run`, `statekv info`,
+`statekv convert`, `statekv eval ...`, `statekv bench ...`."""
 from __future__ import annotations
 
 import argparse
@@ -77,6 +77,27 @@ def build_parser() -> argparse.ArgumentParser:
     conv = sub.add_parser("convert", help="convert a Hugging Face checkpoint to GGUF (llama.cpp layout)")
     convert.add_arguments(conv)
     conv.set_defaults(func=convert.run)
+
+    from . import run as cli_run
+    from ..eval import long_context as eval_long_context
+    from ..eval import video as eval_video
+
+    rn = sub.add_parser("run", help="text-only: prefill a prompt (optionally in steps, in a cache mode) and generate",
+                        description=cli_run.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli_run.add_arguments(rn)
+    rn.set_defaults(func=cli_run.run)
+
+    ev = sub.add_parser("eval", help="evaluations: long-context fidelity of the cache modes, video benchmarks")
+    esub = ev.add_subparsers(dest="eval_command", required=True)
+    el = esub.add_parser("long-context", help="how close each cache mode stays to full attention on a trained "
+                                              "text model (text chunks as steps)",
+                         description=eval_long_context.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    eval_long_context.add_arguments(el)
+    el.set_defaults(func=eval_long_context.run)
+    evv = esub.add_parser("video", help="multiple-choice video benchmarks you bring (VideoMME, MLVU, OVOBench rows)",
+                          description=eval_video.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    eval_video.add_arguments(evv)
+    evv.set_defaults(func=eval_video.run)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
