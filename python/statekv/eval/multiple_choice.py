@@ -23,13 +23,14 @@ Published row layouts (column names as released; ``--columns`` overrides any of 
   ``question_type``).
 - OVO-Bench (its backward and real-time json): ``video``, ``question``, ``options``, ``gt`` (the
   right option's 0-based index), ``id``, ``task``, ``realtime`` (seconds: the question is asked
-  at that moment, so the clip ends there). Forward tasks have no options and are skipped.
+  at that moment, so the clip ends there). Forward tasks (no options) are skipped.
 - generic: ``video``, ``question``, ``options``, ``answer``, optional ``id``, ``category``,
   ``start``, ``end``.
 
-Options may be a list, a JSON list in a string (csv) or one option per line; ``A. `` / ``(A) `` /
-``A) `` / ``A: `` labels in order are removed (the prompt style puts its own back). An answer is
-an option letter, an option's text, ``(A) text``, or an integer index from 0.
+Options may be a list, an object keyed ``A``, ``B``, ... in order, a JSON list in a string (csv)
+or one option per line; ``A. `` / ``(A) `` / ``A) `` / ``A: `` labels in order are removed (the
+prompt style puts its own back). An answer is an option letter, an option's text, ``(A) text``,
+or an integer index from 0.
 """
 from __future__ import annotations
 
@@ -342,6 +343,8 @@ def _options(value: Any) -> list[str]:
             value = [line for line in text.splitlines() if line.strip()]
     if isinstance(value, np.ndarray):
         value = value.tolist()
+    if isinstance(value, dict) and list(value) == list(LETTERS[:len(value)]):  # {"A": "...", "B": "..."}
+        value = list(value.values())
     if not isinstance(value, (list, tuple)) or any(isinstance(v, (list, dict)) or _missing(v) for v in value):
         raise _Bad("no options", f"options must be a list of texts, got {str(value)[:60]!r}")
     options = [str(v) for v in value]

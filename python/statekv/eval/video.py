@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             evaluation = _Evaluation(args, modes, style, results, bar)
             for group in _by_video(todo):
                 skipped += evaluation.run_group(group)
-    summary = _summary(questions, skipped, results.records(), modes, options)
+    summary = _summary(len(rows), questions, skipped, results.records(), modes, options)
     summary_path = args.summary or args.out + ".summary.json"
     with open(summary_path, "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
@@ -346,10 +346,10 @@ class Results:
 
 
 # ------------------------------------------------------------------------------ summary
-def _summary(questions: list[mc.Question], skipped: list[mc.Skipped], records: list[dict], modes: list[Mode],
-             options: dict) -> dict:
-    """Per mode: generation and likelihood accuracy (counts, 95% Wilson interval) over this run's
-    rows; the skipped rows by reason."""
+def _summary(n_rows: int, questions: list[mc.Question], skipped: list[mc.Skipped], records: list[dict],
+             modes: list[Mode], options: dict) -> dict:
+    """Per mode: generation and likelihood accuracy (counts, 95% Wilson interval) over the rows
+    asked (this run's ``n_rows`` rows but the skipped ones); the skipped rows by reason."""
     rows = {q.row for q in questions} - {s.row for s in skipped}
     table = {}
     for m in modes:
@@ -362,7 +362,7 @@ def _summary(questions: list[mc.Question], skipped: list[mc.Skipped], records: l
     by_kind: dict[str, int] = {}
     for s in skipped:
         by_kind[s.kind] = by_kind.get(s.kind, 0) + 1
-    return {"rows": len(questions) + len(skipped), "asked": len(rows), "modes": table,
+    return {"rows": n_rows, "asked": len(rows), "modes": table,
             "skipped": {"count": len(skipped), "by_reason": by_kind,
                         "rows": [{"row": s.row, "id": s.id, "reason": s.kind, "detail": s.detail}
                                  for s in sorted(skipped, key=lambda s: s.row)]},
