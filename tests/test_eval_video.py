@@ -453,3 +453,17 @@ def test_cli_errors(tmp_path, capsys):
         assert _cli(*base, *extra) == code, extra
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("statekv: error: ") and message in err[0], (extra, err)
+
+
+def test_cli_with_only_bad_rows_counts_them_without_loading_the_model(tmp_path, capsys):
+    model = tmp_path / "not-a-model.gguf"  # never loaded: nothing to ask
+    model.write_bytes(b"x")
+    rows = [{"video": "gone.mp4", "question": "Q?", "options": OPTIONS4, "answer": "A"},
+            {"video": "gone.mp4", "question": "Q?", "options": OPTIONS4[:1], "answer": "A"}]
+    data = write_json(tmp_path / "rows.json", rows)
+    out = tmp_path / "o.jsonl"
+    assert _cli("eval", "video", "--data", data, "-m", model, "--mmproj", model, "--out", out, "-q") == 0
+    summary = json.loads((tmp_path / "o.jsonl.summary.json").read_text())
+    assert summary["skipped"]["by_reason"] == {"missing video file": 1, "no options": 1}
+    assert [m["questions"] for m in summary["modes"].values()] == [0, 0, 0]
+    assert "2 rows: 0 asked, 2 skipped: 1 missing video file, 1 no options" in capsys.readouterr().out

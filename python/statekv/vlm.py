@@ -249,7 +249,8 @@ class VideoChat:
         ``others``: more chats of the same VLM, at the same point of the same timeline (same
         ``fps``, ``max_frames``, frames and layout state; e.g. new chats in other cache modes),
         that get the same frames: the video is decoded, preprocessed and run through the vision
-        encoder once for all of them, and each ends as if it had been given the video alone::
+        encoder once for all of them, and each ends as if it had been given the video alone (its
+        per-frame seconds in :meth:`stats` are then those of the shared pass)::
 
             full, kept = vlm.video_chat(mode="full"), vlm.video_chat(mode="statekv", budget=4096)
             full.add_video("match.mp4", others=[kept])        # one decode + encode, two sessions
