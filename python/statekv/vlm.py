@@ -140,6 +140,7 @@ class VideoChat:
         self.step_first_frames: list[int] = []
         self.last_answer_ids: list[int] = []  # token ids of the latest answer (ask, stream)
         self._next_index = 0
+        self._t_last = time.perf_counter()  # when the chat's last steps were added (per-frame wall time)
 
     # ---- state -------------------------------------------------------------------------------
 
@@ -164,38 +165,22 @@ class VideoChat:
         return self._frames_in_steps + len(self.layout.waiting)
 
     def _run(self, frames: Iterator[tuple[Frame, np.ndarray]], total: Optional[int],
-             progress: Optional[ProgressCallback], batch: int) -> int:
-        """Add (Frame, pixels) items as steps, ``batch`` frames encoded at a time. Each step counts
-        once ``add_step`` succeeded, so an error (or Ctrl-C) leaves the chat consistent: the steps
-        before it are in, the frames after it are not."""
+             progress: Optional[ProgressCallback], batch: int, others: tuple["VideoChat", ...] = ()) -> int:
+        """Add (Frame, pixels) items as steps, ``batch`` frames encoded at a time, to this chat and
+        to ``others`` (each batch encoded once for all of them, see :class:`_SharedEncoder`). Each
+        step counts once ``add_step`` succeeded, so an error (or Ctrl-C) leaves every chat
+        consistent: the steps before it are in, the frames after it are not."""
+        chats = (self, *others)
         before = self.n_frames
-        t_last = time.perf_counter()
+        for chat in chats:
+            chat._t_last = time.perf_counter()
         buf: list = []
 
         def flush():
-            nonlocal t_last
-            items = self.layout.waiting + buf
-            self.layout.waiting = []
-            steps, leftover = self.layout.plan(items)
+            encoder = _SharedEncoder(self.vlm.model)
+            for chat in chats:
+                chat._take(buf, encoder)
             buf.clear()
-            in_steps = 0
-
-            def added(step):
-                nonlocal in_steps
-                self.layout.commit(step)
-                self.step_first_frames.append(self._frames_in_steps)
-                self._frames_in_steps += len(step.frames)
-                self.video_seconds = step.frames[-1].timestamp
-                in_steps += len(step.frames)
-
-            self._add_steps(self.session, steps, added)  # an error: the steps before it are in
-            self.layout.waiting = leftover
-            if leftover:
-                self.video_seconds = leftover[-1][0].timestamp
-            if in_steps:  # wall time since the last steps (decoding wait, encoder, LLM) per frame
-                now = time.perf_counter()
-                self.frame_seconds += [(now - t_last) / in_steps] * in_steps
-                t_last = now
             if progress:
                 progress(self.n_frames - before, total)
 
@@ -207,13 +192,40 @@ class VideoChat:
             flush()
         return self.n_frames - before
 
-    def _add_steps(self, session, steps: list, on_added: Optional[Callable[[Any], None]] = None) -> None:
+    def _take(self, items: list, encoder: "_SharedEncoder") -> None:
+        """Plan ``items`` (after the frames waiting for their pair) into steps and add them."""
+        items = self.layout.waiting + list(items)
+        self.layout.waiting = []
+        steps, leftover = self.layout.plan(items)
+        in_steps = 0
+
+        def added(step):
+            nonlocal in_steps
+            self.layout.commit(step)
+            self.step_first_frames.append(self._frames_in_steps)
+            self._frames_in_steps += len(step.frames)
+            self.video_seconds = step.frames[-1].timestamp
+            in_steps += len(step.frames)
+
+        self._add_steps(self.session, steps, added, encoder)  # an error: the steps before it are in
+        self.layout.waiting = leftover
+        if leftover:
+            self.video_seconds = leftover[-1][0].timestamp
+        if in_steps:  # wall time since the last steps (decoding wait, encoder, LLM) per frame
+            now = time.perf_counter()
+            self.frame_seconds += [(now - self._t_last) / in_steps] * in_steps
+            self._t_last = now
+
+    def _add_steps(self, session, steps: list, on_added: Optional[Callable[[Any], None]] = None,
+                   encoder: Optional["_SharedEncoder"] = None) -> None:
         """The one place where planned steps (:class:`statekv.families.PlannedStep`) become
-        committed session steps: their frames through the vision encoder in one batch, each
-        step's rows into its tokens with ``Session.add_step``; ``on_added(step)`` after each."""
+        committed session steps: their frames through the vision encoder in one batch (``encoder``:
+        shared with other chats fed the same frames), each step's rows into its tokens with
+        ``Session.add_step``; ``on_added(step)`` after each."""
         if not steps:
             return
-        encoded = self.vlm.model.encode_frames(np.concatenate([s.pixels for s in steps]))
+        encoder = encoder or _SharedEncoder(self.vlm.model)
+        encoded = encoder.encode(np.concatenate([s.pixels for s in steps]))
         for step, rows in zip(steps, encoded):
             if len(rows) != len(step.rows):
                 raise ValueError(f"{self.vlm.model.mmproj}: the encoder gave {len(rows)} visual rows per step, the "
@@ -226,16 +238,29 @@ class VideoChat:
                 on_added(step)
 
     def add_video(self, path_or_file: Any, start: Optional[float] = None, end: Optional[float] = None, *,
-                  progress: Optional[ProgressCallback] = None, batch: int = 4) -> int:
+                  progress: Optional[ProgressCallback] = None, batch: int = 4,
+                  others: Iterable["VideoChat"] = ()) -> int:
         """Sample (``fps``, ``max_frames``), decode and preprocess a video in a background thread
         and add its frames as steps; returns the number of frames added. ``start``/``end``
         (seconds) bound the clip. A second video continues the timeline after the first.
         ``progress(frames_done, frames_total)`` is called after each batch of ``batch`` frames.
-        Raises :class:`statekv.VideoError` (a ``ValueError``) for a file that is not a readable video."""
+        Raises :class:`statekv.VideoError` (a ``ValueError``) for a file that is not a readable video.
+
+        ``others``: more chats of the same VLM, at the same point of the same timeline (same
+        ``fps``, ``max_frames``, frames and layout state; e.g. new chats in other cache modes),
+        that get the same frames: the video is decoded, preprocessed and run through the vision
+        encoder once for all of them, and each ends as if it had been given the video alone (its
+        per-frame seconds in :meth:`stats` are then those of the shared pass)::
+
+            full, kept = vlm.video_chat(mode="full"), vlm.video_chat(mode="statekv", budget=4096)
+            full.add_video("match.mp4", others=[kept])        # one decode + encode, two sessions
+        """
+        others = self._check_shared(others)
         reader = VideoReader(path_or_file, fps=self.fps, max_frames=self.max_frames, start=start, end=end)
-        self.layout.fix_size(len(reader), reader.height, reader.width)
         offset = self._timeline_offset(reader.timestamps[0] if len(reader) else 0.0)
-        self._ensure_session(t + offset for t in reader.timestamps)
+        for chat in (self, *others):
+            chat.layout.fix_size(len(reader), reader.height, reader.width)
+            chat._ensure_session(t + offset for t in reader.timestamps)
 
         def prepare(f: Frame):
             shifted = Frame(self._next_index + f.index, f.timestamp + offset, f.rgb)
@@ -243,10 +268,29 @@ class VideoChat:
 
         try:
             with prefetch(reader, depth=2 * batch, fn=prepare) as frames:
-                return self._run(frames, len(reader), progress, batch)
+                return self._run(frames, len(reader), progress, batch, others)
         finally:
             reader.close()
-            self._next_index += reader.frame_count
+            for chat in (self, *others):
+                chat._next_index += reader.frame_count
+
+    def _check_shared(self, others: Iterable["VideoChat"]) -> tuple["VideoChat", ...]:
+        """``others`` of :meth:`add_video`, checked: chats of this VLM at this chat's point of the
+        timeline (else the shared frames would not be the frames each would sample alone)."""
+        out = tuple(others)
+        for chat in out:
+            if not isinstance(chat, VideoChat) or chat.vlm is not self.vlm:
+                raise ValueError("others: every chat must be a VideoChat of the same VLM")
+            if chat is self or sum(c is chat for c in out) > 1:
+                raise ValueError("others: each chat once, and not the chat itself")
+            here = (self.fps, self.max_frames, self.n_frames, self._next_index, self.video_seconds,
+                    self.layout.state())
+            there = (chat.fps, chat.max_frames, chat.n_frames, chat._next_index, chat.video_seconds,
+                     chat.layout.state())
+            if here != there:
+                raise ValueError("others: every chat must have this chat's fps and max_frames and be at the same "
+                                 "point of the same video (e.g. all new)")
+        return out
 
     def frames_of_tokens(self, token_indices) -> np.ndarray:
         """Chat frame index (from 0) of each session token index (e.g. from ``session.carried``);
@@ -460,3 +504,21 @@ class _ChatRecord:
         if not isinstance(v, list) or any(isinstance(x, bool) or not isinstance(x, int) or not lo <= x <= hi for x in v):
             self.fail(key, f"a list of integers in [{lo}, {hi}]")
         return list(v)
+
+
+class _SharedEncoder:
+    """The vision encoder for one batch of frames fed to several chats: the first chat's pixels
+    are encoded, and a chat asking for the same pixels again (the same frames, planned the same
+    way) gets the same rows without running the encoder again; other pixels are encoded anew."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self._pixels: Optional[np.ndarray] = None
+        self._rows: Optional[np.ndarray] = None
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        if self._pixels is not None and self._pixels.shape == pixels.shape and np.array_equal(self._pixels, pixels):
+            return self._rows
+        rows = self.model.encode_frames(pixels)
+        self._pixels, self._rows = pixels, rows
+        return rows
