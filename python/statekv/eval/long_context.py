@@ -375,16 +375,14 @@ def aggregate(records: list[dict]) -> list[dict]:
     return rows
 
 
-def _fmt(x: float, digits: int = 1) -> str:
-    return "-" if x is None or not np.isfinite(x) else f"{x:+.{digits}f}" if digits < 0 else f"{x:.{digits}f}"
-
-
 def _cell(row: dict) -> str:
     digits = 3 if row["score"] == "kl" else (2 if row["score"] == "perplexity" else 1)
     value = f"{row['value']:.{digits}f}"
     if row["mode"] == "full":
         return value
     lo, hi = row["ci95"]
+    if not np.isfinite(row["delta"]):
+        return value
     interval = f" [{lo:+.{digits}f}, {hi:+.{digits}f}]" if np.isfinite(lo) else ""
     return f"{value} ({row['delta']:+.{digits}f}{interval})"
 
@@ -537,6 +535,8 @@ def run(args: argparse.Namespace) -> int:
     model = Model(args.model, device=args.device, threads=args.threads)
     tokenizer = tokenizer_from_gguf(args.model)
     shape = ModelShape.of(model)
+    for spec in specs:  # an option the session refuses fails now, not after hours of other modes
+        open_session(model, spec, args.kv_type, 1024)
     done = results.done()
     work = [(d, n, s) for d in range(args.docs) for n in args.steps for s in specs
             if (args.seed + d, s.label, n) not in done]
