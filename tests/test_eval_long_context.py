@@ -215,3 +215,32 @@ def test_trained_270m_small_setting():
         assert a["ppl"]["kl"] < 1e-3
     passkeys = [q for cp in full["checkpoints"] for q in cp["questions"] if q["task"] == "passkey" and q["asked_from"] == 512]
     assert len(passkeys) == 2 and all(q["exact"] and q["choice"] for q in passkeys), passkeys
+
+
+def _record(doc: int, mode: str, passkey: list[bool], nll: float, kl: float) -> dict:
+    questions = [{"task": "passkey", "asked_from": 512, "value": "1", "answer": "", "exact": x, "choice": True,
+                  "distance": 1} for x in passkey]
+    cp = {"context": 512, "ppl": {"nll": nll, "n": 15, "kl": kl}, "copy": {"top1": 0.5, "n": 7}, "questions": questions,
+          "step_ms": 1.0, "gflops": 2.0, "tokens_carried": 3, "bytes_carried": 4, "bytes_detailed": 5}
+    return {"kind": "run", "doc": doc, "mode": mode, "step_tokens": 128, "checkpoints": [cp]}
+
+
+def test_tables_are_means_over_documents_with_paired_differences():
+    full = [[True, True], [True, False], [False, False], [True, True]]
+    mode = [[True, False], [False, False], [False, False], [True, True], [True, True]]  # doc 4: no full run
+    records = [_record(d, "full", x, 2.0 + d, 0.0) for d, x in enumerate(full)]
+    records += [_record(d, "statekv:B=8", x, 2.5 + d, 0.1 * d) for d, x in enumerate(mode)]
+    rows = {(r["task"], r["score"], r["mode"]): r for r in lc.aggregate(records)}
+    r = rows[("passkey", "exact", "statekv:B=8")]
+    per_doc = [100 * np.mean(x) for x in mode]
+    diffs = [100 * (np.mean(a) - np.mean(b)) for a, b in zip(mode, full)]
+    assert (r["docs"], r["paired_docs"], r["questions"]) == (5, 4, 10)
+    assert r["value"] == pytest.approx(np.mean(per_doc)) and r["delta"] == pytest.approx(np.mean(diffs))
+    assert r["ci95"][0] <= r["delta"] <= r["ci95"][1] and r["ci95"][0] >= min(diffs) and r["ci95"][1] <= max(diffs)
+    # the same NLL difference in every document: perplexity +exp(0.5)-1, an interval of width 0
+    p = rows[("ppl", "perplexity", "statekv:B=8")]
+    assert p["value"] == pytest.approx(np.exp(np.mean([2.5 + d for d in range(5)])))
+    assert p["delta"] == pytest.approx(100 * (np.exp(0.5) - 1)) and p["ci95"] == pytest.approx([p["delta"]] * 2)
+    assert rows[("ppl", "kl", "statekv:B=8")]["value"] == pytest.approx(0.2)
+    table = lc.format_tables(lc.aggregate(records))
+    assert "| statekv:B=8 | 50.0 (-25.0 [" in table and "| 128 | full | 1 / 2.0 / 3 |" in table

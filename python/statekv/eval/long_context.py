@@ -419,7 +419,7 @@ def format_tables(rows: list[dict]) -> str:
     out.append("| ---: | --- |" + " ---: |" * len(contexts))
     for (step, mode), by_c in costs.items():
         out.append(f"| {step} | {mode} | " + " | ".join(
-            f"{by_c[c]['step_ms']:.0f} / {by_c[c]['gflops']:.1f} / {by_c[c]['tokens_carried']}" if c in by_c else "-"
+            f"{by_c[c]['step_ms']:.0f} / {by_c[c]['gflops']:.1f} / {by_c[c]['tokens_carried']:.0f}" if c in by_c else "-"
             for c in contexts) + " |")
     return "\n".join(out).lstrip("\n") + "\n"
 
