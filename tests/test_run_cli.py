@@ -92,7 +92,7 @@ def test_statekv_and_window_steps_equal_the_session_api(capfd, qwen2):
     path, model, tok = qwen2
     ids = _chat_ids(path, tok, PROMPT)
     n_head, n_tail = _cut(path, tok, PROMPT)
-    for mode, flags, options in (("statekv", ["--budget", "12"], dict(budget=12)),
+    for mode, flags, options in (("statekv", ["--budget", "28"], dict(budget=28)),  # the prefix is 24
                                  ("window", ["--window", "2"], dict(window=2))):
         s = model.session(mode, **options)
         s.prefill(ids[:n_head])
