@@ -298,13 +298,21 @@ def test_bad_variant_state_in_files_is_refused(engine, tmp_path):
     cases = [
         (lambda g: g.set("statekv.options.score_decay", ge.Value(ge.F32, 1.5)), "score_decay must be in"),
         (lambda g: g.set("statekv.options.pin_prefix", ge.Value(ge.I64, 1)), "statekv.options.pin_prefix"),
-        (lambda g: g.set("statekv.carried.n_pinned", ge.Value(ge.I64, 3)), "statekv.carried.n_pinned = 3"),
+        (lambda g: g.set("statekv.carried.n_pinned", ge.Value(ge.I64, 40)), "does not keep the pinned prefix"),
         (lambda g: g.set("statekv.carried.n_pinned", ge.Value(ge.I64, 41)), "statekv.carried.n_pinned"),
         (lambda g: g.tensors.remove(g.tensor("c.scores.2")), "missing tensor 'c.scores.2'"),
         (shifted_pinned_id, "c.ids.1 does not keep the pinned prefix"),
     ]
-    for i, (edit, match) in enumerate(cases):
-        p = edited(src, tmp_path / f"bad{i}.statekv", edit)
+    # before the first step the pinned slots are the whole prefix
+    prefix_only = tmp_path / "prefix.statekv"
+    pre = model.session(mode="statekv", budget=40, kv_type="f32", pin_prefix=True)
+    pre.prefill(video.prefix)
+    pre.save(prefix_only)
+    cases = [(src, *c) for c in cases]
+    cases.append((prefix_only, lambda g: g.set("statekv.carried.n_pinned", ge.Value(ge.I64, 5)),
+                  "statekv.carried.n_pinned = 5 is not the prefix of a session of 12 tokens in 0 steps"))
+    for i, (file, edit, match) in enumerate(cases):
+        p = edited(file, tmp_path / f"bad{i}.statekv", edit)
         with pytest.raises(statekv.ModelError, match=match) as e:
             model.load_session(p)
         assert str(p) in str(e.value)
