@@ -267,7 +267,7 @@ class StateKVReference:
         for l in range(self.n_layer):
             cand = torch.cat([self.C[l], step_idx], dim=1)   # (G, m + n), ascending
             rank = scores[l]
-            if self.decays:   # d * S_prev + s, new keys from s
+            if self.decays and not self.sliding[l]:   # d * S_prev + s, new keys from s (global layers)
                 rank = self.score_decay * torch.cat([self.S[l], torch.zeros(self.n_kv, n)], dim=1) + rank
             # the keys that compete: all but a pinned prefix (the same columns in every head)
             competing = cand[0] >= self.n_prefix if self.pin_prefix else torch.ones(cand.shape[1], dtype=torch.bool)
