@@ -113,7 +113,8 @@ py::dict options_dict(const SessionOptions& o) {
     const py::object expected_length = o.expected_length ? py::object(py::int_(o.expected_length)) : py::none();
     const py::object rope_scale = o.rope_scale > 0 ? py::object(py::float_(o.rope_scale)) : py::none();
     return py::dict("mode"_a = o.mode, "budget"_a = o.budget, "window"_a = o.window, "kv_type"_a = o.kv_type,
-                    "expected_length"_a = expected_length, "rope_scale"_a = rope_scale);
+                    "expected_length"_a = expected_length, "rope_scale"_a = rope_scale, "score_decay"_a = o.score_decay,
+                    "pin_prefix"_a = o.pin_prefix);
 }
 
 py::dict vision_dict(const VisionInfo& v) {
@@ -303,12 +304,13 @@ PYBIND11_MODULE(_core, m) {
              })
         .def("session",
              [](Model& self, const std::string& mode, int budget, int window, const std::string& kv_type,
-                int expected_length, float rope_scale, int detailed_chunk) {
+                int expected_length, float rope_scale, int detailed_chunk, float score_decay, bool pin_prefix) {
                  // The fields in SessionOptions' order.
-                 return self.session(SessionOptions{mode, budget, window, kv_type, expected_length, rope_scale, detailed_chunk});
+                 return self.session(SessionOptions{mode, budget, window, kv_type, expected_length, rope_scale, detailed_chunk,
+                                                    score_decay, pin_prefix});
              },
              py::arg("mode"), py::arg("budget"), py::arg("window"), py::arg("kv_type"), py::arg("expected_length"),
-             py::arg("rope_scale"), py::arg("detailed_chunk"))
+             py::arg("rope_scale"), py::arg("detailed_chunk"), py::arg("score_decay"), py::arg("pin_prefix"))
         .def(
             "logits",
             [](Model& self, const py::array& ids, const py::object& positions, const py::object& embeddings,

@@ -27,6 +27,14 @@ entries are exactly 0. The new C_l[g] is the ``budget`` candidates of [C_l[g] ; 
 largest scores (``torch.topk(sorted=False)`` then sorted indices, as the authors' release does),
 kept in entry order. Prefix tokens and questions attend causally over ALL of D plus themselves.
 Questions leave C, D and the position counter unchanged.
+
+Variants of the statekv selection (docs/DESIGN.md section 1, "Policy variants"; the defaults are
+the paper's rule above):
+  * ``score_decay`` d in [0, 1): every key of C carries an accumulated score S (float32); prefix
+    keys enter with S = 0. A step ranks its candidates by d * [S ; 0] + s (a new key starts from
+    its s) and the kept keys carry that value. d = 0 ranks by s alone: the paper's rule.
+  * ``pin_prefix``: the prefix's keys are kept in C for good (they count toward the budget); the
+    other candidates compete for the budget minus the prefix.
 """
 from __future__ import annotations
 
@@ -74,16 +82,25 @@ def _as_positions(positions, n, start, multi_axis):
 class StateKVReference:
     """The StateKV state machine over a transformers model (see the module docstring).
 
-    ``mode``: ``full`` | ``window`` | ``statekv``; ``budget`` B (statekv); ``window`` R (window).
+    ``mode``: ``full`` | ``window`` | ``statekv``; ``budget`` B (statekv); ``window`` R (window);
+    ``score_decay`` and ``pin_prefix``: the statekv variants of the module docstring.
     """
 
-    def __init__(self, hf, mode: str = "statekv", budget: int | None = None, window: int | None = None):
+    def __init__(self, hf, mode: str = "statekv", budget: int | None = None, window: int | None = None,
+                 score_decay: float = 0.0, pin_prefix: bool = False):
         if mode not in ("full", "window", "statekv"):
             raise ValueError(f"unknown mode {mode!r}")
         if mode == "statekv" and (budget is None or budget <= 0):
             raise ValueError("statekv needs budget > 0")
         if mode == "window" and (window is None or window <= 0):
             raise ValueError("window needs window > 0")
+        if not 0.0 <= score_decay < 1.0:
+            raise ValueError("score_decay must be in [0, 1)")
+        if mode != "statekv" and (score_decay or pin_prefix):
+            raise ValueError("score_decay and pin_prefix are statekv variants")
+        # the decay as the float32 that multiplies float32 scores
+        self.score_decay = torch.tensor(score_decay, dtype=torch.float32)
+        self.decays, self.pin_prefix = score_decay > 0, bool(pin_prefix)
         self.hf = hf
         self.text, self.lm_head = _text_parts(hf)
         self.cfg = self.text.config
@@ -107,11 +124,13 @@ class StateKVReference:
         self.K = [e.clone() for _ in range(self.n_layer)]   # D keys   (n_kv, N, d), after RoPE
         self.V = [e.clone() for _ in range(self.n_layer)]   # D values (n_kv, N, d)
         self.C = [torch.empty(self.n_kv, 0, dtype=torch.int64) for _ in range(self.n_layer)]
+        self.S = [torch.empty(self.n_kv, 0) for _ in range(self.n_layer)]   # accumulated scores of C (decay)
         self.n_prefix = 0
         self.steps: list[tuple[int, int]] = []   # [start, end) token indices of each step
         self.last_pos = -1                        # largest position so far (any axis)
-        self.last_scores = None                   # per layer (n_kv, n_candidates) of the last step
-        self.last_candidates = None               # per layer (n_kv, n_candidates) token indices
+        self.last_scores = None                   # per layer (n_kv, n_competing) ranks of the last step
+        self.last_candidates = None               # per layer (n_kv, n_competing) token indices
+        self._last_all = None                     # per layer (all candidates, their carried scores)
 
     # ----------------------------------------------------------------- building blocks
     @property
@@ -233,6 +252,7 @@ class StateKVReference:
         self._commit(newK, newV, pos)
         new = torch.arange(start, self.n_tokens).expand(self.n_kv, -1)
         self.C = [self._window_of_D(w) if w else torch.cat([c, new], dim=1) for c, w in zip(self.C, self.sliding)]
+        self.S = [torch.cat([sc, torch.zeros(new.shape)], dim=1) for sc in self.S]   # never scored
         self.n_prefix = self.n_tokens
 
     def add_step(self, tokens, embeddings=None, rows=None, positions=None, blocks=None):
@@ -243,10 +263,17 @@ class StateKVReference:
         self._commit(newK, newV, pos)
         self.steps.append((start, start + n))
         step_idx = torch.arange(start, start + n).expand(self.n_kv, -1)
-        self.last_scores, self.last_candidates = scores, []
+        self.last_scores, self.last_candidates, self._last_all = [], [], []
         for l in range(self.n_layer):
             cand = torch.cat([self.C[l], step_idx], dim=1)   # (G, m + n), ascending
-            self.last_candidates.append(cand)
+            rank = scores[l]
+            if self.decays and not self.sliding[l]:   # d * S_prev + s, new keys from s (global layers)
+                rank = self.score_decay * torch.cat([self.S[l], torch.zeros(self.n_kv, n)], dim=1) + rank
+            # the keys that compete: all but a pinned prefix (the same columns in every head)
+            competing = cand[0] >= self.n_prefix if self.pin_prefix else torch.ones(cand.shape[1], dtype=torch.bool)
+            self.last_candidates.append(cand[:, competing])
+            self.last_scores.append(rank[:, competing])
+            self._last_all.append((cand, rank))
             if self.sliding[l]:
                 self.C[l] = self._window_of_D(self.sliding[l])
             elif self.mode == "full":
@@ -255,10 +282,21 @@ class StateKVReference:
                 kept = [torch.arange(0, self.n_prefix)] + [torch.arange(a, b) for a, b in self.steps[-self.window:]]
                 self.C[l] = torch.cat(kept).expand(self.n_kv, -1).clone()
             elif cand.shape[1] <= self.budget:
-                self.C[l] = cand
+                self.C[l], self.S[l] = cand, rank
             else:
-                top = torch.topk(scores[l], self.budget, dim=1, sorted=False).indices
-                self.C[l] = torch.gather(cand, 1, top.sort(dim=1).values)
+                pinned = torch.nonzero(~competing).flatten().expand(self.n_kv, -1)
+                k = self.budget - pinned.shape[1]
+                top = torch.nonzero(competing).flatten()[torch.topk(rank[:, competing], k, dim=1, sorted=False).indices]
+                keep = torch.cat([pinned, top], dim=1).sort(dim=1).values
+                self.C[l], self.S[l] = torch.gather(cand, 1, keep), torch.gather(rank, 1, keep)
+
+    def adopt(self, layer: int, kept: np.ndarray):
+        """Continue from another selection of the last step's candidates (a float tie decided the
+        other way): C_layer = ``kept`` (n_kv, n) and, with a decay, the scores those keys carry."""
+        self.C[layer] = torch.as_tensor(np.asarray(kept).astype(np.int64))
+        if self._last_all is not None:
+            cand, rank = self._last_all[layer]
+            self.S[layer] = torch.gather(rank, 1, torch.searchsorted(cand, self.C[layer]))
 
     def question_logits(self, tokens, positions=None, embeddings=None, rows=None):
         """Logits (n, vocab) of question tokens attending causally over all of D; no state change."""
@@ -375,4 +413,4 @@ def check_carried(s, ref, where, ties=None):
         assert explained, msg + "\n  " + "\n  ".join(details)
         if ties is not None:
             ties.extend(f"{where}, layer {layer}, {d}" for d in details)  # one entry per tied head
-        ref.C[layer] = torch.as_tensor(got.astype(np.int64))
+        ref.adopt(layer, got)

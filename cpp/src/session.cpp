@@ -368,8 +368,11 @@ std::unique_ptr<Session> Session::fork() const {
 namespace {
 
 constexpr const char* kSessionArch = "statekv.session";
-// 2: a payload checksum (statekv.payload.checksum).
-constexpr int64_t kSessionVersion = 2;
+// 2: a payload checksum (statekv.payload.checksum). 3: the selection rule's variants
+// (statekv.options.score_decay, statekv.options.pin_prefix, and what they carry: c.scores.<layer>,
+// statekv.carried.n_pinned); a version 2 file is a session of the paper's rule and loads as one.
+constexpr int64_t kSessionVersion = 3;
+constexpr int64_t kOldestSessionVersion = 2;
 
 }  // namespace
 
@@ -389,6 +392,8 @@ void Session::save(const std::string& path, const std::string& app_data) const {
     gguf_set_val_i64(kv, "statekv.options.expected_length", s.options.expected_length);
     gguf_set_val_f32(kv, "statekv.options.rope_scale", s.options.rope_scale);
     gguf_set_val_i64(kv, "statekv.options.detailed_chunk", s.options.detailed_chunk);
+    gguf_set_val_f32(kv, "statekv.options.score_decay", s.options.score_decay);
+    gguf_set_val_bool(kv, "statekv.options.pin_prefix", s.options.pin_prefix);
     gguf_set_val_i64(kv, "statekv.n_tokens", s.d->size());
     gguf_set_val_i64(kv, "statekv.n_steps", s.n_steps);
     gguf_set_val_i64(kv, "statekv.next_position", s.next_pos);
@@ -405,10 +410,11 @@ std::unique_ptr<Session> Model::load_session(const std::string& path) {
         f.fail("not a statekv session file (general.architecture is not '" + std::string(kSessionArch) + "')");
     }
     const int64_t version = f.get_int("statekv.session.version", 0, std::numeric_limits<uint32_t>::max());
-    if (version != kSessionVersion) {
+    if (version < kOldestSessionVersion || version > kSessionVersion) {
         f.fail("statekv.session.version " + std::to_string(version) + " is not supported (expected " +
-               std::to_string(kSessionVersion) + (version < kSessionVersion ? "; files of earlier versions carry no "
-               "payload checksum: save the session again" : "") + ")");
+               std::to_string(kOldestSessionVersion) + " to " + std::to_string(kSessionVersion) +
+               (version < kOldestSessionVersion ? "; files of earlier versions carry no payload checksum: save the "
+                                                  "session again" : "; saved by a newer statekv") + ")");
     }
     const std::string saved = f.get_str("statekv.model.fingerprint");
     const std::string mine = impl_->fingerprint();
@@ -425,6 +431,10 @@ std::unique_ptr<Session> Model::load_session(const std::string& path) {
     o.expected_length = static_cast<int>(f.get_int("statekv.options.expected_length", 0, kMaxInt));
     o.rope_scale = f.get_f32("statekv.options.rope_scale");
     o.detailed_chunk = static_cast<int>(f.get_int("statekv.options.detailed_chunk", 0, kMaxInt));
+    if (version >= 3) {
+        o.score_decay = f.get_f32("statekv.options.score_decay");
+        o.pin_prefix = f.get_bool("statekv.options.pin_prefix");
+    }
     std::unique_ptr<Session::Impl> s;
     try {
         s = std::make_unique<Session::Impl>(impl_, o);

@@ -176,7 +176,8 @@ class Model:
 
     def session(self, mode: str = "statekv", budget: int = 4096, window: int = 16, kv_type: str = "f16", *,
                 expected_length: Optional[int] = None, rope_scale: Optional[float] = None,
-                detailed_chunk: Optional[int] = None) -> "Session":
+                detailed_chunk: Optional[int] = None, score_decay: float = 0.0,
+                pin_prefix: bool = False) -> "Session":
         """A new video session over this model (see :class:`Session`).
 
         ``mode``: ``"full"`` (every step attends to everything: the exact model), ``"window"``
@@ -185,11 +186,32 @@ class Model:
         ``expected_length``: total tokens expected (video + question + answer); beyond the trained
         context the rotary base gets dynamic-NTK scaling. ``rope_scale``: a fixed NTK factor for
         open-ended streams. ``detailed_chunk``: tokens per chunk of the detailed cache.
+
+        Variants of the statekv selection (docs/DESIGN.md section 1, "Policy variants"; mode
+        ``"statekv"`` only, a ValueError otherwise); the defaults are the paper's rule:
+
+        - ``score_decay`` d in [0, 1): 0 ranks keys by the current step's attention mass alone.
+          With d > 0 each kept key carries an accumulated score, ``s = d * s_prev + s_step``
+          (a new key starts from its ``s_step``, prefix keys from 0), and the budget keeps the
+          keys with the largest ``s``. Stored as a 32-bit float.
+        - ``pin_prefix``: the prefix (everything given to :meth:`Session.prefill`) stays in the
+          carried state for good; it counts toward ``budget`` (a prefix larger than the budget is
+          refused) and only the video's tokens compete for the rest.
+
+        Example::
+
+            s = model.session(mode="statekv", budget=1024, score_decay=0.5, pin_prefix=True)
+            s.options()["score_decay"]   # 0.5
         """
+        if not isinstance(pin_prefix, (bool, np.bool_)):
+            raise ValueError(f"pin_prefix must be True or False, got {pin_prefix!r}")
+        decay = _float("score_decay", score_decay)
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"score_decay must be in [0, 1) (0: the paper's rule), got {decay}")
         return Session(self, self._m.session(str(mode), _int("budget", budget), _int("window", window), str(kv_type),
                                              _int("expected_length", expected_length or 0),
                                              _float("rope_scale", rope_scale or 0.0),
-                                             _int("detailed_chunk", detailed_chunk or 0)))
+                                             _int("detailed_chunk", detailed_chunk or 0), decay, bool(pin_prefix)))
 
     def load_session(self, path: str | os.PathLike) -> "Session":
         """A session saved with :meth:`Session.save` (same options, positions, caches). A file that
@@ -324,7 +346,7 @@ class Session:
 
     def options(self) -> dict:
         """The options the session was made with: mode, budget, window, kv_type, expected_length,
-        rope_scale."""
+        rope_scale, score_decay, pin_prefix."""
         return self._s.options()
 
     def stats(self) -> dict:

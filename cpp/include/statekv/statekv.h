@@ -197,6 +197,14 @@ struct SessionOptions {
     // Tokens per chunk of the detailed cache (it grows chunk by chunk without moving what it
     // holds). 0: expected_length (at least 4096) when given, else 16384.
     int detailed_chunk = 0;
+    // Variants of the statekv selection rule (docs/DESIGN.md section 1, "Policy variants"; mode
+    // statekv only, InputError otherwise). The defaults are the paper's rule.
+    // score_decay d in [0, 1): 0 scores a key by the current step's attention mass only; d > 0
+    // carries an accumulated score per kept key, s <- d * s + s_step, and selects by it.
+    float score_decay = 0.0f;
+    // pin_prefix: the prefix stays in C (it counts toward the budget) and only the video's
+    // tokens compete for the rest of it.
+    bool pin_prefix = false;
 };
 
 struct SamplingOptions {

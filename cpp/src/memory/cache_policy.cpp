@@ -12,6 +12,15 @@ void check_cache_policy_options(const SessionOptions& o) {
     } else if (o.mode != "full") {
         throw InputError("unknown mode '" + o.mode + "' (expected full, window or statekv)");
     }
+    if (!(o.score_decay >= 0.0f && o.score_decay < 1.0f)) {
+        throw InputError("score_decay must be in [0, 1) (0: the paper's rule), got " + std::to_string(o.score_decay));
+    }
+    // The variants change how statekv selects; the other modes select nothing, so a variant
+    // asked of them would be silently ignored.
+    if (o.mode != "statekv" && (o.score_decay != 0.0f || o.pin_prefix)) {
+        throw InputError(std::string(o.score_decay != 0.0f ? "score_decay" : "pin_prefix") +
+                         " applies to mode statekv only, not to mode " + o.mode);
+    }
 }
 
 std::unique_ptr<CachePolicy> make_cache_policy(const SessionOptions& o, const KVShape& shape, const Backend& backend,
@@ -22,7 +31,7 @@ std::unique_ptr<CachePolicy> make_cache_policy(const SessionOptions& o, const KV
     // The carried state is small (B per head): keep it exact when D is f32, else f16
     // (quantized types cannot be concatenated and re-gathered in place).
     const ggml_type c_type = d.type() == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
-    return make_statekv_policy(shape, backend, d, o.budget, c_type);
+    return make_statekv_policy(shape, backend, d, {o.budget, o.score_decay, o.pin_prefix}, c_type);
 }
 
 }  // namespace statekv

@@ -46,17 +46,26 @@ public:
     virtual void load(const StateIn& in, int n_steps) = 0;
 };
 
-// The one check of the policy options (mode, budget, window): InputError for a bad one.
+// The one check of the policy options (mode, budget, window, the statekv rule's variants):
+// InputError naming the option for a bad one.
 void check_cache_policy_options(const SessionOptions& o);
 
 // The policy the options ask for, over D.
 std::unique_ptr<CachePolicy> make_cache_policy(const SessionOptions& o, const KVShape& shape, const Backend& backend,
                                                const DetailedCache& d);
 
+// The statekv selection rule: the budget B and its variants (SessionOptions; docs/DESIGN.md
+// section 1). The defaults are the paper's rule.
+struct SelectionRule {
+    int budget = 0;
+    float score_decay = 0.0f;  // 0: scores of the current step only; d > 0: s <- d * s + s_step
+    bool pin_prefix = false;   // the prefix always kept; only the other tokens compete
+};
+
 // The implementations (memory/<mode>_policy.cpp).
 std::unique_ptr<CachePolicy> make_full_policy(const KVShape& shape, const DetailedCache& d);
 std::unique_ptr<CachePolicy> make_window_policy(const KVShape& shape, const DetailedCache& d, int window);
 std::unique_ptr<CachePolicy> make_statekv_policy(const KVShape& shape, const Backend& backend, const DetailedCache& d,
-                                                 int budget, ggml_type type);
+                                                 const SelectionRule& rule, ggml_type type);
 
 }  // namespace statekv

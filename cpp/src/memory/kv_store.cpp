@@ -21,11 +21,12 @@ void check_kv_type(const KVShape& shape, ggml_type type) {
 }
 
 KVStore::KVStore(const KVShape& shape, const Backend& backend, ggml_type type, int capacity, Layout layout,
-                 bool with_ids, bool clear, const std::string& what, const std::vector<bool>& held)
+                 bool with_ids, bool clear, const std::string& what, const std::vector<bool>& held, bool with_scores)
     : shape_(shape), capacity_(capacity) {
     if (capacity <= 0) throw InputError("a K/V store needs a positive capacity, got " + std::to_string(capacity));
+    if (with_scores && layout != Layout::HeadMajor) throw std::logic_error("KVStore: scores need the head-major layout");
     check_kv_type(shape, type);
-    ggml_init_params ip{ggml_tensor_overhead() * (3 * size_t(shape.n_layer) + 1), nullptr, true};
+    ggml_init_params ip{ggml_tensor_overhead() * (4 * size_t(shape.n_layer) + 1), nullptr, true};
     ctx_ = ggml_init(ip);
     int n_held = 0;
     for (int il = 0; il < shape.n_layer; ++il) {
@@ -33,6 +34,7 @@ KVStore::KVStore(const KVShape& shape, const Backend& backend, ggml_type type, i
             k_.push_back(nullptr);
             v_.push_back(nullptr);
             if (with_ids) ids_.push_back(nullptr);
+            if (with_scores) scores_.push_back(nullptr);
             continue;
         }
         ++n_held;
@@ -44,6 +46,7 @@ KVStore::KVStore(const KVShape& shape, const Backend& backend, ggml_type type, i
             v_.push_back(ggml_new_tensor_3d(ctx_, type, shape.head_dim, capacity, shape.n_head_kv));
         }
         if (with_ids) ids_.push_back(ggml_new_tensor_3d(ctx_, GGML_TYPE_F32, 1, capacity, shape.n_head_kv));
+        if (with_scores) scores_.push_back(ggml_new_tensor_3d(ctx_, GGML_TYPE_F32, 1, capacity, shape.n_head_kv));
     }
     if (n_held == 0) return;  // nothing to store (every layer held elsewhere)
     buffer_ = ggml_backend_alloc_ctx_tensors_from_buft(ctx_, backend.default_buffer_type());

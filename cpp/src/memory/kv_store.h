@@ -51,15 +51,17 @@ void check_kv_type(const KVShape& shape, ggml_type type);
 // Per layer, the keys and values of `capacity` tokens, all in one device buffer.
 // Token-major: [head_dim * n_head_kv, capacity], a token's row contiguous (caches written a batch
 // of tokens at a time). Head-major: [head_dim, capacity, n_head_kv] (the carried state, selected
-// per head), optionally with an F32 entry index per slot and head, [1, capacity, n_head_kv].
+// per head), optionally with an F32 entry index per slot and head, [1, capacity, n_head_kv], and an
+// F32 score per slot and head of the same shape (a selection rule that accumulates scores).
 class KVStore {
 public:
     enum class Layout { TokenMajor, HeadMajor };
     // `what` completes "out of memory allocating ..." when the device has no room. `clear`: zero
     // the buffer (slots that are read before they are written). `held`: the layers stored (empty:
-    // all); the others have no tensors (k(), v(), ids() give null).
+    // all); the others have no tensors (k(), v(), ids(), scores() give null). `with_scores`:
+    // head-major only.
     KVStore(const KVShape& shape, const Backend& backend, ggml_type type, int capacity, Layout layout, bool with_ids,
-            bool clear, const std::string& what, const std::vector<bool>& held = {});
+            bool clear, const std::string& what, const std::vector<bool>& held = {}, bool with_scores = false);
     ~KVStore();
     KVStore(const KVStore&) = delete;
     KVStore& operator=(const KVStore&) = delete;
@@ -67,6 +69,7 @@ public:
     ggml_tensor* k(int layer) const { return k_[layer]; }
     ggml_tensor* v(int layer) const { return v_[layer]; }
     ggml_tensor* ids(int layer) const { return ids_.empty() ? nullptr : ids_[layer]; }
+    ggml_tensor* scores(int layer) const { return scores_.empty() ? nullptr : scores_[layer]; }
     bool holds(int layer) const { return k_[layer] != nullptr; }
     int capacity() const { return capacity_; }
     size_t bytes() const;
@@ -90,7 +93,7 @@ private:
     int capacity_;
     ggml_context* ctx_ = nullptr;
     ggml_backend_buffer_t buffer_ = nullptr;
-    std::vector<ggml_tensor*> k_, v_, ids_;
+    std::vector<ggml_tensor*> k_, v_, ids_, scores_;
 };
 
 }  // namespace statekv
