@@ -262,12 +262,15 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("next_position", unlocked(&Session::next_position));
 
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")
-        .def(py::init([](const std::string& path, const std::string& device, int threads, const std::string& mmproj) {
+        .def(py::init([](const std::string& path, const std::string& device, int threads, const std::string& mmproj,
+                         int overlap_encoder) {
                  py::gil_scoped_release release;
-                 return std::make_shared<Model>(path, ModelOptions{device, threads, mmproj});
+                 return std::make_shared<Model>(path, ModelOptions{device, threads, mmproj, overlap_encoder});
              }),
-             py::arg("path"), py::arg("device") = "", py::arg("threads") = 0, py::arg("mmproj") = "")
+             py::arg("path"), py::arg("device") = "", py::arg("threads") = 0, py::arg("mmproj") = "",
+             py::arg("overlap_encoder") = -1)
         .def_property_readonly("has_vision", &Model::has_vision)
+        .def_property_readonly("encoder_overlaps", &Model::encoder_overlaps)
         .def("vision_tokens_per_patch", &Model::vision_tokens_per_patch)
         .def_property_readonly("vision_row_width", &Model::vision_row_width)
         .def_property_readonly("vision_frames_per_patch", &Model::vision_frames_per_patch)

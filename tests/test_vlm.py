@@ -275,3 +275,48 @@ def test_two_chats_on_one_vlm_from_two_threads(qwen3vl_vlm, clips):
         np.testing.assert_array_equal(logits, want_logits)
         assert answer == want_answer
     assert not np.array_equal(sequential[0][0], sequential[1][0])  # different videos, different logits
+
+
+def test_encoder_on_its_own_backend_runs_beside_the_steps(internvl_vlm, internvl_files, clips):
+    """overlap_encoder=True gives the encoder its own backend instance (the default only on a GPU;
+    forced here on the CPU): encoding frames on one thread while another thread steps a session
+    gives exactly what the two give one after the other on the shared backend."""
+    import threading
+
+    frames = np.stack([f.rgb for f in VideoReader(clips.a, fps=1.0)])
+    info = internvl_vlm.model.info()
+    mean = [float(x) for x in info["vision.image_mean"].split(",")]
+    std = [float(x) for x in info["vision.image_std"].split(",")]
+    pixels = ivl.preprocess_frames(frames, 448, mean, std)
+    assert not internvl_vlm.model.encoder_overlaps  # the CPU's default
+    own = statekv.Model(internvl_files.text, mmproj=internvl_files.mmproj, threads=1, overlap_encoder=True)
+    assert own.encoder_overlaps
+    rows = internvl_vlm.model.encode_frames(pixels)
+    np.testing.assert_array_equal(own.encode_frames(pixels), rows)
+
+    p = ivl.build_video_prompt(tokenizer_from_gguf(internvl_files.text), len(frames), QUESTION)
+
+    def index(model):
+        s = model.session(mode="statekv", budget=600)
+        s.prefill(p.prefix)
+        for ids, where, f in zip(p.steps, p.visual_rows, rows):
+            s.add_step(ids, embeddings=f, embedding_rows=where)
+        return s.question_logits(p.question)
+
+    want = index(internvl_vlm.model)
+    encoded, errors = [], []
+
+    def encode_meanwhile():
+        try:
+            for _ in range(3):
+                encoded.append(own.encode_frames(pixels))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    t = threading.Thread(target=encode_meanwhile)
+    t.start()
+    got = index(own)
+    t.join(300)
+    assert not errors, errors
+    np.testing.assert_array_equal(got, want)
+    assert len(encoded) == 3 and all(np.array_equal(e, rows) for e in encoded)

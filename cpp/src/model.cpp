@@ -49,7 +49,11 @@ Model::Impl::Impl(const std::string& p, const ModelOptions& options)
         vision = load_vision_model(*mmproj_file, *mmproj_weights);
         check_pair(*vision, options.mmproj, *text, p);
         mmproj_weights->load();
-        vision_sched = backend.new_scheduler(kMaxNodes);
+        // Weights live in the device's buffers, which every backend instance of that device
+        // reads; a second instance only adds a stream (GPU) or a thread pool (CPU).
+        const bool overlap = options.overlap_encoder < 0 ? !backend.is_cpu() : options.overlap_encoder > 0;
+        if (overlap) vision_backend = std::make_unique<Backend>(backend.device_name(), backend.threads());
+        vision_sched = encoder_backend().new_scheduler(kMaxNodes);
     }
 }
 
@@ -246,7 +250,8 @@ const Model::Impl::VisionGraph& Model::Impl::encode(PixelKind kind, const void* 
         throw InputError(std::to_string(n) + " frames of " + std::to_string(h) + " x " + std::to_string(w) +
                          " are more than 2^31 pixel values for one call; use smaller batches");
     }
-    std::lock_guard<std::mutex> lock(backend.compute_mutex());
+    Backend& device = encoder_backend();
+    std::lock_guard<std::mutex> lock(device.compute_mutex());
     VisionGraph& vg = vision_graph;
     if (vg.kind != kind || vg.n != n || vg.h != h || vg.w != w) {
         // The encoder graph depends only on the input kind and the batch shape: built once per
@@ -296,7 +301,7 @@ const Model::Impl::VisionGraph& Model::Impl::encode(PixelKind kind, const void* 
     } else {
         ggml_backend_tensor_set(vg.input, pixels, 0, n_values * sizeof(float));
     }
-    compute_graph(vision_sched, *vg.g, backend, "vision encoder computation");
+    compute_graph(vision_sched, *vg.g, device, "vision encoder computation");
     if (vg.finite) {
         float x = 0.0f;
         ggml_backend_tensor_get(vg.finite, &x, 0, sizeof(x));
@@ -311,6 +316,7 @@ Model::Model(const std::string& text_gguf, const ModelOptions& options)
 Model::~Model() = default;
 
 bool Model::has_vision() const { return impl_->vision != nullptr; }
+bool Model::encoder_overlaps() const { return impl_->vision_backend != nullptr; }
 int Model::vision_tokens_per_patch(int height, int width) const { return impl_->require_vision().tokens_per_patch(height, width); }
 int Model::vision_row_width() const {
     const VisionModel& v = impl_->require_vision();

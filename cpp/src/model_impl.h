@@ -41,6 +41,10 @@ struct Model::Impl {
     std::unique_ptr<WeightStore> mmproj_weights;
     std::unique_ptr<VisionModel> vision;
     ggml_backend_sched_t vision_sched = nullptr;
+    // The encoder's own backend instance (same device, own stream and compute lock) when the
+    // encoder overlaps the steps; null: the encoder shares `backend`.
+    std::unique_ptr<Backend> vision_backend;
+    Backend& encoder_backend() { return vision_backend ? *vision_backend : backend; }
     enum class PixelKind { Normalized, Bytes };
     struct VisionGraph {
         PixelKind kind = PixelKind::Normalized;

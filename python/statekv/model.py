@@ -94,14 +94,20 @@ class Model:
     """A text decoder loaded from a llama.cpp GGUF file (``info()["architecture"]``).
 
     ``device``: a name from :func:`backends` (default: best GPU, else CPU);
-    ``threads``: CPU threads (default: all cores).
+    ``threads``: CPU threads (default: all cores);
+    ``overlap_encoder``: give the vision encoder its own backend instance (on a GPU, its own
+    stream) so that frames are encoded while sessions run the steps of earlier frames
+    (:class:`statekv.VideoChat` then pipelines the two). Default (None): on a GPU yes; on the
+    CPU no, where the encoder and the steps would compete for the same cores.
     """
 
     def __init__(self, text_gguf: str | os.PathLike, mmproj: Optional[str | os.PathLike] = None,
-                 device: Optional[str] = None, threads: Optional[int] = None):
+                 device: Optional[str] = None, threads: Optional[int] = None,
+                 overlap_encoder: Optional[bool] = None):
         self.path = os.fspath(text_gguf)
         self.mmproj = os.fspath(mmproj) if mmproj is not None else None
-        self._m = _core.Model(self.path, device or "", _int("threads", threads or 0), self.mmproj or "")
+        overlap = -1 if overlap_encoder is None else int(bool(overlap_encoder))
+        self._m = _core.Model(self.path, device or "", _int("threads", threads or 0), self.mmproj or "", overlap)
         self._info = None
 
     @property
@@ -137,6 +143,12 @@ class Model:
     @property
     def has_vision(self) -> bool:
         return self._m.has_vision
+
+    @property
+    def encoder_overlaps(self) -> bool:
+        """True when the vision encoder has its own backend instance (``overlap_encoder``), so
+        :meth:`encode_frames` runs concurrently with sessions' steps."""
+        return self._m.encoder_overlaps
 
     def encode_frames(self, pixels) -> np.ndarray:
         """Visual rows of preprocessed frames: ``pixels`` float32 ``(n_frames, 3, H, W)`` ->

@@ -77,6 +77,10 @@ struct ModelOptions {
     int threads = 0;     // CPU threads; 0: all hardware threads; more than 2x the hardware
                          // threads is capped (info()["threads_note"] says so)
     std::string mmproj;  // optional vision encoder + projector GGUF (llama.cpp's mmproj file)
+    // Whether the vision encoder gets its own backend instance (on a GPU: its own stream), so
+    // that frames are encoded while a session runs the steps of earlier frames: -1 auto (yes on
+    // a GPU; no on the CPU, where both would compete for the same cores), 0 no, 1 yes.
+    int overlap_encoder = -1;
 };
 
 // One sequence of tokens to feed the decoder.
@@ -170,6 +174,9 @@ public:
     // Session::add_frames does the same from bytes without the rows leaving the device.
     std::vector<float> encode_frames(const float* pixels, int n_frames, int height, int width);
     bool has_vision() const;
+    // True when the vision encoder runs on its own backend instance (ModelOptions::overlap_encoder):
+    // encode_frames then runs concurrently with sessions' steps instead of waiting for them.
+    bool encoder_overlaps() const;
     int vision_tokens_per_patch(int height, int width) const;
     int vision_row_width() const;
     int vision_frames_per_patch() const;

@@ -134,7 +134,12 @@ ScoredAttention scored_attention(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k
         // probabilities below exist only to be reduced into the key scores.
         ggml_tensor* o = flash_attention(ctx, qt, k, v, mask, scale);  // [d * H, nt]
         out = out ? ggml_concat(ctx, out, o, 1) : o;
-        ggml_tensor* qp = ggml_permute(ctx, qt, 0, 2, 1, 3);                                 // [d, nt, H]
+        // [d, nt, H], contiguous and already in the keys' type: ggml's CPU mul_mat hands a
+        // contiguous operand pair of one type to llamafile's tiled GEMM, while a permuted f32 one
+        // went through per-row dot products, which made these scores cost as much as the rest of
+        // a step at B = 4096 (docs/performance.md section 5). The values are those ggml's own
+        // conversion to the keys' type gave.
+        ggml_tensor* qp = ggml_cast(ctx, ggml_permute(ctx, qt, 0, 2, 1, 3), k->type);
         ggml_tensor* p = ggml_soft_max_ext(ctx, ggml_mul_mat(ctx, k, qp), mask, scale, 0.0f);  // [n_kv, nt, H]
         // Sum over the tile's queries and the G heads of each KV group. The heads of a group are
         // adjacent, so p is [n_kv, nt*G, H_kv] as it lies; out_prod with a column of ones
