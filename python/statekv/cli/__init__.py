@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_video.add_chat_arguments(chat)
     chat.set_defaults(func=cli_chat.run_chat)
 
-    dm = sub.add_parser("demo", help="run the three modes on a random-weight model and a synthetic video "
+    dm = sub.add_parser("demo", help="run the three modes on a long document with the trained Gemma 3 270M "
+                                     "(pip install \".[demo]\") and on a random-weight video model "
                                      "(no download; cached under ~/.cache/statekv)",
                         description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_arguments(dm)

@@ -109,8 +109,6 @@ def parse_modes(text: str) -> list[ModeSpec]:
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise UsageError(f"--modes names a mode twice: {labels}")
-    if not any(s.mode == "full" for s in specs):
-        raise UsageError("--modes must include full: every score is compared with it")
     return sorted(specs, key=lambda s: s.mode != "full")  # full first: it is the KL reference
 
 
@@ -500,6 +498,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _check(args: argparse.Namespace) -> list[ModeSpec]:
     specs = parse_modes(args.modes)
+    if not any(s.mode == "full" for s in specs):
+        raise UsageError("--modes must include full: every score is compared with it")
     for name in ("docs", "keys", "ppl_tokens", "copy_tokens", "distractors", "max_new_tokens"):
         if getattr(args, name) < (2 if name in ("ppl_tokens", "copy_tokens") else 1):
             raise UsageError(f"--{name.replace('_', '-')} must be at least "
