@@ -2,12 +2,13 @@
 --json`) against llama.cpp's cost per frame, integrated from `llama-bench -p <tokens per step> -d ...`
 at a few depths (a frame at depth d costs the same prompt processing as llama-bench's pp at d).
 
-    python tools/frames_table.py STATEKV_FRAMES.json LLAMA_BENCH_DEPTHS.json MTMD_ENCODER_SECONDS \
+    python tools/frames_table.py STATEKV_FRAMES.json LLAMA_BENCH_DEPTHS.json ENCODER_SECONDS \
         [--frames 1,16,64,128,256,512]
 
 The peer's step time between and beyond the measured depths comes from a least-squares line
 a + b * depth (attention over the KV cache is linear in its length; the fit's residuals are printed
-so that the reader can judge it). The encoder costs the same at every frame on both sides.
+so that the reader can judge it). ENCODER_SECONDS per frame is added to both sides' frames (the
+same tower on the same file costs the same on both; see benchmarks.md for the measured encoders).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("statekv_json")
     p.add_argument("llama_bench_json")
-    p.add_argument("mtmd_encoder_seconds", type=float)
+    p.add_argument("encoder_seconds", type=float)
     p.add_argument("--frames", default="1,16,32,64,128,256,512")
     p.add_argument("--mode", default="statekv")
     args = p.parse_args()
@@ -36,7 +37,6 @@ def main() -> int:
     tokens = int(sk["tokens_per_step"])
     mode = sk["modes"][args.mode]
     steps = np.array(mode["step_seconds"])
-    enc = float(mode["encoder_seconds_per_frame"])
     peer = [r for r in json.load(open(args.llama_bench_json)) if r["n_prompt"] == tokens and r["n_gen"] == 0]
     a, b, fit = peer_fit(peer, tokens)
     print(f"llama.cpp step of {tokens} tokens: {a:.3f} s + {b * 1e3:.4f} ms per token of depth "
@@ -48,8 +48,8 @@ def main() -> int:
     peer_total = sk_total = 0.0
     for i in range(1, max(marks) + 1):
         depth = prefix + (i - 1) * tokens
-        peer_frame = args.mtmd_encoder_seconds + a + b * depth
-        sk_frame = enc + steps[i - 1]
+        peer_frame = args.encoder_seconds + a + b * depth
+        sk_frame = args.encoder_seconds + steps[i - 1]
         peer_total += peer_frame
         sk_total += sk_frame
         if i in marks:
