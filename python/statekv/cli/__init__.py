@@ -83,22 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     from ..eval import long_context as eval_long_context
     from ..eval import video as eval_video
 
-    rn = sub.add_parser("run", help="text-only: prefill a prompt (optionally in steps, in a cache mode) and generate",
-                        description=cli_run.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli_run.add_arguments(rn)
-    rn.set_defaults(func=cli_run.run)
+    def command(subparsers, name: str, module, help: str) -> None:
+        """A subcommand whose module gives add_arguments(parser) and run(args); its docstring is the
+        description."""
+        c = subparsers.add_parser(name, help=help, description=module.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(c)
+        c.set_defaults(func=module.run)
 
+    command(sub, "run", cli_run, "text-only: prefill a prompt (optionally in steps, in a cache mode) and generate")
     ev = sub.add_parser("eval", help="evaluations: long-context fidelity of the cache modes, video benchmarks")
     esub = ev.add_subparsers(dest="eval_command", required=True)
-    el = esub.add_parser("long-context", help="how close each cache mode stays to full attention on a trained "
-                                              "text model (text chunks as steps)",
-                         description=eval_long_context.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    eval_long_context.add_arguments(el)
-    el.set_defaults(func=eval_long_context.run)
-    evv = esub.add_parser("video", help="multiple-choice video benchmarks you bring (VideoMME, MLVU, OVOBench rows)",
-                          description=eval_video.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    eval_video.add_arguments(evv)
-    evv.set_defaults(func=eval_video.run)
+    command(esub, "long-context", eval_long_context,
+            "how close each cache mode stays to full attention on a trained text model (text chunks as steps)")
+    command(esub, "video", eval_video, "multiple-choice video benchmarks you bring (VideoMME, MLVU, OVOBench rows)")
 
     bench = sub.add_parser("bench", help="benchmarks")
     bsub = bench.add_subparsers(dest="bench_command", required=True)

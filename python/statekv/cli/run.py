@@ -27,7 +27,7 @@ from typing import Optional, TextIO
 
 from ..progress import ProgressBar, format_bytes, format_duration, format_rate, format_summary, peak_memory_bytes
 from .errors import UsageError
-from .video import Answer, _add_answer_arguments, _answer_rows, _mode_text, _require_file, _sampling, _threads
+from .video import Answer, _add_answer_arguments, _add_cache_mode_arguments, _answer_rows, _mode_text, _require_file, _sampling, _threads
 
 __all__ = ["add_arguments", "run", "PromptParts", "split_prompt", "prefill", "stream_text"]
 
@@ -58,13 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("prefill in steps (text chunks as video steps)")
     s.add_argument("--step-tokens", type=int, default=0, metavar="N",
                    help="prefill the prompt's text in steps of N tokens (default 0: in one prefill)")
-    s.add_argument("--mode", choices=["full", "window", "statekv"], default="full",
-                   help="what each step attends to: full (exact), window (last --window steps) or statekv "
-                        "(--budget importance-selected keys) (default: %(default)s)")
-    s.add_argument("--budget", type=int, default=4096, metavar="TOKENS",
-                   help="statekv: carried keys per layer and KV head (default: %(default)s)")
-    s.add_argument("--window", type=int, default=16, metavar="STEPS",
-                   help="window: steps attended to (default: %(default)s)")
+    _add_cache_mode_arguments(s, "full", "step")
     s.add_argument("-ctk", "--kv-type", default="f16", choices=["f32", "f16", "q8_0", "q4_0"], metavar="TYPE",
                    help="detailed-cache type: f32, f16, q8_0 or q4_0 (default: %(default)s)")
     _add_answer_arguments(p)

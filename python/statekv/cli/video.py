@@ -77,6 +77,17 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="device name from `statekv info` (default: the best GPU, else the CPU)")
 
 
+def _add_cache_mode_arguments(g, default: str, step: str, full_note: str = "") -> None:
+    """--mode/--budget/--window, shared by the commands that prefill in steps."""
+    g.add_argument("--mode", choices=["full", "window", "statekv"], default=default,
+                   help=f"what each {step} attends to: full (exact{full_note}), window (last --window steps) "
+                        "or statekv (--budget importance-selected keys) (default: %(default)s)")
+    g.add_argument("--budget", type=int, default=4096, metavar="TOKENS",
+                   help="statekv: carried keys per layer and KV head (default: %(default)s)")
+    g.add_argument("--window", type=int, default=16, metavar="STEPS",
+                   help="window: steps attended to (default: %(default)s)")
+
+
 def _add_session_arguments(p: argparse.ArgumentParser, with_save: bool) -> None:
     g = p.add_argument_group("video and session")
     g.add_argument("--video", metavar="FILE", help="video file (any container/codec FFmpeg reads)")
@@ -84,13 +95,7 @@ def _add_session_arguments(p: argparse.ArgumentParser, with_save: bool) -> None:
     g.add_argument("--end", type=float, default=None, metavar="SECONDS", help="end of the clip to index")
     g.add_argument("--load", metavar="FILE", help="continue a chat saved with --save or /save instead of (or before) "
                                                   "--video")
-    g.add_argument("--mode", choices=["full", "window", "statekv"], default="statekv",
-                   help="what each frame step attends to: full (exact, cost grows), window (last --window steps) "
-                        "or statekv (--budget importance-selected keys) (default: %(default)s)")
-    g.add_argument("--budget", type=int, default=4096, metavar="TOKENS",
-                   help="statekv: carried keys per layer and KV head (default: %(default)s)")
-    g.add_argument("--window", type=int, default=16, metavar="STEPS",
-                   help="window: steps attended to (default: %(default)s)")
+    _add_cache_mode_arguments(g, "statekv", "frame step", ", cost grows")
     g.add_argument("--fps", type=float, default=1.0, help="sample at most this many frames per second; 0: exactly "
                                                           "--max-frames frames spread evenly (default: %(default)s)")
     g.add_argument("--max-frames", type=int, default=512, metavar="N",
