@@ -210,18 +210,19 @@ PYBIND11_MODULE(_core, m) {
              },
              py::arg("pixels"), py::arg("tokens"), py::arg("embedding_rows"), py::arg("positions") = py::none())
         .def("question_logits",
-             [](Session& self, const py::array& ids, const py::object& positions, int n_vocab) {
+             [](Session& self, const py::array& ids, const py::object& positions, int n_vocab, int last_rows) {
                  Tokens t = make_tokens(ids, positions, py::none(), py::none());
                  std::vector<float> out;
                  {
                      py::gil_scoped_release release;
-                     out = self.question_logits(t);
+                     out = self.question_logits(t, last_rows);
                  }
-                 py::array_t<float> arr({static_cast<py::ssize_t>(t.ids.size()), static_cast<py::ssize_t>(n_vocab)});
+                 const size_t n_rows = out.size() / static_cast<size_t>(n_vocab);
+                 py::array_t<float> arr({static_cast<py::ssize_t>(n_rows), static_cast<py::ssize_t>(n_vocab)});
                  std::copy(out.begin(), out.end(), arr.mutable_data());
                  return arr;
              },
-             py::arg("tokens"), py::arg("positions"), py::arg("n_vocab"))
+             py::arg("tokens"), py::arg("positions"), py::arg("n_vocab"), py::arg("last_rows") = 0)
         .def("generate",
              [](Session& self, const py::array& ids, int max_tokens, const py::object& positions, float temperature,
                 int top_k, float top_p, float min_p, float repeat_penalty, int repeat_last_n, uint64_t seed,

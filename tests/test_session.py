@@ -293,6 +293,31 @@ def test_question_midway_then_more_steps(engine):
     assert a.generate(q2, 5) == b.generate(q2, 5)
 
 
+def test_question_logits_last_rows(engine):
+    """``last=k`` gives the last k rows of the reference's question logits, also when the
+    question spans two 512-token batches and the rows start in either; bad k is refused."""
+    model, hf = engine("qwen2")
+    video = Video(hf, seed=9, n_steps=8)
+    s, ref = make_pair(model, hf, "statekv", budget=40)
+    for x in (s, ref):
+        x.prefill(video.prefix)
+    for st in video.steps:
+        feed(s, [st])
+        ref_step(ref, st)
+    q = np.random.default_rng(3).integers(0, N_VOCAB_SAFE, 600)
+    want = ref.question_logits(q)
+    every = s.question_logits(q)
+    assert rel(every, want) <= TOL
+    for k in (1, 5, 88, 100, 599, 600):   # 600 - 88 = 512: the second batch exactly
+        got = s.question_logits(q, last=k)
+        assert got.shape == (k, model.n_vocab)
+        assert rel(got, want[-k:]) <= TOL, k
+        assert rel(got, every[-k:]) <= 1e-6, k
+    for bad in (0, -1, 601, 2.0, True):
+        with pytest.raises(ValueError, match="last"):
+            s.question_logits(q, last=bad)
+
+
 def test_fork_branches_are_independent(engine):
     model, hf = engine("qwen3")
     video = Video(hf, seed=7, n_steps=20)

@@ -286,7 +286,7 @@ constexpr int kQuestionUbatch = 512;
 
 }  // namespace
 
-std::vector<float> Session::question_logits(const Tokens& question) {
+std::vector<float> Session::question_logits(const Tokens& question, int last_rows) {
     Impl& s = *impl_;
     std::lock_guard<std::mutex> lock(s.mutex);
     s.model->validate(question);
@@ -294,16 +294,28 @@ std::vector<float> Session::question_logits(const Tokens& question) {
     s.check_context(s.model->last_position(question, s.next_pos));
     const int n = static_cast<int>(question.ids.size());
     const int n_vocab = s.model->text->hp.n_vocab;
+    if (last_rows < 0 || last_rows > n) {
+        throw InputError("last_rows must be in [0, " + std::to_string(n) + "] (0: every row), got " +
+                         std::to_string(last_rows));
+    }
+    const int first_row = last_rows == 0 ? 0 : n - last_rows;
     if (!question.embedding_rows.empty() && n > kQuestionUbatch) throw InputError("question embeddings are limited to 512 tokens");
     s.model->check_memory(s.model->prefill_bytes(std::min(n, kQuestionUbatch), s.d->size() + n, n),
                           "question logits of " + std::to_string(n) + " tokens");
     std::unique_ptr<KVCache> tail = s.new_tail(n);
     std::vector<float> out;
-    out.reserve(static_cast<size_t>(n) * n_vocab);
+    out.reserve(static_cast<size_t>(n - first_row) * n_vocab);
     for (int b = 0; b < n; b += kQuestionUbatch) {
         const int e = std::min(n, b + kQuestionUbatch);
-        std::vector<float> l = s.question_batch(slice_tokens(question, b, e), *tail, b, s.next_pos + b, {});
-        out.insert(out.end(), l.begin(), l.end());
+        // Only the rows asked for go through the output head (most of a small model's work per
+        // token: Gemma 3 270M's 262k-entry vocabulary). A batch before them still fills the tail;
+        // its one computed row is dropped.
+        std::vector<int32_t> rows;
+        for (int i = std::max(b, first_row); i < e && first_row > 0; ++i) rows.push_back(i - b);
+        const bool wanted = e > first_row;
+        if (first_row > 0 && !wanted) rows = {e - b - 1};
+        std::vector<float> l = s.question_batch(slice_tokens(question, b, e), *tail, b, s.next_pos + b, rows);
+        if (wanted) out.insert(out.end(), l.begin(), l.end());
     }
     return out;
 }

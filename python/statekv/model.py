@@ -62,6 +62,12 @@ def _int32_array(arr: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
+def _last_rows(last) -> int:
+    if isinstance(last, bool) or not isinstance(last, (int, np.integer)) or last < 1:
+        raise ValueError(f"last must be a positive number of rows, got {last!r}")
+    return int(last)
+
+
 def _ids(tokens: Iterable[int]) -> np.ndarray:
     try:
         arr = np.asarray(list(tokens) if not isinstance(tokens, np.ndarray) else tokens)
@@ -281,10 +287,13 @@ class Session:
                          _optional_array(embedding_rows, np.int32, "embedding_rows"),
                          _optional_array(blocks, np.int32, "blocks"))
 
-    def question_logits(self, tokens, positions=None) -> np.ndarray:
-        """Logits ``(n, n_vocab)`` of question tokens attending over all of D plus themselves."""
+    def question_logits(self, tokens, positions=None, *, last: Optional[int] = None) -> np.ndarray:
+        """Logits ``(n, n_vocab)`` of question tokens attending over all of D plus themselves.
+        ``last=k``: only the last k rows, ``(k, n_vocab)``; the same numbers, without running the
+        output head for the others (most of the work per token of a small model with a large
+        vocabulary), e.g. ``last=1`` for what follows the question."""
         return self._s.question_logits(_ids(tokens), _optional_array(positions, np.int32, "positions"),
-                                       self.model.n_vocab)
+                                       self.model.n_vocab, 0 if last is None else _last_rows(last))
 
     def generate(self, tokens, max_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  min_p: float = 0.0, repeat_penalty: float = 1.0, seed: Optional[int] = None,

@@ -350,11 +350,12 @@ class VideoChat:
             self._add_steps(session, [padded])
         return session, ids, positions
 
-    def question_logits(self, question: str) -> np.ndarray:
+    def question_logits(self, question: str, *, last: Optional[int] = None) -> np.ndarray:
         """Logits ``(n, n_vocab)`` of the question's prompt tokens (question, end of turn,
-        assistant header) over the video so far; the last row predicts the answer's first token."""
+        assistant header) over the video so far; the last row predicts the answer's first token.
+        ``last=k``: only the last k rows (``Session.question_logits``)."""
         session, ids, positions = self._question_session(question)
-        return session.question_logits(ids, positions=positions)
+        return session.question_logits(ids, positions=positions, last=last)
 
     def answer_tokens(self, question: str, max_tokens: int = 256, **sampling) -> list[int]:
         """The answer's token ids (the end-of-turn token, if reached, excluded)."""

@@ -265,7 +265,9 @@ public:
     // step_seconds). InputError for bad pixels, steps or a model without an mmproj.
     void add_frames(const uint8_t* pixels, int n_frames, int height, int width, const std::vector<Tokens>& steps);
     // Logits (n x n_vocab) of question tokens attending over all of D; the state is unchanged.
-    std::vector<float> question_logits(const Tokens& question);
+    // last_rows > 0: only the last last_rows rows (last_rows x n_vocab), e.g. 1 to score what
+    // follows the question, or a candidate answer's length to score that answer.
+    std::vector<float> question_logits(const Tokens& question, int last_rows = 0);
     // Question then sampled answer over all of D; the state is unchanged.
     std::vector<int32_t> generate(const Tokens& question, int max_tokens, const SamplingOptions& options,
                                   const TokenCallback& on_token = nullptr);

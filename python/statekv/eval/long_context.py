@@ -196,7 +196,8 @@ def answer(session, tokenizer, q: Question, max_new_tokens: int) -> dict:
     scores = []
     for cand in q.candidates:
         ids = encode(tokenizer, " " + cand)
-        rows = _log_softmax(np.asarray(session.question_logits(q.prompt + ids))[len(q.prompt) - 1:-1])
+        # the rows that predict the candidate's tokens: the prompt's last and the candidate's but last
+        rows = _log_softmax(np.asarray(session.question_logits(q.prompt + ids, last=len(ids) + 1))[:-1])
         scores.append(float(rows[np.arange(len(ids)), ids].sum()))
     return {"task": q.task, "asked_from": q.context, "value": q.value, "answer": generated,
             "exact": first_number(generated) == q.value, "choice": int(np.argmax(scores)) == 0}

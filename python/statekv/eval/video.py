@@ -276,7 +276,7 @@ class _Evaluation:
         began = time.perf_counter()
         prediction = self.vlm.tokenizer.decode(chat.answer_tokens(prompt, self.max_tokens), skip_special_tokens=True)
         answered = time.perf_counter()
-        choice = mc.likelihood_choice(chat.question_logits(prompt)[-1], q, self.letter_ids)
+        choice = mc.likelihood_choice(chat.question_logits(prompt, last=1)[-1], q, self.letter_ids)
         scored = time.perf_counter()
         parsed = mc.parse(self.style, prediction, q)
         st = chat.stats()
