@@ -250,3 +250,16 @@ def test_tables_are_means_over_documents_with_paired_differences():
     assert rows[("ppl", "kl", "statekv:B=8")]["value"] == pytest.approx(0.2)
     table = lc.format_tables(lc.aggregate(records))
     assert "| statekv:B=8 | 50.0 (-25.0 [" in table and "| 128 | full | 1 / 2.0 / 3 |" in table
+
+
+def test_retrieval_pools_the_question_tasks():
+    """``retrieval`` is every passkey / multikey / variable question of a document pooled."""
+    record = _record(0, "full", [True, False], 2.0, 0.0)
+    record["checkpoints"][0]["questions"].append({"task": "multikey", "asked_from": 512, "value": "2", "answer": "",
+                                                  "exact": True, "choice": False, "distance": 1})
+    rows = {(r["task"], r["score"]): r for r in lc.aggregate([record])}
+    assert rows[("passkey", "exact")]["value"] == pytest.approx(50.0)
+    assert rows[("multikey", "exact")]["value"] == pytest.approx(100.0)
+    assert rows[("retrieval", "exact")]["value"] == pytest.approx(200 / 3)
+    assert rows[("retrieval", "choice")]["value"] == pytest.approx(200 / 3)
+    assert rows[("retrieval", "exact")]["questions"] == 3 and ("variable", "exact") not in rows

@@ -50,8 +50,11 @@ DEFAULT_MODES = ("full;window:R=1;window:R=2;window:R=4;window:R=8;"
                  "statekv:B=128;statekv:B=256;statekv:B=512;statekv:B=1024;statekv:B=2048")
 FORMAT_VERSION = 1
 BOOTSTRAP_RESAMPLES = 2000
-METRICS = [(t, s) for t in TASKS for s in ("exact", "choice")] + [("copy", "top1"), ("ppl", "perplexity"),
-                                                                  ("ppl", "kl")]
+# "retrieval": every question of the three question tasks pooled (more questions per cell, so a
+# tighter interval than any one task's)
+RETRIEVAL = "retrieval"
+METRICS = [(t, s) for t in (*TASKS, RETRIEVAL) for s in ("exact", "choice")] + [("copy", "top1"),
+                                                                                ("ppl", "perplexity"), ("ppl", "kl")]
 
 
 # ---- modes ---------------------------------------------------------------------------------------
@@ -324,8 +327,12 @@ def per_document(checkpoint: dict, task: str, score: str) -> Optional[float]:
         return checkpoint["ppl"]["nll" if score == "perplexity" else "kl"]
     if task == "copy":
         return 100.0 * checkpoint["copy"]["top1"]
-    hits = [q[score] for q in checkpoint["questions"] if q["task"] == task]
+    hits = [q[score] for q in checkpoint["questions"] if _asks(q, task)]
     return 100.0 * sum(hits) / len(hits) if hits else None
+
+
+def _asks(question: dict, task: str) -> bool:
+    return task == RETRIEVAL or question["task"] == task
 
 
 def paired_bootstrap(diffs: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -360,7 +367,7 @@ def aggregate(records: list[dict]) -> list[dict]:
             vals = {d: v for d, v in vals.items() if v is not None}
             if not vals:
                 continue
-            n_questions = sum(1 for cp in docs.values() for q in cp["questions"] if q["task"] == task)
+            n_questions = sum(1 for cp in docs.values() for q in cp["questions"] if _asks(q, task))
             paired = [d for d in vals if d in full and per_document(full[d], task, score) is not None]
             diffs = np.array([vals[d] - per_document(full[d], task, score) for d in paired])
             lo, hi = paired_bootstrap(diffs)
@@ -386,7 +393,8 @@ def _cell(row: dict) -> str:
     return f"{value} ({row['delta']:+.{digits}f}{interval})"
 
 
-UNITS = {"exact": "accuracy %, exact match of the greedy answer", "choice": "accuracy %, right value most likely of 8",
+UNITS = {"exact": "accuracy %, exact match of the greedy answer",
+         "choice": "accuracy %, the right value the most likely of the candidates",
          "top1": "top-1 accuracy % on the repeated passage", "perplexity": "perplexity (difference: % of full's)",
          "kl": "mean KL(full || mode), nats per token"}
 
