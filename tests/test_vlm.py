@@ -5,6 +5,7 @@ transformers in test_internvl.py / test_qwen3vl.py); questions do not disturb th
 chats answer identically; bad input raises statekv errors."""
 from __future__ import annotations
 
+import threading
 import types
 
 import numpy as np
@@ -248,7 +249,6 @@ def test_bad_input(internvl_vlm, internvl_files, qwen3vl_files, clips, tmp_path)
 def test_two_chats_on_one_vlm_from_two_threads(qwen3vl_vlm, clips):
     """Two VideoChats sharing one VLM, driven from two threads at once, answer exactly what they
     answer one after the other (they share the model's backend and encoder graph)."""
-    import threading
 
     def run(path, mode):
         chat = qwen3vl_vlm.video_chat(mode=mode, budget=64, window=1)
@@ -281,8 +281,6 @@ def test_encoder_on_its_own_backend_runs_beside_the_steps(internvl_vlm, internvl
     """overlap_encoder=True gives the encoder its own backend instance (the default only on a GPU;
     forced here on the CPU): encoding frames on one thread while another thread steps a session
     gives exactly what the two give one after the other on the shared backend."""
-    import threading
-
     frames = np.stack([f.rgb for f in VideoReader(clips.a, fps=1.0)])
     info = internvl_vlm.model.info()
     mean = [float(x) for x in info["vision.image_mean"].split(",")]
@@ -320,3 +318,68 @@ def test_encoder_on_its_own_backend_runs_beside_the_steps(internvl_vlm, internvl
     assert not errors, errors
     np.testing.assert_array_equal(got, want)
     assert len(encoded) == 3 and all(np.array_equal(e, rows) for e in encoded)
+
+
+@pytest.fixture(scope="module")
+def overlapping(internvl_files, qwen3vl_files):
+    """The same VLMs with the encoder on its own backend instance (forced on the CPU): their
+    add_video encodes the next batch in a worker thread while the current batch's steps run."""
+    vlms = {"internvl": statekv.load(internvl_files.text, internvl_files.mmproj, threads=1, overlap_encoder=True),
+            "qwen3vl": statekv.load(qwen3vl_files.text, qwen3vl_files.mmproj, threads=1, overlap_encoder=True)}
+    assert all(v.model.encoder_overlaps for v in vlms.values())
+    return vlms
+
+
+def _encoder_threads(vlm):
+    """Record the thread of every encoder call of ``vlm``."""
+    names, encode = [], vlm.model.encode_frames
+
+    def recorded(pixels):
+        names.append(threading.current_thread().name)
+        return encode(pixels)
+
+    vlm.model.encode_frames = recorded
+    return names
+
+
+@pytest.mark.parametrize("family,batch,budget,encodes", [("internvl", 2, 600, 3), ("qwen3vl", 3, 40, 2)])
+def test_pipelined_add_video_equals_sequential(overlapping, internvl_vlm, qwen3vl_vlm, clips, family, batch, budget,
+                                               encodes):
+    """Encoding batch k + 1 while batch k's steps run gives the session exactly what the
+    sequential order gives (5 frames: batches of 2 for InternVL; of 3 for Qwen3-VL, so that a
+    frame waits for its pair across batches), for a chat and a second chat fed the same frames."""
+    vlm, plain = overlapping[family], {"internvl": internvl_vlm, "qwen3vl": qwen3vl_vlm}[family]
+    threads = _encoder_threads(vlm)
+    try:
+        chat, other = vlm.video_chat(budget=budget, fps=1.0), vlm.video_chat(mode="full", fps=1.0)
+        assert chat.add_video(clips.a, batch=batch, others=[other]) == 5
+    finally:
+        del vlm.model.encode_frames
+    assert threads and all(t.startswith("statekv-encode") for t in threads), threads
+    assert len(threads) == encodes  # one per batch that makes a step (Qwen3-VL: 2 + 1 waiting, then 2 + 1)
+    want, want_other = plain.video_chat(budget=budget, fps=1.0), plain.video_chat(mode="full", fps=1.0)
+    want.add_video(clips.a, batch=batch, others=[want_other])
+    for got, ref in ((chat, want), (other, want_other)):
+        assert got.n_frames == ref.n_frames and got.step_first_frames == ref.step_first_frames
+        np.testing.assert_array_equal(got.question_logits(QUESTION), ref.question_logits(QUESTION))
+        for layer in range(int(plain.info["n_layer"])):
+            np.testing.assert_array_equal(got.session.carried(layer), ref.session.carried(layer))
+    chat.add_video(clips.b, batch=batch)   # a second video continues the timeline, pipelined too
+    want.add_video(clips.b, batch=batch)
+    assert chat.answer_tokens(QUESTION, MAX_TOKENS) == want.answer_tokens(QUESTION, MAX_TOKENS)
+
+
+def test_pipelined_add_video_stops_consistently(overlapping, internvl_vlm, tmp_path):
+    """A video that overflows the context: the pipelined chat stops where the sequential one does
+    (its early encoding of the batch after the failure is dropped), consistent and answering alike."""
+    vlm = overlapping["internvl"]
+    n_ctx = int(vlm.info["n_ctx_train"])
+    fits = (n_ctx - 40) // (256 + 8)
+    long = write_test_video(tmp_path / "long.mkv", 2 * (fits + 5), 2.0, size=(96, 64))
+    chats = [v.video_chat(budget=600, expected_length=n_ctx) for v in (vlm, internvl_vlm)]
+    for chat in chats:
+        with pytest.raises(ValueError, match="context"):
+            chat.add_video(long, batch=2)
+    got, want = chats
+    assert got.n_frames == want.n_frames == got.session.stats()["steps"] <= fits
+    assert got.answer_tokens(QUESTION, 4) == want.answer_tokens(QUESTION, 4)

@@ -30,6 +30,7 @@ import math
 import os
 import statistics
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
@@ -52,11 +53,13 @@ class VLM:
     """A video VLM: llama.cpp's text GGUF and mmproj GGUF, loaded once (see :func:`load`)."""
 
     def __init__(self, text_gguf: str | os.PathLike, mmproj_gguf: str | os.PathLike,
-                 device: Optional[str] = None, threads: Optional[int] = None):
+                 device: Optional[str] = None, threads: Optional[int] = None,
+                 overlap_encoder: Optional[bool] = None):
         if mmproj_gguf is None:
             raise ValueError(f"{os.fspath(text_gguf)}: a video model needs its mmproj GGUF (the vision encoder and "
                              "projector, llama.cpp's `mmproj-*.gguf`)")
-        self.model = Model(text_gguf, mmproj=mmproj_gguf, device=device, threads=threads)
+        self.model = Model(text_gguf, mmproj=mmproj_gguf, device=device, threads=threads,
+                           overlap_encoder=overlap_encoder)
         self.info = self.model.info()
         projector = self.info.get("vision.projector")
         family = families.for_projector(projector)
@@ -103,10 +106,12 @@ class VLM:
 
 
 def load(text_gguf: str | os.PathLike, mmproj_gguf: str | os.PathLike, device: Optional[str] = None,
-         threads: Optional[int] = None) -> VLM:
+         threads: Optional[int] = None, overlap_encoder: Optional[bool] = None) -> VLM:
     """Load a video VLM from llama.cpp's two GGUF files (text model, ``mmproj``). A file statekv
-    cannot run, or a pair that does not belong together, raises :class:`statekv.ModelError`."""
-    return VLM(text_gguf, mmproj_gguf, device=device, threads=threads)
+    cannot run, or a pair that does not belong together, raises :class:`statekv.ModelError`.
+    ``overlap_encoder`` (:class:`statekv.Model`; default: on GPUs): the vision encoder gets its own
+    backend instance, and a video's next frames are encoded while the current ones' steps run."""
+    return VLM(text_gguf, mmproj_gguf, device=device, threads=threads, overlap_encoder=overlap_encoder)
 
 
 class VideoChat:
@@ -165,32 +170,82 @@ class VideoChat:
         return self._frames_in_steps + len(self.layout.waiting)
 
     def _run(self, frames: Iterator[tuple[Frame, np.ndarray]], total: Optional[int],
-             progress: Optional[ProgressCallback], batch: int, others: tuple["VideoChat", ...] = ()) -> int:
+             progress: Optional[ProgressCallback], batch: int, others: tuple["VideoChat", ...] = (),
+             pipeline: bool = False) -> int:
         """Add (Frame, pixels) items as steps, ``batch`` frames encoded at a time, to this chat and
         to ``others`` (each batch encoded once for all of them, see :class:`_SharedEncoder`). Each
         step counts once ``add_step`` succeeded, so an error (or Ctrl-C) leaves every chat
-        consistent: the steps before it are in, the frames after it are not."""
+        consistent: the steps before it are in, the frames after it are not.
+
+        ``pipeline`` (a file's frames, which are there to read ahead) and an encoder with its own
+        backend instance (``Model.encoder_overlaps``): a batch is planned ahead
+        (:meth:`_plan_ahead`) and encoded in a worker thread while the previous batch's steps run,
+        so a batch's steps wait for the next batch's frames (live frames are not held back this
+        way). The steps still take their rows through the same encoder, which hands over the early
+        result only for exactly the pixels it was given: the session receives what the sequential
+        order gives it."""
         chats = (self, *others)
         before = self.n_frames
         for chat in chats:
             chat._t_last = time.perf_counter()
-        buf: list = []
+        pool = (ThreadPoolExecutor(1, thread_name_prefix="statekv-encode")
+                if pipeline and self.vlm.model.encoder_overlaps else None)
+        ahead: list = []  # the batches handed over whose steps have not run yet, in order
+        pending = None    # (items, encoder) of the batch whose steps run next
 
-        def flush():
-            encoder = _SharedEncoder(self.vlm.model)
+        def take(items, encoder):
             for chat in chats:
-                chat._take(buf, encoder)
-            buf.clear()
+                chat._take(items, encoder)
             if progress:
                 progress(self.n_frames - before, total)
 
-        for item in frames:
-            buf.append(item)
-            if len(buf) == batch:
-                flush()
-        if buf:
-            flush()
+        def hand_over(items):
+            # The batch's encoding starts now (with a pool) and its steps run after the previous
+            # batch's: the encoder works on this batch while the LLM works on that one.
+            nonlocal pending
+            encoder = _SharedEncoder(self.vlm.model)
+            if pool is None:
+                take(items, encoder)
+                return
+            steps = self._plan_ahead(ahead, items)
+            if steps:
+                encoder.start(pool, np.concatenate([st.pixels for st in steps]))
+            ahead.append(items)
+            if pending is not None:
+                take(*pending)
+                ahead.pop(0)
+            pending = (items, encoder)
+
+        try:
+            buf: list = []
+            for item in frames:
+                buf.append(item)
+                if len(buf) == batch:
+                    hand_over(buf)
+                    buf = []
+            if buf:
+                hand_over(buf)
+            if pending is not None:
+                take(*pending)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)  # an early encode still running ends before the chat moves on
         return self.n_frames - before
+
+    def _plan_ahead(self, ahead: list, items: list) -> list:
+        """The steps ``items`` will make once the batches ``ahead`` (lists of items) are in: planned
+        on the layout advanced as taking them would advance it, then put back as it was."""
+        mark, waiting = self.layout.progress(), self.layout.waiting
+        try:
+            for taken in ahead:
+                steps, self.layout.waiting = self.layout.plan(self.layout.waiting + list(taken))
+                for st in steps:
+                    self.layout.commit(st)
+            steps, _ = self.layout.plan(self.layout.waiting + list(items))
+            return steps
+        finally:
+            self.layout.set_progress(mark)
+            self.layout.waiting = waiting
 
     def _take(self, items: list, encoder: "_SharedEncoder") -> None:
         """Plan ``items`` (after the frames waiting for their pair) into steps and add them."""
@@ -268,7 +323,7 @@ class VideoChat:
 
         try:
             with prefetch(reader, depth=2 * batch, fn=prepare) as frames:
-                return self._run(frames, len(reader), progress, batch, others)
+                return self._run(frames, len(reader), progress, batch, others, pipeline=True)
         finally:
             reader.close()
             for chat in (self, *others):
@@ -510,16 +565,27 @@ class _ChatRecord:
 class _SharedEncoder:
     """The vision encoder for one batch of frames fed to several chats: the first chat's pixels
     are encoded, and a chat asking for the same pixels again (the same frames, planned the same
-    way) gets the same rows without running the encoder again; other pixels are encoded anew."""
+    way) gets the same rows without running the encoder again; other pixels are encoded anew.
+    :meth:`start` begins encoding expected pixels early in a worker thread; their rows are used
+    only if the pixels asked for are exactly those."""
 
     def __init__(self, model: Model):
         self.model = model
         self._pixels: Optional[np.ndarray] = None
         self._rows: Optional[np.ndarray] = None
+        self._early: Optional[Future] = None
+
+    def start(self, pool: ThreadPoolExecutor, pixels: np.ndarray) -> None:
+        self._pixels, self._early = pixels, pool.submit(self.model.encode_frames, pixels)
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         if self._pixels is not None and self._pixels.shape == pixels.shape and np.array_equal(self._pixels, pixels):
+            if self._early is not None:
+                self._rows, self._early = self._early.result(), None
             return self._rows
+        if self._early is not None:  # planned otherwise (it cannot happen with a consistent layout): drop it
+            self._early.cancel() or self._early.exception()
+            self._early = None
         rows = self.model.encode_frames(pixels)
         self._pixels, self._rows = pixels, rows
         return rows

@@ -151,7 +151,14 @@ class Layout(Protocol):
         """Steps of ``(Frame, pixels)`` items, and the items left waiting; nothing advances."""
 
     def commit(self, step: PlannedStep) -> None:
-        """The step is in the session: advance."""
+        """The step is in the session: advance (to ``step.after``)."""
+
+    def progress(self) -> dict:
+        """Where the layout stands, in the form of a step's ``after``: ``set_progress`` of it
+        undoes later commits (a chat plans batches ahead and puts the layout back)."""
+
+    def set_progress(self, after: dict) -> None:
+        """Stand at ``after`` (what :meth:`commit` does with a step's)."""
 
     def question(self, text: str) -> tuple[Optional[PlannedStep], Any, Optional[np.ndarray]]:
         """(a step to add on a branch first, or None; the question's ids; positions)."""
@@ -242,7 +249,13 @@ class OneFramePerStep(abc.ABC):
         return out, []
 
     def commit(self, step: PlannedStep) -> None:
-        self.n_frames = step.after["n_frames"]
+        self.set_progress(step.after)
+
+    def progress(self) -> dict:
+        return {"n_frames": self.n_frames}
+
+    def set_progress(self, after: dict) -> None:
+        self.n_frames = after["n_frames"]
 
     def question(self, text: str):
         return None, self.builder.question(text), None

@@ -91,7 +91,13 @@ class ChatLayout:
         return out, list(items[2 * n_pairs:])
 
     def commit(self, step: PlannedStep) -> None:
-        self.builder.next_position = step.after["next_position"]
+        self.set_progress(step.after)
+
+    def progress(self) -> dict:
+        return {"next_position": self.builder.next_position}
+
+    def set_progress(self, after: dict) -> None:
+        self.builder.next_position = after["next_position"]
 
     def question(self, text: str):
         """A waiting odd frame comes paired with itself before the question; the prompt does not
