@@ -402,6 +402,15 @@ def test_cli_runs_resumes_and_counts(internvl_files, clips, tmp_path, monkeypatc
             assert got == accuracy(correct)
         line = next(x for x in printed.splitlines() if x.startswith(mode + " "))
         assert f"{summary['modes'][mode]['generation']['correct']}/4" in line
+        by_category = summary["modes"][mode]["by_category"]
+        assert sorted(by_category) == ["Counting Problem", "OCR Problems"]
+        for category, n in (("Counting Problem", 3), ("OCR Problems", 1)):
+            theirs = [r for r in mine if r["row"] < 4 and rows[r["row"]]["task_type"] == category]
+            assert by_category[category]["generation"] == accuracy(r["correct"] for r in theirs)
+            assert by_category[category]["likelihood"] == accuracy(r["likelihood"]["correct"] for r in theirs)
+            assert by_category[category]["generation"]["n"] == n
+    counting = next(x for x in printed.splitlines() if x.startswith("Counting Problem "))
+    assert counting.count("/3") == 3
     assert "8 rows: 4 asked, 4 skipped" in printed and "row 4 (g)" in printed
 
     # the same --out with other options: refused, naming the option

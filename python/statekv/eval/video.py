@@ -355,10 +355,15 @@ def _summary(n_rows: int, questions: list[mc.Question], skipped: list[mc.Skipped
     for m in modes:
         mine = [r for r in records if r["mode"] == m.label and r["row"] in rows]
         liked = [r["likelihood"] for r in mine if r.get("likelihood") is not None]
+        categories = sorted({r["category"] for r in mine if r.get("category")})
         table[m.label] = {"mode": m.mode, "budget": m.budget if m.mode == "statekv" else None,
                           "window": m.window if m.mode == "window" else None, "questions": len(mine),
                           "generation": accuracy(r["correct"] for r in mine),
-                          "likelihood": accuracy(lk["correct"] for lk in liked)}
+                          "likelihood": accuracy(lk["correct"] for lk in liked),
+                          "by_category": {c: {"generation": accuracy(r["correct"] for r in mine if r.get("category") == c),
+                                              "likelihood": accuracy(r["likelihood"]["correct"] for r in mine
+                                                                     if r.get("category") == c and r.get("likelihood"))}
+                                          for c in categories}}
     by_kind: dict[str, int] = {}
     for s in skipped:
         by_kind[s.kind] = by_kind.get(s.kind, 0) + 1
@@ -376,6 +381,7 @@ def _table(summary: dict) -> str:
     widths = [max(len(r[i]) for r in [header, *lines]) for i in range(4)]
     fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
     out = [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, lines)]
+    out += _category_table(summary)
     sk = summary["skipped"]
     out.append(f"{summary['rows']} rows: {summary['asked']} asked, {sk['count']} skipped" +
                (": " + ", ".join(f"{n} {k}" for k, n in sorted(sk["by_reason"].items())) if sk["count"] else ""))
@@ -385,6 +391,20 @@ def _table(summary: dict) -> str:
     if sk["count"] > 10:
         out.append(f"  ... {sk['count'] - 10} more in the summary JSON")
     return "\n".join(out)
+
+
+def _category_table(summary: dict) -> list[str]:
+    """Generation accuracy per category (the benchmark's task type) and mode, when rows have one."""
+    modes = summary["modes"]
+    categories = sorted({c for t in modes.values() for c in t.get("by_category", {})})
+    if not categories:
+        return []
+    header = ("category", *modes)
+    lines = [(c, *(_with_counts(t["by_category"][c]["generation"]) if c in t["by_category"] else "-"
+                   for t in modes.values())) for c in categories]
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return ["", "generation accuracy by category:", fmt(header), "  ".join("-" * w for w in widths), *map(fmt, lines)]
 
 
 def _with_counts(acc: dict) -> str:
