@@ -310,10 +310,10 @@ std::vector<float> Session::question_logits(const Tokens& question, int last_row
         // Only the rows asked for go through the output head (most of a small model's work per
         // token: Gemma 3 270M's 262k-entry vocabulary). A batch before them still fills the tail;
         // its one computed row is dropped.
-        std::vector<int32_t> rows;
-        for (int i = std::max(b, first_row); i < e && first_row > 0; ++i) rows.push_back(i - b);
         const bool wanted = e > first_row;
+        std::vector<int32_t> rows;  // empty: every row
         if (first_row > 0 && !wanted) rows = {e - b - 1};
+        for (int i = std::max(b, first_row); first_row > 0 && i < e; ++i) rows.push_back(i - b);
         std::vector<float> l = s.question_batch(slice_tokens(question, b, e), *tail, b, s.next_pos + b, rows);
         if (wanted) out.insert(out.end(), l.begin(), l.end());
     }

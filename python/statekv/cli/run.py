@@ -27,7 +27,8 @@ from typing import Optional, TextIO
 
 from ..progress import ProgressBar, format_bytes, format_duration, format_rate, format_summary, peak_memory_bytes
 from .errors import UsageError
-from .video import Answer, _add_answer_arguments, _add_cache_mode_arguments, _answer_rows, _mode_text, _require_file, _sampling, _threads
+from .video import (Answer, _add_answer_arguments, _add_cache_mode_arguments, _answer_rows, _check_cache_mode, _mode_text,
+                    _require_file, _sampling, _threads)
 
 __all__ = ["add_arguments", "run", "PromptParts", "split_prompt", "prefill", "stream_text"]
 
@@ -245,10 +246,7 @@ def _check_options(args: argparse.Namespace) -> None:
                          f"got {args.step_tokens}")
     if args.mode != "full" and args.step_tokens == 0:
         raise UsageError(f"--mode {args.mode} selects what steps attend to: give --step-tokens N too")
-    if args.mode == "statekv" and args.budget <= 0:
-        raise UsageError(f"--budget must be a positive number of tokens, got {args.budget}")
-    if args.mode == "window" and args.window <= 0:
-        raise UsageError(f"--window must be a positive number of steps, got {args.window}")
+    _check_cache_mode(args)
     if args.ctx_size < 0:
         raise UsageError(f"-c/--ctx-size must be a positive number of tokens (or 0), got {args.ctx_size}")
     if args.system is not None and not args.conversation:

@@ -77,6 +77,14 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="device name from `statekv info` (default: the best GPU, else the CPU)")
 
 
+def _check_cache_mode(args: argparse.Namespace) -> None:
+    """The options _add_cache_mode_arguments adds: a budget or window the mode uses must be positive."""
+    if args.mode == "statekv" and args.budget <= 0:
+        raise UsageError(f"--budget must be a positive number of tokens, got {args.budget}")
+    if args.mode == "window" and args.window <= 0:
+        raise UsageError(f"--window must be a positive number of steps, got {args.window}")
+
+
 def _add_cache_mode_arguments(g, default: str, step: str, full_note: str = "") -> None:
     """--mode/--budget/--window, shared by the commands that prefill in steps."""
     g.add_argument("--mode", choices=["full", "window", "statekv"], default=default,
@@ -163,10 +171,7 @@ def _check_options(args: argparse.Namespace, command: str) -> None:
         needs = "--video" if args.video else "a video model"
         raise UsageError(f"{needs} needs --mmproj MMPROJ.gguf (the vision encoder GGUF that goes with -m); "
                          f"see `statekv {command} --help`")
-    if args.mode == "statekv" and args.budget <= 0:
-        raise UsageError(f"--budget must be a positive number of tokens, got {args.budget}")
-    if args.mode == "window" and args.window <= 0:
-        raise UsageError(f"--window must be a positive number of steps, got {args.window}")
+    _check_cache_mode(args)
     if args.max_frames < 1:
         raise UsageError(f"--max-frames must be at least 1, got {args.max_frames}")
     if args.fps < 0:
