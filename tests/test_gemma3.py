@@ -49,25 +49,11 @@ def reference_logits(gguf_path, text_ids):
 def f32_gguf(gguf_path, tmp_path_factory) -> str:
     """The same weights dequantized to f32 (gguf-py), so that statekv computes with exactly the
     weights transformers uses: what remains is the implementation's own error."""
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
     from gguf.quants import dequantize
+    from gguf_rewrite import rewrite_gguf
+
     out = tmp_path_factory.mktemp("gemma3") / "gemma-3-270m-f32.gguf"
-    r = GGUFReader(gguf_path)
-    w = GGUFWriter(str(out), r.fields["general.architecture"].contents())
-    for key, field in r.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture":
-            continue
-        if field.types[0] == GGUFValueType.ARRAY:
-            w.add_key_value(key, field.contents(), field.types[0], sub_type=field.types[-1])
-        else:
-            w.add_key_value(key, field.contents(), field.types[0])
-    for t in r.tensors:
-        data = dequantize(t.data, t.tensor_type).astype(np.float32)
-        w.add_tensor(t.name, data.reshape([int(x) for x in reversed(t.shape)]))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    rewrite_gguf(gguf_path, out, tensor=lambda t: dequantize(t.data, t.tensor_type).astype(np.float32))
     return str(out)
 
 
