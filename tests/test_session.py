@@ -265,6 +265,33 @@ def test_small_window_matches_reference(engine):
 
 
 # ----------------------------------------------------------------------------- 3. questions, fork
+@pytest.mark.parametrize("mode", ["full", "statekv", "window"])
+def test_frame_sized_steps_match_reference(engine, mode):
+    """Steps longer than ggml's CPU attention tile of 64 query rows and not a multiple of it
+    (263 like an InternVL frame, 130, 64, 200; the CPU graph cuts such rows in two,
+    graph/ops.cpp), and a question of 70 tokens: question logits equal the reference's."""
+    model, hf = engine("qwen2")
+    video = Video(hf, seed=8, n_steps=4, lengths=(263, 130, 64, 200))
+    s, ref = make_pair(model, hf, mode, budget=300, window=2)
+    s.prefill(video.prefix)
+    ref.prefill(video.prefix)
+    q = np.concatenate([video.questions[0]] * 9)[:70]
+    for t, st in enumerate(video.steps):
+        s.add_step(**st)
+        ref_step(ref, st)
+        got, want = s.question_logits(q), ref.question_logits(q)
+        assert rel(got, want) <= TOL, f"{mode}, after step {t}: rel {rel(got, want):.3g}"
+    if mode == "statekv":
+        ties = []
+        check_carried(s, ref, "after the last step", ties)
+        assert len(ties) <= 2, ties
+    if mode == "full":   # the stateless prefill of the whole sequence (727 rows) too
+        toks, embs, rows, pos = video.sequence(len(video.steps), q)
+        want = plain_logits(hf, toks, embs, rows, pos)
+        got = model.logits(toks, positions=pos, embeddings=embs, embedding_rows=rows)
+        assert rel(got, want) <= TOL, f"Model.logits over {len(toks)} tokens: rel {rel(got, want):.3g}"
+
+
 def test_question_midway_then_more_steps(engine):
     """Asking (question_logits, generate, stream) and then adding steps gives the same later
     answers as adding every step first: a question leaves C, D and positions unchanged."""
@@ -316,6 +343,43 @@ def test_question_logits_last_rows(engine):
     for bad in (0, -1, 601, 2.0, True):
         with pytest.raises(ValueError, match="last"):
             s.question_logits(q, last=bad)
+
+
+def test_question_tail_with_and_without_room_in_d(engine):
+    """A question's and its answer's keys follow D's tokens in D's last chunk when it has room,
+    else they get a cache of their own (chunks of 20 tokens that steps of 17-20 fill, a fork that
+    shares the last chunk): the same logits and answers either way, the reference's, and D
+    unchanged by the question."""
+    model, hf = engine("qwen2")
+    video = Video(hf, seed=10, n_steps=6)
+    q = video.questions[1]
+    ref = StateKVReference(hf, "full")
+    ref.prefill(video.prefix)
+    for st in video.steps:
+        ref_step(ref, st)
+    want = ref.question_logits(q)
+    roomy = model.session(mode="full", kv_type="f32")                     # one chunk of 16,384 tokens
+    tight = model.session(mode="full", kv_type="f32", detailed_chunk=20)  # no room after any step
+    for s in (roomy, tight):
+        s.prefill(video.prefix)
+        feed(s, video.steps)
+    fork = roomy.fork()   # shares the last chunk: neither side may write past its tokens now
+    answers = {}
+    for name, s in (("roomy", roomy), ("tight", tight), ("fork", fork), ("roomy after fork", roomy)):
+        assert rel(s.question_logits(q), want) <= TOL, name
+        answers[name] = s.generate(q, 12, ignore_eos=True)
+    assert len(set(map(tuple, answers.values()))) == 1, answers
+    # A question then a step: the step's keys overwrite the question's slots, and the logits of
+    # a second question are those of a session that was never asked.
+    asked, never = model.session(mode="full", kv_type="f32"), model.session(mode="full", kv_type="f32")
+    extra = Video(hf, seed=11, n_steps=1).steps[0]
+    for s in (asked, never):
+        s.prefill(video.prefix)
+        feed(s, video.steps)
+    asked.generate(q, 30, ignore_eos=True)
+    for s in (asked, never):
+        s.add_step(**extra)
+    assert np.array_equal(asked.question_logits(q), never.question_logits(q))
 
 
 def test_fork_branches_are_independent(engine):

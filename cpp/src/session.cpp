@@ -169,30 +169,53 @@ struct Session::Impl {
         if (is_step) ++n_steps;
     }
 
-    // Logits of the given rows of a question batch over D + tail (tail slots from n_tail_past).
-    std::vector<float> question_batch(const Tokens& t, const KVCache& tail, int n_tail_past, int pos0,
+    // Where a question's tokens and its answer's keep their keys and values: right after D's
+    // tokens in D's own last chunk when it has room (DetailedCache::tail_space), so D and the
+    // tail are one range for attention; otherwise a cache of their own (f32 when D is, else
+    // f16). Either way D's tokens are never touched.
+    struct QuestionTail {
+        std::unique_ptr<KVCache> own;
+        const KVStore* store = nullptr;
+        int64_t first_slot = 0;   // the store slot of the question's first token
+        int64_t store_begin = 0;  // the token index of the store's slot 0
+    };
+    QuestionTail new_tail(int capacity) const {
+        QuestionTail t;
+        // In D only when the tail would have had D's own type anyway (a q8_0 D keeps f16 tails).
+        const bool float_d = d->type() == GGML_TYPE_F32 || d->type() == GGML_TYPE_F16;
+        const DetailedCache::TailSpace space = float_d ? d->tail_space(capacity) : DetailedCache::TailSpace();
+        if (space.store) {
+            t.store = space.store;
+            t.first_slot = space.first_slot;
+            t.store_begin = space.store_begin;
+            return t;
+        }
+        t.own = std::make_unique<KVCache>(shape, model->backend, capacity,
+                                          d->type() == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16);
+        t.store = t.own.get();
+        t.store_begin = d->size();
+        return t;
+    }
+
+    // Logits of the given rows of a question batch over D + tail (the batch's tokens from tail
+    // token n_tail_past).
+    std::vector<float> question_batch(const Tokens& t, const QuestionTail& tail, int n_tail_past, int pos0,
                                       const std::vector<int32_t>& rows) {
         d->begin_graph();
         GraphBuilder g(Model::Impl::kMaxNodes, model->backend.is_cpu());
         DecoderInputs in = model->make_inputs(g, t, pos0, rows);
         in.rope = &rope;
-        // Question and answer tokens attend over all of D plus themselves, kept in a separate
-        // tail cache so D and C are never touched.
-        KVCacheAttention attn(tail, shape.scale(), n_tail_past, d->size(),
-                              [this](GraphBuilder& gb, int layer) {
+        // Question and answer tokens attend over all of D plus themselves; D's tokens before the
+        // tail's store come as views of D.
+        KVCacheAttention attn(*tail.store, shape.scale(), static_cast<int>(tail.first_slot) + n_tail_past, tail.store_begin,
+                              [this, &tail](GraphBuilder& gb, int layer) {
                                   const int w = shape.window(layer);
-                                  return d->view(gb, layer, w > 0 ? window_start(d->size(), w) : 0, d->size());
+                                  return d->view(gb, layer, w > 0 ? window_start(d->size(), w) : 0, tail.store_begin);
                               });
         std::vector<float> out = run_graph(sched, g, model->text->build(g, in, attn), model->backend);
         model->check_finite(out, source.empty() ? model->path : model->path + " with the session loaded from " + source,
                             "model");
         return out;
-    }
-
-    // The tail cache of a question: f32 when D is, else f16.
-    std::unique_ptr<KVCache> new_tail(int capacity) const {
-        return std::make_unique<KVCache>(shape, model->backend, capacity,
-                                         d->type() == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16);
     }
 
     // Serializes the calls on one session (its caches, positions and scheduler); calls on
@@ -302,7 +325,7 @@ std::vector<float> Session::question_logits(const Tokens& question, int last_row
     if (!question.embedding_rows.empty() && n > kQuestionUbatch) throw InputError("question embeddings are limited to 512 tokens");
     s.model->check_memory(s.model->prefill_bytes(std::min(n, kQuestionUbatch), s.d->size() + n, n),
                           "question logits of " + std::to_string(n) + " tokens");
-    std::unique_ptr<KVCache> tail = s.new_tail(n);
+    const Impl::QuestionTail tail = s.new_tail(n);
     std::vector<float> out;
     out.reserve(static_cast<size_t>(n - first_row) * n_vocab);
     for (int b = 0; b < n; b += kQuestionUbatch) {
@@ -314,7 +337,7 @@ std::vector<float> Session::question_logits(const Tokens& question, int last_row
         std::vector<int32_t> rows;  // empty: every row
         if (first_row > 0 && !wanted) rows = {e - b - 1};
         for (int i = std::max(b, first_row); first_row > 0 && i < e; ++i) rows.push_back(i - b);
-        std::vector<float> l = s.question_batch(slice_tokens(question, b, e), *tail, b, s.next_pos + b, rows);
+        std::vector<float> l = s.question_batch(slice_tokens(question, b, e), tail, b, s.next_pos + b, rows);
         if (wanted) out.insert(out.end(), l.begin(), l.end());
     }
     return out;
@@ -333,14 +356,14 @@ std::vector<int32_t> Session::generate(const Tokens& question, int max_tokens, c
     if (n > kQuestionUbatch) throw InputError("questions are limited to 512 tokens per call");
     const int last_q = s.model->last_position(question, s.next_pos);
     s.check_context(last_q + max_tokens);
-    std::unique_ptr<KVCache> tail = s.new_tail(n + std::max(1, max_tokens));
+    const Impl::QuestionTail tail = s.new_tail(n + std::max(1, max_tokens));
     Sampler sampler(options);
-    std::vector<float> logits = s.question_batch(question, *tail, 0, s.next_pos, {n - 1});
+    std::vector<float> logits = s.question_batch(question, tail, 0, s.next_pos, {n - 1});
     return decode(std::move(logits), max_tokens, sampler, question.ids,
                   stop_tokens(hp.eos_ids, options.stop, options.ignore_eos), on_token, [&](int32_t tok, int i) {
                       Tokens next;
                       next.ids = {tok};
-                      return s.question_batch(next, *tail, n + i, last_q + 1 + i, {});
+                      return s.question_batch(next, tail, n + i, last_q + 1 + i, {});
                   });
 }
 

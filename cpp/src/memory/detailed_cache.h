@@ -34,6 +34,18 @@ public:
     // A new graph starts: forget the write nodes of the previous one.
     void begin_graph() { written_.assign(written_.size(), {nullptr, nullptr}); }
 
+    // Room after D's tokens for n tokens that are written but never committed (a question and
+    // its answer): D's last chunk from slot `used`, when it has the room, is D's alone (not shared
+    // with a fork) and every layer lives in the chunks (no sliding-window ring). Attention over D
+    // and those tokens then reads one contiguous range per layer instead of a copy of D gathered
+    // for every answer token. Null `store` when there is no such room.
+    struct TailSpace {
+        const KVStore* store = nullptr;
+        int64_t first_slot = 0;   // the slot of the first tail token
+        int64_t store_begin = 0;  // the token index of the store's slot 0
+    };
+    TailSpace tail_space(int n) const;
+
     int64_t size() const { return n_tokens_; }
     // Bytes one more token takes in D (keys and values of every layer that sees all tokens; the
     // sliding layers' ring does not grow with the session).
