@@ -93,6 +93,27 @@ public:
             store(g, layer, kb, vb, batch_ids_, batch_zero_scores_, n_kept_);
             return out;
         }
+        const int64_t n_all = n_kept_ + b.n;
+        if (n_all <= budget_ && !decays()) {
+            // Everything fits and nothing accumulates: no selection, so no scores. The step's
+            // keys join C after the kept ones, written in place, and the step attends over C's
+            // first n_all slots in one fused pass: what full attention computes over the same
+            // keys, without a copy of C into [C ; step] and back every step.
+            ggml_tensor* slots = g.shared_input("c_append " + std::to_string(n_kept_) + " " + std::to_string(b.n), [&] {
+                std::vector<int32_t> r(static_cast<size_t>(b.n));
+                std::iota(r.begin(), r.end(), static_cast<int32_t>(n_kept_));
+                return g.input_i32(r, "c_append_slots");
+            });
+            // Expanded here: a step computes no logits, so the last layer's attention output,
+            // through which the writes are read, is not part of the graph.
+            ggml_tensor* kw = ggml_set_rows(ctx, c_->k(layer), kb, slots);
+            ggml_tensor* vw = ggml_set_rows(ctx, c_->v(layer), vb, slots);
+            g.expand(kw);
+            g.expand(vw);
+            g.expand(ggml_set_rows(ctx, c_->ids(layer), batch_ids_, slots));
+            ggml_tensor* mask = causal_mask(g, {{0, n_all}}, n_kept_, b.n, false, false, 0, n_kept_);
+            return flash_attention(ctx, q, first_slots(ctx, kw, n_all), first_slots(ctx, vw, n_all), mask, scale, g.on_cpu);
+        }
         // [C ; step] in C's type (f16 unless the session is all f32: the scores then run on
         // the same f16 dot products fused attention uses). Keys of C are visible to every query
         // of the step; the step is causal.
@@ -104,7 +125,6 @@ public:
         ggml_tensor* ids_all = n_kept_ ? ggml_concat(ctx, first_slots(ctx, c_->ids(layer), n_kept_), batch_ids_, 1)
                                        : batch_ids_;
         ScoredAttention a = scored_attention(g, q, k_all, v_all, n_kept_, scale);
-        const int64_t n_all = n_kept_ + b.n;
         ggml_tensor* scores = a.scores;  // [n_all, H_kv]: what the selection ranks
         ggml_tensor* acc = nullptr;      // [1, n_all, H_kv]: accumulated scores to carry (decay)
         if (decays()) {
