@@ -268,8 +268,8 @@ def test_small_window_matches_reference(engine):
 @pytest.mark.parametrize("mode", ["full", "statekv", "window"])
 def test_frame_sized_steps_match_reference(engine, mode):
     """Steps longer than ggml's CPU attention tile of 64 query rows and not a multiple of it
-    (263 like an InternVL frame, 130, 64, 200; the CPU graph cuts such rows in two,
-    graph/ops.cpp), and a question of 70 tokens: question logits equal the reference's."""
+    (263 like an InternVL frame, 130, 64, 200) and a question of 70 tokens: question logits
+    equal the reference's (and Model.logits over the whole sequence transformers')."""
     model, hf = engine("qwen2")
     video = Video(hf, seed=8, n_steps=4, lengths=(263, 130, 64, 200))
     s, ref = make_pair(model, hf, mode, budget=300, window=2)

@@ -51,7 +51,7 @@ ggml_tensor* CausalSelfAttention::attend(GraphBuilder& g, int layer, ggml_tensor
     ggml_tensor* kp = ggml_permute(ctx, k, 0, 2, 1, 3);
     ggml_tensor* vp = ggml_permute(ctx, v, 0, 2, 1, 3);
     const int64_t window = windows_.empty() ? 0 : windows_[static_cast<size_t>(layer)];
-    return flash_attention(ctx, q, kp, vp, causal_mask(g, {{0, n}}, 0, n, false, false, window), scale_, g.on_cpu);
+    return flash_attention(ctx, q, kp, vp, causal_mask(g, {{0, n}}, 0, n, false, false, window), scale_);
 }
 
 namespace {
@@ -70,8 +70,7 @@ ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vec
     const int64_t n_q = q->ne[2];
     if (segments.size() == 1) {
         const KVSegment& s = segments[0];
-        ggml_tensor* mask = causal_mask(g, {{s.begin, s.n}}, q0, n_q, false, true, window);
-        return flash_attention(ctx, q, s.k, s.v, mask, scale, g.on_cpu);
+        return flash_attention(ctx, q, s.k, s.v, causal_mask(g, {{s.begin, s.n}}, q0, n_q, false, true, window), scale);
     }
     if (!ggml_is_quantized(segments[0].k->type) && !ggml_is_quantized(segments[0].v->type)) {
         // Float caches: the segments' keys and values gathered into one contiguous K/V for one
@@ -86,7 +85,7 @@ ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vec
         }
         // The queries' own keys may be among them: a causal mask then.
         ggml_tensor* mask = causal_mask(g, runs_of(segments), q0, n_q, false, true, window);
-        return flash_attention(ctx, q, k, v, mask, scale, g.on_cpu);
+        return flash_attention(ctx, q, k, v, mask, scale);
     }
     // Quantized caches (concat cannot cut their blocks): one fused attention per segment, merged
     // as out = sum_c softmax_c(lse)_c * attention_c, with lse_c = log sum_j exp(scale * q.k_j + mask).
@@ -133,7 +132,7 @@ ScoredAttention scored_attention(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k
         ggml_tensor* qt = ggml_view_3d(ctx, q, d, H, nt, q->nb[1], q->nb[2], i0 * q->nb[2]);
         // The output comes from the fused kernel (one pass, no probability matrix); the explicit
         // probabilities below exist only to be reduced into the key scores.
-        ggml_tensor* o = flash_attention(ctx, qt, k, v, mask, scale, g.on_cpu);  // [d * H, nt]
+        ggml_tensor* o = flash_attention(ctx, qt, k, v, mask, scale);  // [d * H, nt]
         out = out ? ggml_concat(ctx, out, o, 1) : o;
         // [d, nt, H], contiguous and already in the keys' type: ggml's CPU mul_mat hands a
         // contiguous operand pair of one type to llamafile's tiled GEMM, while a permuted f32 one

@@ -30,47 +30,16 @@ ggml_tensor* swiglu_ffn(ggml_context* ctx, ggml_tensor* x, ggml_tensor* gate, gg
     return ggml_mul_mat(ctx, down, ggml_swiglu_split(ctx, g, u));
 }
 
-namespace {
-
-// ggml's CPU flash attention works on tiles of 64 query rows of one head (ggml-cpu's
-// GGML_FA_TILE_Q) against 64 keys at a time, and a partial tile costs as much as a full one;
-// its threads cut the rows into chunks that stay on tile bounds only when each head's row count
-// is a multiple of 64. A video step of 263 tokens (a frame's 256 rows and its text) thus
-// computed 74 tiles per 64 keys where 256 rows need 56, which made statekv's steps deep in a
-// video about 15% slower than llama.cpp's (it decodes the 256 image rows alone). On the CPU
-// the rows past the last multiple of 64 therefore go to a second call, which ggml runs with its
-// per-row kernel (it tiles 64 rows or more only): docs/performance.md section 8.
-constexpr int64_t kCpuQueryTile = 64;
-
-// Fused attention of qp [d, n_q, n_head, n_seq] over k, v; mask [n_kv, n_q] or nullptr.
-// Returns [d, n_head, n_q, n_seq].
-ggml_tensor* fused_attention(ggml_context* ctx, ggml_tensor* qp, ggml_tensor* k, ggml_tensor* v,
-                             ggml_tensor* mask, float scale, bool on_cpu) {
-    const int64_t n_q = qp->ne[1];
-    const auto rows = [&](int64_t first, int64_t n) {
-        ggml_tensor* q_rows = qp;
-        ggml_tensor* m = mask;
-        if (n != n_q) {
-            q_rows = ggml_view_4d(ctx, qp, qp->ne[0], n, qp->ne[2], qp->ne[3], qp->nb[1], qp->nb[2], qp->nb[3],
-                                  first * qp->nb[1]);
-            // Whole rows of a contiguous mask: still contiguous, as flash_attn_ext requires.
-            if (mask) m = ggml_view_2d(ctx, mask, mask->ne[0], n, mask->nb[1], first * mask->nb[1]);
-        }
-        ggml_tensor* out = ggml_flash_attn_ext(ctx, q_rows, k, v, m, scale, 0.0f, 0.0f);
-        ggml_flash_attn_ext_set_prec(out, GGML_PREC_F32);
-        return out;
-    };
-    const int64_t tiled = n_q / kCpuQueryTile * kCpuQueryTile;
-    if (!on_cpu || tiled == 0 || tiled == n_q) return rows(0, n_q);
-    return ggml_concat(ctx, rows(0, tiled), rows(tiled, n_q - tiled), 2);
-}
-
-}  // namespace
-
 ggml_tensor* flash_attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v,
-                             ggml_tensor* mask, float scale, bool on_cpu) {
+                             ggml_tensor* mask, float scale) {
     // flash_attn_ext wants q as [d, n_q, n_head] and returns [d, n_head, n_q].
-    ggml_tensor* out = fused_attention(ctx, ggml_permute(ctx, q, 0, 2, 1, 3), k, v, mask, scale, on_cpu);
+    // One call for all rows, although ggml's CPU kernel pays a whole 64-row tile for the 7 rows
+    // a 263-token frame step has past 256: cutting them off into a second call (its per-row
+    // kernel) made deep steps 7% faster but accumulates their outputs in f16, which moved the
+    // trained Gemma 3's perplexity and the demo's answer (docs/performance.md section 8).
+    ggml_tensor* qp = ggml_permute(ctx, q, 0, 2, 1, 3);
+    ggml_tensor* out = ggml_flash_attn_ext(ctx, qp, k, v, mask, scale, 0.0f, 0.0f);
+    ggml_flash_attn_ext_set_prec(out, GGML_PREC_F32);
     return ggml_reshape_2d(ctx, out, out->ne[0] * out->ne[1], out->ne[2]);
 }
 
@@ -94,11 +63,11 @@ ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_
 
 ggml_tensor* vision_attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, float scale) {
     // flash_attn_ext wants [d, n_tokens, n_head, n_seq] and returns [d, n_head, n_tokens, n_seq].
-    // Not cut in two on the CPU like the decoder's rows: a frame's 1,025 tokens would gain 6% of
-    // the attention tiles and lose as much to joining the two outputs (one copy of every row).
+    ggml_tensor* qp = ggml_permute(ctx, q, 0, 2, 1, 3);
     ggml_tensor* kp = ggml_permute(ctx, k, 0, 2, 1, 3);
     ggml_tensor* vp = ggml_permute(ctx, v, 0, 2, 1, 3);
-    ggml_tensor* out = fused_attention(ctx, ggml_permute(ctx, q, 0, 2, 1, 3), kp, vp, nullptr, scale, false);
+    ggml_tensor* out = ggml_flash_attn_ext(ctx, qp, kp, vp, nullptr, scale, 0.0f, 0.0f);
+    ggml_flash_attn_ext_set_prec(out, GGML_PREC_F32);
     return ggml_reshape_2d(ctx, out, out->ne[0] * out->ne[1], out->ne[2] * out->ne[3]);
 }
 

@@ -33,9 +33,8 @@ ggml_tensor* swiglu_ffn(ggml_context* ctx, ggml_tensor* x, ggml_tensor* gate, gg
 
 // Fused attention (ggml_flash_attn_ext) of q [d, n_head, n_q] over k, v [d, n_kv, n_head_kv]
 // (any strides), with an additive F16 mask [n_kv, n_q] (0 or -inf). Returns [d * n_head, n_q].
-// `on_cpu`: the graph runs on ggml's CPU backend, whose kernel wants the rows cut in two (ops.cpp).
 ggml_tensor* flash_attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v,
-                             ggml_tensor* mask, float scale, bool on_cpu);
+                             ggml_tensor* mask, float scale);
 
 // LayerNorm over ne0: (x - mean) / sqrt(var + eps) * w + b (w, b may be nullptr).
 ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, float eps);
