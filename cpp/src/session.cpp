@@ -174,26 +174,18 @@ struct Session::Impl {
     // tail are one range for attention; otherwise a cache of their own (f32 when D is, else
     // f16). Either way D's tokens are never touched.
     struct QuestionTail {
-        std::unique_ptr<KVCache> own;
-        const KVStore* store = nullptr;
-        int64_t first_slot = 0;   // the store slot of the question's first token
-        int64_t store_begin = 0;  // the token index of the store's slot 0
+        std::unique_ptr<KVCache> own;  // when D has no room
+        DetailedCache::TailSpace at;   // where the question's first token goes
     };
     QuestionTail new_tail(int capacity) const {
         QuestionTail t;
         // In D only when the tail would have had D's own type anyway (a q8_0 D keeps f16 tails).
-        const bool float_d = d->type() == GGML_TYPE_F32 || d->type() == GGML_TYPE_F16;
-        const DetailedCache::TailSpace space = float_d ? d->tail_space(capacity) : DetailedCache::TailSpace();
-        if (space.store) {
-            t.store = space.store;
-            t.first_slot = space.first_slot;
-            t.store_begin = space.store_begin;
-            return t;
+        if (d->type() == GGML_TYPE_F32 || d->type() == GGML_TYPE_F16) t.at = d->tail_space(capacity);
+        if (!t.at.store) {
+            t.own = std::make_unique<KVCache>(shape, model->backend, capacity,
+                                              d->type() == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16);
+            t.at = {t.own.get(), 0, d->size()};
         }
-        t.own = std::make_unique<KVCache>(shape, model->backend, capacity,
-                                          d->type() == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16);
-        t.store = t.own.get();
-        t.store_begin = d->size();
         return t;
     }
 
@@ -207,10 +199,11 @@ struct Session::Impl {
         in.rope = &rope;
         // Question and answer tokens attend over all of D plus themselves; D's tokens before the
         // tail's store come as views of D.
-        KVCacheAttention attn(*tail.store, shape.scale(), static_cast<int>(tail.first_slot) + n_tail_past, tail.store_begin,
-                              [this, &tail](GraphBuilder& gb, int layer) {
+        const DetailedCache::TailSpace& at = tail.at;
+        KVCacheAttention attn(*at.store, shape.scale(), static_cast<int>(at.first_slot) + n_tail_past, at.store_begin,
+                              [this, &at](GraphBuilder& gb, int layer) {
                                   const int w = shape.window(layer);
-                                  return d->view(gb, layer, w > 0 ? window_start(d->size(), w) : 0, tail.store_begin);
+                                  return d->view(gb, layer, w > 0 ? window_start(d->size(), w) : 0, at.store_begin);
                               });
         std::vector<float> out = run_graph(sched, g, model->text->build(g, in, attn), model->backend);
         model->check_finite(out, source.empty() ? model->path : model->path + " with the session loaded from " + source,

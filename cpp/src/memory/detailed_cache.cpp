@@ -142,7 +142,7 @@ void DetailedCache::commit(int n) {
 
 DetailedCache::TailSpace DetailedCache::tail_space(int n) const {
     TailSpace t;
-    if (chunks_.empty() || last_shared_ || ring_ || std::find(sliding_.begin(), sliding_.end(), true) != sliding_.end()) {
+    if (chunks_.empty() || last_shared_ || std::find(sliding_.begin(), sliding_.end(), true) != sliding_.end()) {
         return t;
     }
     const Chunk& c = *chunks_.back();
