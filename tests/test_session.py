@@ -292,6 +292,43 @@ def test_frame_sized_steps_match_reference(engine, mode):
         assert rel(got, want) <= TOL, f"Model.logits over {len(toks)} tokens: rel {rel(got, want):.3g}"
 
 
+# query heads, KV heads, head size: groups of 7 (KV scores in chunks of 4 + 3 heads), 3 and 1
+HEAD_LAYOUTS = {"7/1x64": (7, 1, 64), "6/2x16": (6, 2, 16), "4/4x16": (4, 4, 16)}
+
+
+@pytest.mark.parametrize("layout", HEAD_LAYOUTS)
+def test_selection_across_head_layouts(tmp_path, layout):
+    """The key scores that select C, for query-head groups of several sizes and a real head size
+    of 64, on 2 threads: after every step C is the reference's (steps of 17-263 tokens, so the
+    candidate counts are not multiples of the kernel's 16-key blocks), and question logits
+    agree."""
+    import tiny
+    from statekv.convert import convert
+
+    n_head, n_kv, head_dim = HEAD_LAYOUTS[layout]
+    # The tiny models' weight scale is for a width of 64; scaled with the width so that activations
+    # (and float error) stay at their size: at 0.15, a width of 448 amplifies float error 100-fold
+    # (full attention's logits then differ from the reference by 2.6e-4, statekv's by the same).
+    width = n_head * head_dim
+    hf_dir = tiny.make_qwen2(tmp_path / "hf", seed=3, hidden_size=width, num_attention_heads=n_head,
+                             num_key_value_heads=n_kv, initializer_range=0.15 * (64 / width) ** 0.5)
+    model = statekv.Model(str(convert(hf_dir, tmp_path / "m.gguf", "f32")), threads=2)
+    hf = load_hf(hf_dir)
+    video = Video(hf, seed=9, n_steps=9, lengths=(17, 263, 18, 19, 130, 20))
+    s = model.session(mode="statekv", budget=45, kv_type="f32")
+    ref = StateKVReference(hf, "statekv", budget=45)
+    s.prefill(video.prefix)
+    ref.prefill(video.prefix)
+    ties = []
+    for t, st in enumerate(video.steps):
+        s.add_step(**st)
+        ref_step(ref, st)
+        check_carried(s, ref, f"{layout}, after step {t}", ties)
+    assert len(ties) <= 2, ties
+    got, want = s.question_logits(video.questions[0]), ref.question_logits(video.questions[0])
+    assert rel(got, want) <= TOL, f"{layout}: rel {rel(got, want):.3g}"
+
+
 def test_question_midway_then_more_steps(engine):
     """Asking (question_logits, generate, stream) and then adding steps gives the same later
     answers as adding every step first: a question leaves C, D and positions unchanged."""

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <string>
 
+#include "graph/key_mass.h"
+
 namespace statekv {
 
 ggml_tensor* causal_mask(GraphBuilder& g, const std::vector<KeyRun>& keys, int64_t q0, int64_t n_q, bool finite,
@@ -120,6 +122,13 @@ ScoredAttention scored_attention(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k
     ggml_context* ctx = g.ctx();
     const int64_t d = q->ne[0], H = q->ne[1], n_q = q->ne[2];
     const int64_t n_kv = k->ne[1], H_kv = k->ne[2], G = H / H_kv;
+    if (g.on_cpu) {
+        // The output from the fused kernel, the scores from statekv's own kernel: neither keeps
+        // a probability matrix, so no tiling.
+        ggml_tensor* mask = causal_mask(g, {{0, n_kv}}, n_visible, n_q, false, false, 0, n_visible);
+        return {flash_attention(ctx, q, k, v, mask, scale), attention_key_mass(g, q, k, mask, scale)};
+    }
+    // Other devices: ggml's own ops, the probabilities explicit, in tiles of queries.
     const int64_t per_query = n_kv * H * int64_t(sizeof(float)) * 2;  // scores and probabilities
     const int64_t tile = std::max<int64_t>(1, std::min<int64_t>(n_q, int64_t(max_probability_bytes) / per_query));
     ggml_tensor* out = nullptr;
@@ -134,11 +143,7 @@ ScoredAttention scored_attention(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k
         // probabilities below exist only to be reduced into the key scores.
         ggml_tensor* o = flash_attention(ctx, qt, k, v, mask, scale);  // [d * H, nt]
         out = out ? ggml_concat(ctx, out, o, 1) : o;
-        // [d, nt, H], contiguous and already in the keys' type: ggml's CPU mul_mat hands a
-        // contiguous operand pair of one type to llamafile's tiled GEMM, while a permuted f32 one
-        // went through per-row dot products, which made these scores cost as much as the rest of
-        // a step at B = 4096 (docs/performance.md section 5). The values are those ggml's own
-        // conversion to the keys' type gave.
+        // [d, nt, H], contiguous and in the keys' type: one batched GEMM per head.
         ggml_tensor* qp = ggml_cast(ctx, ggml_permute(ctx, qt, 0, 2, 1, 3), k->type);
         ggml_tensor* p = ggml_soft_max_ext(ctx, ggml_mul_mat(ctx, k, qp), mask, scale, 0.0f);  // [n_kv, nt, H]
         // Sum over the tile's queries and the G heads of each KV group. The heads of a group are

@@ -120,29 +120,12 @@ public:
         const ggml_type t = c_->k(layer)->type;
         ggml_tensor* ks = ggml_cast(ctx, kb, t);
         ggml_tensor* vs = ggml_cast(ctx, vb, t);
-        // llamafile's tiled GEMM multiplies the scores' f16 matrices only when the key count is
-        // a multiple of 4 (ggml falls back to one dot product per key and query otherwise, and
-        // a 263-token frame step never gave one: most of the step's extra cost over full
-        // attention, docs/performance.md section 8). So when this step selects, [C ; step] ends
-        // with up to 3 zero keys: their index is past every query's, so the causal mask hides
-        // them (probability exactly 0, the real keys' probabilities unchanged), and the ranking
-        // below leaves them out.
-        const int64_t pad = n_all > budget_ ? (4 - n_all % 4) % 4 : 0;
-        if (pad) {
-            ggml_tensor* zeros = g.shared_input("c_pad " + std::to_string(t) + " " + std::to_string(pad), [&] {
-                std::vector<uint8_t> z(ggml_row_size(t, shape_.head_dim) * pad * shape_.n_head_kv, 0);
-                return g.input(t, {shape_.head_dim, pad, shape_.n_head_kv}, z.data(), "c_pad");
-            });
-            ks = ggml_concat(ctx, ks, zeros, 1);
-            vs = ggml_concat(ctx, vs, zeros, 1);
-        }
         ggml_tensor* k_all = n_kept_ ? ggml_concat(ctx, first_slots(ctx, c_->k(layer), n_kept_), ks, 1) : ks;
         ggml_tensor* v_all = n_kept_ ? ggml_concat(ctx, first_slots(ctx, c_->v(layer), n_kept_), vs, 1) : vs;
         ggml_tensor* ids_all = n_kept_ ? ggml_concat(ctx, first_slots(ctx, c_->ids(layer), n_kept_), batch_ids_, 1)
                                        : batch_ids_;
         ScoredAttention a = scored_attention(g, q, k_all, v_all, n_kept_, scale);
-        // [n_all, H_kv]: what the selection ranks (the padding's scores left out)
-        ggml_tensor* scores = pad ? ggml_view_2d(ctx, a.scores, n_all, shape_.n_head_kv, a.scores->nb[1], 0) : a.scores;
+        ggml_tensor* scores = a.scores;  // [n_all, H_kv]: what the selection ranks
         ggml_tensor* acc = nullptr;      // [1, n_all, H_kv]: accumulated scores to carry (decay)
         if (decays()) {
             // d * s_prev + s_step; the step's keys have s_prev = 0.

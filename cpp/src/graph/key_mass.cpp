@@ -1,0 +1,187 @@
+#include "graph/key_mass.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "graph/vec_math.h"
+
+namespace statekv {
+namespace {
+
+using vec::f32x8;
+using vec::kLanes;
+
+// Independent partial sums: each covers a contiguous range of (query, KV group) rows and fills
+// its own [n_kv, H_kv] slice, so no two threads write the same memory whatever their number; the
+// slices are added afterwards. 32 keeps up to 32 threads busy on one step.
+constexpr int64_t kPartials = 32;
+// Keys per block of the transposed key layout: two vectors.
+constexpr int64_t kBlock = 2 * kLanes;
+
+// Scores of R query heads (pre-scaled rows qs[r * d ...]) against all keys of one KV head:
+// out[r * n_kv + j] = qs[r] . k_j + mask[j]. kb holds the keys in blocks of 16, transposed within
+// a block ([n_kv / 16][d][16]), so a block is two vectors per dimension, read in order from one
+// contiguous 4 KB, and each dimension is one multiply-add per vector and head.
+template <int R>
+STATEKV_ALWAYS_INLINE void score_rows(const float* kb, int64_t n_kv, int64_t d, const float* qs, const float* mask,
+                                      float* out) {
+    for (int64_t j = 0; j < n_kv; j += kBlock) {
+        const float* block = kb + j * d;
+        f32x8 acc[R][2];
+        for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = vec::splat(0.0f);
+        for (int64_t c = 0; c < d; ++c) {
+            const f32x8 k0 = vec::load(block + c * kBlock), k1 = vec::load(block + c * kBlock + kLanes);
+            for (int r = 0; r < R; ++r) {
+                const float qv = qs[r * d + c];
+                acc[r][0] += qv * k0;
+                acc[r][1] += qv * k1;
+            }
+        }
+        // The last block's padding keys are computed and not stored.
+        const int64_t n0 = std::min<int64_t>(kLanes, n_kv - j), n1 = std::min<int64_t>(kLanes, n_kv - j - n0);
+        const f32x8 m0 = vec::load_first(mask + j, n0);
+        const f32x8 m1 = n1 > 0 ? vec::load_first(mask + j + kLanes, n1) : vec::splat(0.0f);
+        for (int r = 0; r < R; ++r) {
+            vec::store_first(out + r * n_kv + j, acc[r][0] + m0, n0);
+            if (n1 > 0) vec::store_first(out + r * n_kv + j + kLanes, acc[r][1] + m1, n1);
+        }
+    }
+}
+
+// In place: row <- exp(row - max(row)), masked keys exactly 0; returns 1 / the row's sum.
+STATEKV_ALWAYS_INLINE float exp_row(float* row, int64_t n) {
+    f32x8 mx = vec::splat(-INFINITY);
+    int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes) {
+        const f32x8 v = vec::load(row + j);
+        mx = v > mx ? v : mx;
+    }
+    float m = vec::max_lane(mx);
+    for (; j < n; ++j) m = std::max(m, row[j]);
+    // Masked keys (-inf, or the finite mask's -65504) get exactly 0, as in a softmax.
+    const f32x8 vm = vec::splat(m), cut = vec::splat(-80.0f), zero = vec::splat(0.0f);
+    f32x8 sum = zero;
+    for (j = 0; j < n; j += kLanes) {
+        const int64_t nj = std::min<int64_t>(kLanes, n - j);
+        const f32x8 t = (nj == kLanes ? vec::load(row + j) : vec::load_first(row + j, nj)) - vm;
+        f32x8 e = vec::exp_clamped(t);
+        e = t < cut ? zero : e;
+        if (nj < kLanes) {
+            for (int64_t l = nj; l < kLanes; ++l) e[l] = 0.0f;
+        }
+        sum += e;
+        vec::store_first(row + j, e, nj);
+    }
+    return static_cast<float>(1.0 / vec::sum_lanes(sum));
+}
+
+struct KeyMassArgs {
+    const ggml_tensor* q;     // [d, H, n_q] F32, pre-scaled
+    const float* kb;          // [16, d, n_kv / 16 rounded up, H_kv] F32 contiguous
+    const ggml_tensor* mask;  // [n_kv, n_q] F32
+    int64_t d, H, n_q, n_kv, H_kv, G;
+};
+
+// Rows [r0, r1) of (query i, KV group g) = (r / H_kv, r % H_kv), added into mass [H_kv][n_kv].
+STATEKV_CPU_CLONES
+void key_mass_rows(const KeyMassArgs& a, int64_t r0, int64_t r1, float* mass, float* buf, float* qs) {
+    const int64_t d = a.d, n_kv = a.n_kv, G = a.G;
+    std::vector<float> inv(static_cast<size_t>(G));
+    for (int64_t r = r0; r < r1; ++r) {
+        const int64_t i = r / a.H_kv, g = r % a.H_kv;
+        for (int64_t h = 0; h < G; ++h) {
+            const char* qrow = static_cast<const char*>(a.q->data) + (g * G + h) * a.q->nb[1] + i * a.q->nb[2];
+            std::memcpy(qs + h * d, qrow, static_cast<size_t>(d) * sizeof(float));
+        }
+        const float* kb = a.kb + g * d * ((n_kv + kBlock - 1) / kBlock * kBlock);
+        const float* mask = reinterpret_cast<const float*>(static_cast<const char*>(a.mask->data) + i * a.mask->nb[1]);
+        for (int64_t h0 = 0; h0 < G; h0 += 4) {
+            const float* qh = qs + h0 * d;
+            float* out = buf + h0 * n_kv;
+            switch (std::min<int64_t>(4, G - h0)) {
+                case 4: score_rows<4>(kb, n_kv, d, qh, mask, out); break;
+                case 3: score_rows<3>(kb, n_kv, d, qh, mask, out); break;
+                case 2: score_rows<2>(kb, n_kv, d, qh, mask, out); break;
+                default: score_rows<1>(kb, n_kv, d, qh, mask, out); break;
+            }
+        }
+        for (int64_t h = 0; h < G; ++h) inv[static_cast<size_t>(h)] = exp_row(buf + h * n_kv, n_kv);
+        float* m = mass + g * n_kv;
+        for (int64_t j = 0; j < n_kv; j += kLanes) {
+            const int64_t nj = std::min<int64_t>(kLanes, n_kv - j);
+            f32x8 acc = nj == kLanes ? vec::load(m + j) : vec::load_first(m + j, nj);
+            for (int64_t h = 0; h < G; ++h) {
+                const float* row = buf + h * n_kv + j;
+                acc += inv[static_cast<size_t>(h)] * (nj == kLanes ? vec::load(row) : vec::load_first(row, nj));
+            }
+            vec::store_first(m + j, acc, nj);
+        }
+    }
+}
+
+// dst [16 * d, n_blocks, H_kv] from keys k [d, n_kv, H_kv] (F32): block b of KV head g holds
+// keys 16 b .. 16 b + 15 transposed (dimension-major), zeros past the last key.
+void block_keys_task(ggml_tensor* dst, int ith, int nth, void*) {
+    const ggml_tensor* k = dst->src[0];
+    const int64_t d = k->ne[0], n_kv = k->ne[1], n_blocks = dst->ne[1], H_kv = dst->ne[2];
+    for (int64_t t = ith; t < n_blocks * H_kv; t += nth) {
+        const int64_t b = t % n_blocks, g = t / n_blocks;
+        float* out = reinterpret_cast<float*>(static_cast<char*>(dst->data) + b * dst->nb[1] + g * dst->nb[2]);
+        for (int64_t l = 0; l < kBlock; ++l) {
+            const int64_t j = b * kBlock + l;
+            if (j >= n_kv) {
+                for (int64_t c = 0; c < d; ++c) out[c * kBlock + l] = 0.0f;
+                continue;
+            }
+            const float* key = reinterpret_cast<const float*>(static_cast<const char*>(k->data) + j * k->nb[1] + g * k->nb[2]);
+            for (int64_t c = 0; c < d; ++c) out[c * kBlock + l] = key[c];
+        }
+    }
+}
+
+// dst [n_kv, H_kv, kPartials]: task ith fills partial slices ith, ith + nth, ...
+void key_mass_task(ggml_tensor* dst, int ith, int nth, void*) {
+    const ggml_tensor* q = dst->src[0];
+    const ggml_tensor* kb = dst->src[1];
+    KeyMassArgs a{q, static_cast<const float*>(kb->data), dst->src[2], q->ne[0], q->ne[1], q->ne[2],
+                  dst->ne[0], dst->ne[1], q->ne[1] / dst->ne[1]};
+    const int64_t rows = a.n_q * a.H_kv, n_part = dst->ne[2];
+    std::vector<float> buf(static_cast<size_t>(a.G * a.n_kv)), qs(static_cast<size_t>(a.G * a.d));
+    for (int64_t p = ith; p < n_part; p += nth) {
+        float* mass = reinterpret_cast<float*>(static_cast<char*>(dst->data) + p * dst->nb[2]);
+        std::fill(mass, mass + a.n_kv * a.H_kv, 0.0f);
+        key_mass_rows(a, rows * p / n_part, rows * (p + 1) / n_part, mass, buf.data(), qs.data());
+    }
+}
+
+}  // namespace
+
+ggml_tensor* attention_key_mass(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k, ggml_tensor* mask, float scale) {
+    ggml_context* ctx = g.ctx();
+    const int64_t d = q->ne[0], n_kv = k->ne[1], H_kv = k->ne[2];
+    // The keys widened and laid out in blocks once per layer, the queries scaled, the mask
+    // widened once per graph.
+    ggml_tensor* k32 = k->type == GGML_TYPE_F32 ? k : ggml_cast(ctx, k, GGML_TYPE_F32);
+    ggml_tensor* kb = ggml_custom_4d(ctx, GGML_TYPE_F32, kBlock * d, (n_kv + kBlock - 1) / kBlock, H_kv, 1, &k32, 1,
+                                     block_keys_task, GGML_N_TASKS_MAX, nullptr);
+    ggml_tensor* qs = ggml_scale(ctx, q, scale);
+    ggml_tensor* mask32 = g.shared_input("f32 of " + std::string(ggml_get_name(mask)) + " " +
+                                             std::to_string(reinterpret_cast<uintptr_t>(mask)),
+                                         [&] { return ggml_cast(ctx, mask, GGML_TYPE_F32); });
+    ggml_tensor* args[3] = {qs, kb, mask32};
+    const int64_t n_part = std::min<int64_t>(kPartials, q->ne[2] * H_kv);
+    ggml_tensor* parts = ggml_custom_4d(ctx, GGML_TYPE_F32, n_kv, H_kv, n_part, 1, args, 3, key_mass_task,
+                                        GGML_N_TASKS_MAX, nullptr);
+    // Sum of the partial slices: out_prod with a column of ones contracts them in one pass.
+    ggml_tensor* ones = g.shared_input("ones 1 " + std::to_string(n_part), [&] {
+        return g.input_f32(std::vector<float>(static_cast<size_t>(n_part), 1.0f), {1, n_part}, "ones");
+    });
+    ggml_tensor* sum = ggml_out_prod(ctx, ggml_reshape_2d(ctx, parts, n_kv * H_kv, n_part), ones);
+    return ggml_reshape_2d(ctx, sum, n_kv, H_kv);
+}
+
+}  // namespace statekv
