@@ -78,8 +78,9 @@ ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vec
 // Attention with key scores (the StateKV step). k, v: [head_dim, n_kv, n_head_kv] (F32 or F16), the
 // first n_visible keys visible to every query, the last n_q keys the queries' own (causal).
 // Returns the output [head_dim * n_head, n_q] and scores [n_kv, n_head_kv]: per key, the
-// softmax mass summed over queries and over the query heads of its KV group. Queries are
-// processed in tiles so the probability matrix stays bounded in memory.
+// softmax mass summed over queries and over the query heads of its KV group. On the CPU backend
+// the scores come from statekv's kernel (graph/key_mass.h), which keeps no probability matrix;
+// elsewhere from ggml's ops, the queries in tiles so that the matrix stays bounded in memory.
 struct ScoredAttention {
     ggml_tensor* out;
     ggml_tensor* scores;

@@ -27,8 +27,9 @@ public:
     ggml_tensor* input(ggml_type type, std::vector<int64_t> shape, const void* bytes, const char* name);
     ggml_tensor* input_i32(const std::vector<int32_t>& v, const char* name);
     ggml_tensor* input_f32(const std::vector<float>& v, std::vector<int64_t> shape, const char* name);
-    // An input every layer of the graph shares (a mask, a column of ones): made by `make` the
-    // first time `key` is asked for, reused afterwards, so it is built and uploaded once.
+    // An input every layer of the graph shares (a mask, a column of ones, or a node computed once
+    // from one, such as a widened mask): made by `make` the first time `key` is asked for, reused
+    // afterwards, so it is built and uploaded once.
     ggml_tensor* shared_input(const std::string& key, const std::function<ggml_tensor*()>& make);
     // An input whose data the caller writes once the graph is allocated (large inputs of a graph
     // that is run again with new values: no host copy is kept).

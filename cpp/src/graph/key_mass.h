@@ -16,7 +16,7 @@ namespace statekv {
 // matrix (64 MB a layer for a 263-token step over 4,360 keys) then goes through memory three
 // times (scores, softmax, reduction). Here each (query, KV group) computes its G rows of scores
 // into a per-thread buffer with the keys as the vector dimension, normalizes them there and adds
-// them to the keys' mass: about a third of the time (docs/performance.md section 9).
+// them to the keys' mass: under half the time (docs/performance.md section 9).
 ggml_tensor* attention_key_mass(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k, ggml_tensor* mask, float scale);
 
 }  // namespace statekv
