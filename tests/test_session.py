@@ -292,16 +292,17 @@ def test_frame_sized_steps_match_reference(engine, mode):
         assert rel(got, want) <= TOL, f"Model.logits over {len(toks)} tokens: rel {rel(got, want):.3g}"
 
 
-# query heads, KV heads, head size: groups of 7 (KV scores in chunks of 4 + 3 heads), 3 and 1
-HEAD_LAYOUTS = {"7/1x64": (7, 1, 64), "6/2x16": (6, 2, 16), "4/4x16": (4, 4, 16)}
+# query heads, KV heads, head size: groups of 7 (the kernel's score passes of 4 + 3 heads, value
+# passes of 2 + 2 + 2 + 1), 3 and 1, and a head size that is not a multiple of the 8-float vectors
+HEAD_LAYOUTS = {"7/1x64": (7, 1, 64), "6/2x16": (6, 2, 16), "4/4x16": (4, 4, 16), "4/2x12": (4, 2, 12)}
 
 
 @pytest.mark.parametrize("layout", HEAD_LAYOUTS)
 def test_selection_across_head_layouts(tmp_path, layout):
-    """The key scores that select C, for query-head groups of several sizes and a real head size
-    of 64, on 2 threads: after every step C is the reference's (steps of 17-263 tokens, so the
-    candidate counts are not multiples of the kernel's 16-key blocks), and question logits
-    agree."""
+    """A selecting step's attention output and key scores (graph/key_mass.cpp on the CPU), for
+    query-head groups of several sizes, a real head size of 64 and an odd one of 12, on 2 threads:
+    after every step C is the reference's (steps of 17-263 tokens, so the candidate counts are not
+    multiples of the kernel's 16-key blocks), and question logits after 9 selecting steps agree."""
     import tiny
     from statekv.convert import convert
 

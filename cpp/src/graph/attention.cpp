@@ -123,10 +123,9 @@ ScoredAttention scored_attention(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k
     const int64_t d = q->ne[0], H = q->ne[1], n_q = q->ne[2];
     const int64_t n_kv = k->ne[1], H_kv = k->ne[2], G = H / H_kv;
     if (g.on_cpu) {
-        // The output from the fused kernel, the scores from statekv's own kernel: neither keeps
-        // a probability matrix, so no tiling.
-        ggml_tensor* mask = causal_mask(g, {{0, n_kv}}, n_visible, n_q, false, false, 0, n_visible);
-        return {flash_attention(ctx, q, k, v, mask, scale), attention_key_mass(g, q, k, mask, scale)};
+        // Output and scores from statekv's own kernel in one pass, no probability matrix.
+        return attention_with_key_mass(g, q, k, v, causal_mask(g, {{0, n_kv}}, n_visible, n_q, false, false, 0, n_visible),
+                                       scale);
     }
     // Other devices: ggml's own ops, the probabilities explicit, in tiles of queries.
     const int64_t per_query = n_kv * H * int64_t(sizeof(float)) * 2;  // scores and probabilities

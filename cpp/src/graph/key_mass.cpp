@@ -43,11 +43,11 @@ STATEKV_ALWAYS_INLINE void score_rows(const float* kb, int64_t n_kv, int64_t d, 
         }
         // The last block's padding keys are computed and not stored.
         const int64_t n0 = std::min<int64_t>(kLanes, n_kv - j), n1 = std::min<int64_t>(kLanes, n_kv - j - n0);
-        const f32x8 m0 = vec::load_first(mask + j, n0);
-        const f32x8 m1 = n1 > 0 ? vec::load_first(mask + j + kLanes, n1) : vec::splat(0.0f);
+        const f32x8 m0 = vec::load_up_to(mask + j, n0);
+        const f32x8 m1 = n1 > 0 ? vec::load_up_to(mask + j + kLanes, n1) : vec::splat(0.0f);
         for (int r = 0; r < R; ++r) {
-            vec::store_first(out + r * n_kv + j, acc[r][0] + m0, n0);
-            if (n1 > 0) vec::store_first(out + r * n_kv + j + kLanes, acc[r][1] + m1, n1);
+            vec::store_up_to(out + r * n_kv + j, acc[r][0] + m0, n0);
+            if (n1 > 0) vec::store_up_to(out + r * n_kv + j + kLanes, acc[r][1] + m1, n1);
         }
     }
 }
@@ -67,26 +67,71 @@ STATEKV_ALWAYS_INLINE float exp_row(float* row, int64_t n) {
     f32x8 sum = zero;
     for (j = 0; j < n; j += kLanes) {
         const int64_t nj = std::min<int64_t>(kLanes, n - j);
-        const f32x8 t = (nj == kLanes ? vec::load(row + j) : vec::load_first(row + j, nj)) - vm;
+        const f32x8 t = vec::load_up_to(row + j, nj) - vm;
         f32x8 e = vec::exp_clamped(t);
         e = t < cut ? zero : e;
         if (nj < kLanes) {
             for (int64_t l = nj; l < kLanes; ++l) e[l] = 0.0f;
         }
         sum += e;
-        vec::store_first(row + j, e, nj);
+        vec::store_up_to(row + j, e, nj);
     }
     return static_cast<float>(1.0 / vec::sum_lanes(sum));
+}
+
+// out_r[c0 .. c0 + 8 NV) = inv[r] * sum_j e[r * n_kv + j] v_j[c0 ..] for R heads: the attention
+// output from the normalized rows, values [n_kv][d] read in order, NV vectors of each.
+template <int R, int NV>
+STATEKV_ALWAYS_INLINE void weigh_values(const float* v, int64_t n_kv, int64_t d, int64_t c0, const float* e,
+                                        const float* inv, float* const* out) {
+    f32x8 acc[R][NV];
+    for (int r = 0; r < R; ++r)
+        for (int u = 0; u < NV; ++u) acc[r][u] = vec::splat(0.0f);
+    for (int64_t j = 0; j < n_kv; ++j) {
+        const float* vj = v + j * d + c0;
+        f32x8 x[NV];
+        for (int u = 0; u < NV; ++u) x[u] = vec::load(vj + u * kLanes);
+        for (int r = 0; r < R; ++r) {
+            const float p = e[r * n_kv + j];
+            for (int u = 0; u < NV; ++u) acc[r][u] += p * x[u];
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int u = 0; u < NV; ++u) vec::store(out[r] + c0 + u * kLanes, inv[r] * acc[r][u]);
+}
+
+template <int R>
+STATEKV_ALWAYS_INLINE void weigh_values_all(const float* v, int64_t n_kv, int64_t d, const float* e, const float* inv,
+                                            float* const* out) {
+    int64_t c0 = 0;
+    for (; c0 + 4 * kLanes <= d; c0 += 4 * kLanes) weigh_values<R, 4>(v, n_kv, d, c0, e, inv, out);
+    switch ((d - c0) / kLanes) {
+        case 3: weigh_values<R, 3>(v, n_kv, d, c0, e, inv, out); break;
+        case 2: weigh_values<R, 2>(v, n_kv, d, c0, e, inv, out); break;
+        case 1: weigh_values<R, 1>(v, n_kv, d, c0, e, inv, out); break;
+        default: break;
+    }
+    // A head size that is not a multiple of 8 (no supported model has one): its last dimensions.
+    for (int64_t c = c0 + (d - c0) / kLanes * kLanes; c < d; ++c) {
+        for (int r = 0; r < R; ++r) {
+            double sum = 0.0;
+            for (int64_t j = 0; j < n_kv; ++j) sum += e[r * n_kv + j] * v[j * d + c];
+            out[r][c] = static_cast<float>(inv[r] * sum);
+        }
+    }
 }
 
 struct KeyMassArgs {
     const ggml_tensor* q;     // [d, H, n_q] F32, pre-scaled
     const float* kb;          // [16, d, n_kv / 16 rounded up, H_kv] F32 contiguous
     const ggml_tensor* mask;  // [n_kv, n_q] F32
+    const float* v;           // [d, n_kv, H_kv] F32 contiguous
+    float* out;               // [d, H, n_q]: the attention output
     int64_t d, H, n_q, n_kv, H_kv, G;
 };
 
-// Rows [r0, r1) of (query i, KV group g) = (r / H_kv, r % H_kv), added into mass [H_kv][n_kv].
+// Rows [r0, r1) of (query i, KV group g) = (r / H_kv, r % H_kv): their attention output, and their
+// probabilities added into mass [H_kv][n_kv].
 STATEKV_CPU_CLONES
 void key_mass_rows(const KeyMassArgs& a, int64_t r0, int64_t r1, float* mass, float* buf, float* qs) {
     const int64_t d = a.d, n_kv = a.n_kv, G = a.G;
@@ -110,15 +155,19 @@ void key_mass_rows(const KeyMassArgs& a, int64_t r0, int64_t r1, float* mass, fl
             }
         }
         for (int64_t h = 0; h < G; ++h) inv[static_cast<size_t>(h)] = exp_row(buf + h * n_kv, n_kv);
+        const float* v = a.v + g * n_kv * d;
+        for (int64_t h0 = 0; h0 < G; h0 += 2) {
+            float* first = a.out + (i * a.H + g * G + h0) * d;
+            float* out[2] = {first, G - h0 >= 2 ? first + d : first};
+            if (G - h0 >= 2) weigh_values_all<2>(v, n_kv, d, buf + h0 * n_kv, inv.data() + h0, out);
+            else weigh_values_all<1>(v, n_kv, d, buf + h0 * n_kv, inv.data() + h0, out);
+        }
         float* m = mass + g * n_kv;
         for (int64_t j = 0; j < n_kv; j += kLanes) {
             const int64_t nj = std::min<int64_t>(kLanes, n_kv - j);
-            f32x8 acc = nj == kLanes ? vec::load(m + j) : vec::load_first(m + j, nj);
-            for (int64_t h = 0; h < G; ++h) {
-                const float* row = buf + h * n_kv + j;
-                acc += inv[static_cast<size_t>(h)] * (nj == kLanes ? vec::load(row) : vec::load_first(row, nj));
-            }
-            vec::store_first(m + j, acc, nj);
+            f32x8 acc = vec::load_up_to(m + j, nj);
+            for (int64_t h = 0; h < G; ++h) acc += inv[static_cast<size_t>(h)] * vec::load_up_to(buf + h * n_kv + j, nj);
+            vec::store_up_to(m + j, acc, nj);
         }
     }
 }
@@ -143,16 +192,20 @@ void block_keys_task(ggml_tensor* dst, int ith, int nth, void*) {
     }
 }
 
-// dst [n_kv, H_kv, kPartials]: task ith fills partial slices ith, ith + nth, ...
-void key_mass_task(ggml_tensor* dst, int ith, int nth, void*) {
+// dst: the output [d, H, n_q], then the partial masses [n_kv, H_kv, n_part], flat. Task ith handles
+// the rows of partials ith, ith + nth, ...
+void attention_task(ggml_tensor* dst, int ith, int nth, void* n_part_arg) {
     const ggml_tensor* q = dst->src[0];
     const ggml_tensor* kb = dst->src[1];
-    KeyMassArgs a{q, static_cast<const float*>(kb->data), dst->src[2], q->ne[0], q->ne[1], q->ne[2],
-                  dst->ne[0], dst->ne[1], q->ne[1] / dst->ne[1]};
-    const int64_t rows = a.n_q * a.H_kv, n_part = dst->ne[2];
+    const ggml_tensor* v = dst->src[3];
+    const int64_t n_part = reinterpret_cast<intptr_t>(n_part_arg);
+    KeyMassArgs a{q, static_cast<const float*>(kb->data), dst->src[2], static_cast<const float*>(v->data),
+                  static_cast<float*>(dst->data), q->ne[0], q->ne[1], q->ne[2], v->ne[1], v->ne[2], q->ne[1] / v->ne[2]};
+    const int64_t rows = a.n_q * a.H_kv;
+    float* masses = a.out + a.d * a.H * a.n_q;
     std::vector<float> buf(static_cast<size_t>(a.G * a.n_kv)), qs(static_cast<size_t>(a.G * a.d));
     for (int64_t p = ith; p < n_part; p += nth) {
-        float* mass = reinterpret_cast<float*>(static_cast<char*>(dst->data) + p * dst->nb[2]);
+        float* mass = masses + p * a.n_kv * a.H_kv;
         std::fill(mass, mass + a.n_kv * a.H_kv, 0.0f);
         key_mass_rows(a, rows * p / n_part, rows * (p + 1) / n_part, mass, buf.data(), qs.data());
     }
@@ -160,28 +213,31 @@ void key_mass_task(ggml_tensor* dst, int ith, int nth, void*) {
 
 }  // namespace
 
-ggml_tensor* attention_key_mass(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k, ggml_tensor* mask, float scale) {
+ScoredAttention attention_with_key_mass(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, ggml_tensor* mask,
+                                        float scale) {
     ggml_context* ctx = g.ctx();
-    const int64_t d = q->ne[0], n_kv = k->ne[1], H_kv = k->ne[2];
-    // The keys widened and laid out in blocks once per layer, the queries scaled, the mask
-    // widened once per graph.
+    const int64_t d = q->ne[0], H = q->ne[1], n_q = q->ne[2], n_kv = k->ne[1], H_kv = k->ne[2];
+    // The keys widened and laid out in blocks and the values widened once per layer, the queries
+    // scaled, the mask widened once per graph.
     ggml_tensor* k32 = k->type == GGML_TYPE_F32 ? k : ggml_cast(ctx, k, GGML_TYPE_F32);
     ggml_tensor* kb = ggml_custom_4d(ctx, GGML_TYPE_F32, kBlock * d, (n_kv + kBlock - 1) / kBlock, H_kv, 1, &k32, 1,
                                      block_keys_task, GGML_N_TASKS_MAX, nullptr);
+    ggml_tensor* v32 = v->type == GGML_TYPE_F32 ? v : ggml_cast(ctx, v, GGML_TYPE_F32);
     ggml_tensor* qs = ggml_scale(ctx, q, scale);
     ggml_tensor* mask32 = g.shared_input("f32 of " + std::string(ggml_get_name(mask)) + " " +
                                              std::to_string(reinterpret_cast<uintptr_t>(mask)),
                                          [&] { return ggml_cast(ctx, mask, GGML_TYPE_F32); });
-    ggml_tensor* args[3] = {qs, kb, mask32};
-    const int64_t n_part = std::min<int64_t>(kPartials, q->ne[2] * H_kv);
-    ggml_tensor* parts = ggml_custom_4d(ctx, GGML_TYPE_F32, n_kv, H_kv, n_part, 1, args, 3, key_mass_task,
-                                        GGML_N_TASKS_MAX, nullptr);
-    // Sum of the partial slices: out_prod with a column of ones contracts them in one pass.
+    ggml_tensor* args[4] = {qs, kb, mask32, v32};
+    const int64_t n_part = std::min<int64_t>(kPartials, n_q * H_kv), n_out = d * H * n_q;
+    ggml_tensor* both = ggml_custom_4d(ctx, GGML_TYPE_F32, n_out + n_kv * H_kv * n_part, 1, 1, 1, args, 4, attention_task,
+                                       GGML_N_TASKS_MAX, reinterpret_cast<void*>(static_cast<intptr_t>(n_part)));
+    ggml_tensor* out = ggml_view_2d(ctx, both, d * H, n_q, d * H * sizeof(float), 0);
+    ggml_tensor* parts = ggml_view_2d(ctx, both, n_kv * H_kv, n_part, n_kv * H_kv * sizeof(float), n_out * sizeof(float));
+    // Sum of the partial masses: out_prod with a column of ones contracts them in one pass.
     ggml_tensor* ones = g.shared_input("ones 1 " + std::to_string(n_part), [&] {
         return g.input_f32(std::vector<float>(static_cast<size_t>(n_part), 1.0f), {1, n_part}, "ones");
     });
-    ggml_tensor* sum = ggml_out_prod(ctx, ggml_reshape_2d(ctx, parts, n_kv * H_kv, n_part), ones);
-    return ggml_reshape_2d(ctx, sum, n_kv, H_kv);
+    return {out, ggml_reshape_2d(ctx, ggml_out_prod(ctx, parts, ones), n_kv, H_kv)};
 }
 
 }  // namespace statekv

@@ -33,6 +33,13 @@ STATEKV_ALWAYS_INLINE f32x8 load_first(const float* p, int64_t n) {
 }
 STATEKV_ALWAYS_INLINE void store(float* p, f32x8 v) { std::memcpy(p, &v, sizeof v); }
 STATEKV_ALWAYS_INLINE void store_first(float* p, f32x8 v, int64_t n) { std::memcpy(p, &v, sizeof(float) * static_cast<size_t>(n)); }
+// n <= 8 lanes: a whole vector when n == 8 (a fixed-size copy the compiler turns into one
+// instruction; the variable-size one is a call to memcpy).
+STATEKV_ALWAYS_INLINE f32x8 load_up_to(const float* p, int64_t n) { return n == kLanes ? load(p) : load_first(p, n); }
+STATEKV_ALWAYS_INLINE void store_up_to(float* p, f32x8 v, int64_t n) {
+    if (n == kLanes) store(p, v);
+    else store_first(p, v, n);
+}
 
 STATEKV_ALWAYS_INLINE float max_lane(f32x8 v) {
     float m = v[0];
