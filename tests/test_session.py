@@ -136,6 +136,19 @@ def feed(s, steps):
         s.add_step(**st)
 
 
+def steps_checked(s, ref, video, where=""):
+    """The video's prefix, then its steps, on both; C checked against the reference after every
+    step. Returns the float ties met at selection boundaries."""
+    s.prefill(video.prefix)
+    ref.prefill(video.prefix)
+    ties = []
+    for t, st in enumerate(video.steps):
+        s.add_step(**st)
+        ref_step(ref, st)
+        check_carried(s, ref, f"{where}after step {t}", ties)
+    return ties
+
+
 # ----------------------------------------------------------------------------- the reference itself
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3", "qwen3vl"])
 def test_reference_full_equals_transformers(arch, tiny_hf_dir):
@@ -206,13 +219,7 @@ def test_qwen3vl_mrope_deepstack_selection(engine):
     model, hf = engine("qwen3vl")
     video = Video(hf, seed=3, n_steps=20, mrope=True)
     s, ref = make_pair(model, hf, "statekv", budget=40)
-    s.prefill(video.prefix)
-    ref.prefill(video.prefix)
-    ties = []
-    for t, st in enumerate(video.steps):
-        s.add_step(**st)
-        ref_step(ref, st)
-        check_carried(s, ref, f"after step {t}", ties)
+    ties = steps_checked(s, ref, video)
     q = video.questions[0]
     assert rel(s.question_logits(q), ref.question_logits(q)) <= TOL
     assert len(ties) <= 2, ties
@@ -318,13 +325,7 @@ def test_selection_across_head_layouts(tmp_path, layout):
     video = Video(hf, seed=9, n_steps=9, lengths=(17, 263, 18, 19, 130, 20))
     s = model.session(mode="statekv", budget=45, kv_type="f32")
     ref = StateKVReference(hf, "statekv", budget=45)
-    s.prefill(video.prefix)
-    ref.prefill(video.prefix)
-    ties = []
-    for t, st in enumerate(video.steps):
-        s.add_step(**st)
-        ref_step(ref, st)
-        check_carried(s, ref, f"{layout}, after step {t}", ties)
+    ties = steps_checked(s, ref, video, f"{layout}, ")
     assert len(ties) <= 2, ties
     got, want = s.question_logits(video.questions[0]), ref.question_logits(video.questions[0])
     assert rel(got, want) <= TOL, f"{layout}: rel {rel(got, want):.3g}"
