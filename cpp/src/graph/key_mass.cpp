@@ -121,7 +121,7 @@ STATEKV_ALWAYS_INLINE void weigh_values_all(const float* v, int64_t n_kv, int64_
     }
 }
 
-struct KeyMassArgs {
+struct StepRowsArgs {
     const ggml_tensor* q;     // [d, H, n_q] F32, pre-scaled
     const float* kb;          // [16, d, n_kv / 16 rounded up, H_kv] F32 contiguous
     const ggml_tensor* mask;  // [n_kv, n_q] F32
@@ -133,7 +133,7 @@ struct KeyMassArgs {
 // Rows [r0, r1) of (query i, KV group g) = (r / H_kv, r % H_kv): their attention output, and their
 // probabilities added into mass [H_kv][n_kv].
 STATEKV_CPU_CLONES
-void key_mass_rows(const KeyMassArgs& a, int64_t r0, int64_t r1, float* mass, float* buf, float* qs) {
+void attend_rows(const StepRowsArgs& a, int64_t r0, int64_t r1, float* mass, float* buf, float* qs) {
     const int64_t d = a.d, n_kv = a.n_kv, G = a.G;
     std::vector<float> inv(static_cast<size_t>(G));
     for (int64_t r = r0; r < r1; ++r) {
@@ -199,7 +199,7 @@ void attention_task(ggml_tensor* dst, int ith, int nth, void* n_part_arg) {
     const ggml_tensor* kb = dst->src[1];
     const ggml_tensor* v = dst->src[3];
     const int64_t n_part = reinterpret_cast<intptr_t>(n_part_arg);
-    KeyMassArgs a{q, static_cast<const float*>(kb->data), dst->src[2], static_cast<const float*>(v->data),
+    StepRowsArgs a{q, static_cast<const float*>(kb->data), dst->src[2], static_cast<const float*>(v->data),
                   static_cast<float*>(dst->data), q->ne[0], q->ne[1], q->ne[2], v->ne[1], v->ne[2], q->ne[1] / v->ne[2]};
     const int64_t rows = a.n_q * a.H_kv;
     float* masses = a.out + a.d * a.H * a.n_q;
@@ -207,7 +207,7 @@ void attention_task(ggml_tensor* dst, int ith, int nth, void* n_part_arg) {
     for (int64_t p = ith; p < n_part; p += nth) {
         float* mass = masses + p * a.n_kv * a.H_kv;
         std::fill(mass, mass + a.n_kv * a.H_kv, 0.0f);
-        key_mass_rows(a, rows * p / n_part, rows * (p + 1) / n_part, mass, buf.data(), qs.data());
+        attend_rows(a, rows * p / n_part, rows * (p + 1) / n_part, mass, buf.data(), qs.data());
     }
 }
 
