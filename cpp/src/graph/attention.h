@@ -53,6 +53,15 @@ ggml_tensor* causal_mask(GraphBuilder& g, const std::vector<KeyRun>& keys, int64
                          bool finite = false, bool null_if_all_visible = false, int64_t window = 0,
                          int64_t batch_first = -1);
 
+// Fused attention of q [d, n_head, n_q] over k, v [d, n_kv, n_head_kv] (any strides) with an F16
+// mask [n_kv, n_q] (0 or -inf; nullptr: every key visible). Returns [d * n_head, n_q]. ggml's
+// flash attention, except on the CPU for the rows past the last multiple of its 64-row tile: its
+// tiled kernel pays a whole tile for them (a 263-token frame step: 5 tiles per head where 256
+// rows need 4) and its per-row kernel rounds to f16, so they go to statekv's f32 kernel
+// (graph/key_mass.h) and the two outputs are joined (docs/performance.md section 10).
+ggml_tensor* fused_attention(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, ggml_tensor* mask,
+                             float scale);
+
 // Causal attention of the graph's tokens over themselves (stateless logits).
 class CausalSelfAttention final : public LayerAttention {
 public:

@@ -1,6 +1,7 @@
 #include "graph/key_mass.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -131,7 +132,7 @@ struct StepRowsArgs {
 };
 
 // Rows [r0, r1) of (query i, KV group g) = (r / H_kv, r % H_kv): their attention output, and their
-// probabilities added into mass [H_kv][n_kv].
+// probabilities added into mass [H_kv][n_kv] unless mass is null.
 STATEKV_CPU_CLONES
 void attend_rows(const StepRowsArgs& a, int64_t r0, int64_t r1, float* mass, float* buf, float* qs) {
     const int64_t d = a.d, n_kv = a.n_kv, G = a.G;
@@ -162,6 +163,7 @@ void attend_rows(const StepRowsArgs& a, int64_t r0, int64_t r1, float* mass, flo
             if (G - h0 >= 2) weigh_values_all<2>(v, n_kv, d, buf + h0 * n_kv, inv.data() + h0, out);
             else weigh_values_all<1>(v, n_kv, d, buf + h0 * n_kv, inv.data() + h0, out);
         }
+        if (!mass) continue;
         float* m = mass + g * n_kv;
         for (int64_t j = 0; j < n_kv; j += kLanes) {
             const int64_t nj = std::min<int64_t>(kLanes, n_kv - j);
@@ -192,15 +194,19 @@ void block_keys_task(ggml_tensor* dst, int ith, int nth, void*) {
     }
 }
 
+// The kernel's operands as a task sees them: dst->src = (scaled queries, blocked keys, mask, values).
+StepRowsArgs step_rows_args(ggml_tensor* dst) {
+    const ggml_tensor* q = dst->src[0];
+    const ggml_tensor* v = dst->src[3];
+    return {q, static_cast<const float*>(dst->src[1]->data), dst->src[2], static_cast<const float*>(v->data),
+            static_cast<float*>(dst->data), q->ne[0], q->ne[1], q->ne[2], v->ne[1], v->ne[2], q->ne[1] / v->ne[2]};
+}
+
 // dst: the output [d, H, n_q], then the partial masses [n_kv, H_kv, n_part], flat. Task ith handles
 // the rows of partials ith, ith + nth, ...
 void attention_task(ggml_tensor* dst, int ith, int nth, void* n_part_arg) {
-    const ggml_tensor* q = dst->src[0];
-    const ggml_tensor* kb = dst->src[1];
-    const ggml_tensor* v = dst->src[3];
     const int64_t n_part = reinterpret_cast<intptr_t>(n_part_arg);
-    StepRowsArgs a{q, static_cast<const float*>(kb->data), dst->src[2], static_cast<const float*>(v->data),
-                  static_cast<float*>(dst->data), q->ne[0], q->ne[1], q->ne[2], v->ne[1], v->ne[2], q->ne[1] / v->ne[2]};
+    const StepRowsArgs a = step_rows_args(dst);
     const int64_t rows = a.n_q * a.H_kv;
     float* masses = a.out + a.d * a.H * a.n_q;
     std::vector<float> buf(static_cast<size_t>(a.G * a.n_kv)), qs(static_cast<size_t>(a.G * a.d));
@@ -211,25 +217,54 @@ void attention_task(ggml_tensor* dst, int ith, int nth, void* n_part_arg) {
     }
 }
 
+// dst: the output [d, H, n_q] alone; task ith handles an nth of the (query, KV group) rows.
+void attention_only_task(ggml_tensor* dst, int ith, int nth, void*) {
+    const StepRowsArgs a = step_rows_args(dst);
+    const int64_t rows = a.n_q * a.H_kv;
+    std::vector<float> buf(static_cast<size_t>(a.G * a.n_kv)), qs(static_cast<size_t>(a.G * a.d));
+    attend_rows(a, rows * ith / nth, rows * (ith + 1) / nth, nullptr, buf.data(), qs.data());
+}
+
+// The kernel's operands, in the order its tasks read them (dst->src[0..3]): the queries scaled,
+// the keys widened and laid out in blocks, the mask's rows [row0, row0 + n_q) widened (once per
+// graph), the values widened (keys and values once per layer).
+std::array<ggml_tensor*, 4> kernel_operands(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v,
+                                             ggml_tensor* mask, int64_t row0, float scale) {
+    ggml_context* ctx = g.ctx();
+    const int64_t d = q->ne[0], n_q = q->ne[2], n_kv = k->ne[1], H_kv = k->ne[2];
+    ggml_tensor* k32 = k->type == GGML_TYPE_F32 ? k : ggml_cast(ctx, k, GGML_TYPE_F32);
+    ggml_tensor* kb = ggml_custom_4d(ctx, GGML_TYPE_F32, kBlock * d, (n_kv + kBlock - 1) / kBlock, H_kv, 1, &k32, 1,
+                                     block_keys_task, GGML_N_TASKS_MAX, nullptr);
+    // The values are read as one contiguous [d, n_kv] block per KV head.
+    ggml_tensor* v32 = v->type != GGML_TYPE_F32 ? ggml_cast(ctx, v, GGML_TYPE_F32) : ggml_is_contiguous(v) ? v : ggml_cont(ctx, v);
+    ggml_tensor* mask32 = g.shared_input(
+        "f32 of " + std::string(ggml_get_name(mask)) + " " + std::to_string(reinterpret_cast<uintptr_t>(mask)) + " rows " +
+            std::to_string(row0) + ":" + std::to_string(n_q),
+        [&] {
+            ggml_tensor* rows = row0 == 0 && n_q == mask->ne[1]
+                                    ? mask
+                                    : ggml_view_2d(ctx, mask, mask->ne[0], n_q, mask->nb[1], row0 * mask->nb[1]);
+            return ggml_cast(ctx, rows, GGML_TYPE_F32);
+        });
+    return {ggml_scale(ctx, q, scale), kb, mask32, v32};
+}
+
 }  // namespace
+
+ggml_tensor* attention_f32(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, ggml_tensor* mask,
+                           int64_t mask_row0, float scale) {
+    std::array<ggml_tensor*, 4> args = kernel_operands(g, q, k, v, mask, mask_row0, scale);
+    return ggml_custom_4d(g.ctx(), GGML_TYPE_F32, q->ne[0] * q->ne[1], q->ne[2], 1, 1, args.data(), 4,
+                          attention_only_task, GGML_N_TASKS_MAX, nullptr);
+}
 
 ScoredAttention attention_with_key_mass(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, ggml_tensor* mask,
                                         float scale) {
     ggml_context* ctx = g.ctx();
     const int64_t d = q->ne[0], H = q->ne[1], n_q = q->ne[2], n_kv = k->ne[1], H_kv = k->ne[2];
-    // The keys widened and laid out in blocks and the values widened once per layer, the queries
-    // scaled, the mask widened once per graph.
-    ggml_tensor* k32 = k->type == GGML_TYPE_F32 ? k : ggml_cast(ctx, k, GGML_TYPE_F32);
-    ggml_tensor* kb = ggml_custom_4d(ctx, GGML_TYPE_F32, kBlock * d, (n_kv + kBlock - 1) / kBlock, H_kv, 1, &k32, 1,
-                                     block_keys_task, GGML_N_TASKS_MAX, nullptr);
-    ggml_tensor* v32 = v->type == GGML_TYPE_F32 ? v : ggml_cast(ctx, v, GGML_TYPE_F32);
-    ggml_tensor* qs = ggml_scale(ctx, q, scale);
-    ggml_tensor* mask32 = g.shared_input("f32 of " + std::string(ggml_get_name(mask)) + " " +
-                                             std::to_string(reinterpret_cast<uintptr_t>(mask)),
-                                         [&] { return ggml_cast(ctx, mask, GGML_TYPE_F32); });
-    ggml_tensor* args[4] = {qs, kb, mask32, v32};
+    std::array<ggml_tensor*, 4> args = kernel_operands(g, q, k, v, mask, 0, scale);
     const int64_t n_part = std::min<int64_t>(kPartials, n_q * H_kv), n_out = d * H * n_q;
-    ggml_tensor* both = ggml_custom_4d(ctx, GGML_TYPE_F32, n_out + n_kv * H_kv * n_part, 1, 1, 1, args, 4, attention_task,
+    ggml_tensor* both = ggml_custom_4d(ctx, GGML_TYPE_F32, n_out + n_kv * H_kv * n_part, 1, 1, 1, args.data(), 4, attention_task,
                                        GGML_N_TASKS_MAX, reinterpret_cast<void*>(static_cast<intptr_t>(n_part)));
     ggml_tensor* out = ggml_view_2d(ctx, both, d * H, n_q, d * H * sizeof(float), 0);
     ggml_tensor* parts = ggml_view_2d(ctx, both, n_kv * H_kv, n_part, n_kv * H_kv * sizeof(float), n_out * sizeof(float));

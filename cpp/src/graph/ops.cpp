@@ -33,10 +33,6 @@ ggml_tensor* swiglu_ffn(ggml_context* ctx, ggml_tensor* x, ggml_tensor* gate, gg
 ggml_tensor* flash_attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v,
                              ggml_tensor* mask, float scale) {
     // flash_attn_ext wants q as [d, n_q, n_head] and returns [d, n_head, n_q].
-    // One call for all rows, although ggml's CPU kernel pays a whole 64-row tile for the 7 rows
-    // a 263-token frame step has past 256: cutting them off into a second call (its per-row
-    // kernel) made deep steps 7% faster but accumulates their outputs in f16, which moved the
-    // trained Gemma 3's perplexity and the demo's answer (docs/performance.md section 8).
     ggml_tensor* qp = ggml_permute(ctx, q, 0, 2, 1, 3);
     ggml_tensor* out = ggml_flash_attn_ext(ctx, qp, k, v, mask, scale, 0.0f, 0.0f);
     ggml_flash_attn_ext_set_prec(out, GGML_PREC_F32);

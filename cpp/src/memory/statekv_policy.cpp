@@ -112,7 +112,7 @@ public:
             g.expand(vw);
             g.expand(ggml_set_rows(ctx, c_->ids(layer), batch_ids_, slots));
             ggml_tensor* mask = causal_mask(g, {{0, n_all}}, n_kept_, b.n, false, false, 0, n_kept_);
-            return flash_attention(ctx, q, first_slots(ctx, kw, n_all), first_slots(ctx, vw, n_all), mask, scale);
+            return fused_attention(g, q, first_slots(ctx, kw, n_all), first_slots(ctx, vw, n_all), mask, scale);
         }
         // [C ; step] in C's type (f16 unless the session is all f32: the scores then run on
         // the same f16 dot products fused attention uses). Keys of C are visible to every query
