@@ -304,12 +304,8 @@ def test_frame_sized_steps_match_reference(engine, mode):
 HEAD_LAYOUTS = {"7/1x64": (7, 1, 64), "6/2x16": (6, 2, 16), "4/4x16": (4, 4, 16), "4/2x12": (4, 2, 12)}
 
 
-@pytest.mark.parametrize("layout", HEAD_LAYOUTS)
-def test_selection_across_head_layouts(tmp_path, layout):
-    """A selecting step's attention output and key scores (graph/key_mass.cpp on the CPU), for
-    query-head groups of several sizes, a real head size of 64 and an odd one of 12, on 2 threads:
-    after every step C is the reference's (steps of 17-263 tokens, so the candidate counts are not
-    multiples of the kernel's 16-key blocks), and question logits after 9 selecting steps agree."""
+def layout_model(tmp_path, layout, seed):
+    """A tiny Qwen2 with HEAD_LAYOUTS[layout] (f32 GGUF, 2 threads) and its transformers model."""
     import tiny
     from statekv.convert import convert
 
@@ -318,10 +314,18 @@ def test_selection_across_head_layouts(tmp_path, layout):
     # (and float error) stay at their size: at 0.15, a width of 448 amplifies float error 100-fold
     # (full attention's logits then differ from the reference by 2.6e-4, statekv's by the same).
     width = n_head * head_dim
-    hf_dir = tiny.make_qwen2(tmp_path / "hf", seed=3, hidden_size=width, num_attention_heads=n_head,
+    hf_dir = tiny.make_qwen2(tmp_path / "hf", seed=seed, hidden_size=width, num_attention_heads=n_head,
                              num_key_value_heads=n_kv, initializer_range=0.15 * (64 / width) ** 0.5)
-    model = statekv.Model(str(convert(hf_dir, tmp_path / "m.gguf", "f32")), threads=2)
-    hf = load_hf(hf_dir)
+    return statekv.Model(str(convert(hf_dir, tmp_path / "m.gguf", "f32")), threads=2), load_hf(hf_dir)
+
+
+@pytest.mark.parametrize("layout", HEAD_LAYOUTS)
+def test_selection_across_head_layouts(tmp_path, layout):
+    """A selecting step's attention output and key scores (graph/key_mass.cpp on the CPU), for
+    query-head groups of several sizes, a real head size of 64 and an odd one of 12, on 2 threads:
+    after every step C is the reference's (steps of 17-263 tokens, so the candidate counts are not
+    multiples of the kernel's 16-key blocks), and question logits after 9 selecting steps agree."""
+    model, hf = layout_model(tmp_path, layout, seed=3)
     video = Video(hf, seed=9, n_steps=9, lengths=(17, 263, 18, 19, 130, 20))
     s = model.session(mode="statekv", budget=45, kv_type="f32")
     ref = StateKVReference(hf, "statekv", budget=45)
@@ -338,15 +342,7 @@ def test_rows_past_whole_attention_tiles(tmp_path, layout):
     Full attention, StateKV under its budget and a window on steps of 65-263 tokens, then a
     70-token question: logits agree with the reference's; a 263-token stateless prompt's logits
     agree with transformers'."""
-    import tiny
-    from statekv.convert import convert
-
-    n_head, n_kv, head_dim = HEAD_LAYOUTS[layout]
-    width = n_head * head_dim
-    hf_dir = tiny.make_qwen2(tmp_path / "hf", seed=4, hidden_size=width, num_attention_heads=n_head,
-                             num_key_value_heads=n_kv, initializer_range=0.15 * (64 / width) ** 0.5)
-    model = statekv.Model(str(convert(hf_dir, tmp_path / "m.gguf", "f32")), threads=2)
-    hf = load_hf(hf_dir)
+    model, hf = layout_model(tmp_path, layout, seed=4)
     video = Video(hf, seed=5, n_steps=5, lengths=(65, 263, 128, 130, 71))
     question = np.random.default_rng(6).integers(0, N_VOCAB_SAFE, 70)
     for mode in ("full", "statekv", "window"):
