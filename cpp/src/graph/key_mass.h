@@ -24,9 +24,9 @@ namespace statekv {
 ScoredAttention attention_with_key_mass(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, ggml_tensor* mask,
                                         float scale);
 
-// The same kernel's attention output alone, [d * H, n_q] F32, for q [d, H, n_q] F32 contiguous (whole rows of one are) over
-// k, v [d, n_kv, H_kv] (F16 or F32, any strides) with rows [mask_row0, mask_row0 + n_q) of `mask`
-// ([n_kv, >= mask_row0 + n_q] F16). Used for the few query rows past the last whole tile of
+// The same kernel's attention output alone, [d * H, n_q] F32, for q [d, H, n_q] F32 contiguous
+// (whole rows of a contiguous tensor are) over k, v [d, n_kv, H_kv] (F16 or F32, any strides) with
+// rows [mask_row0, mask_row0 + n_q) of `mask` ([n_kv, >= mask_row0 + n_q] F16). Used for the few query rows past the last whole tile of
 // ggml's CPU flash attention (fused_attention, graph/attention.h): f32 throughout, as ggml's tiled
 // kernel is, where ggml's kernel for such rows would round the queries and the sums to f16.
 ggml_tensor* attention_f32(GraphBuilder& g, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, ggml_tensor* mask,
