@@ -55,7 +55,7 @@ def write_mmproj(hf_dir, out, outtype):
 
 
 # ----------------------------------------------------------------------------- the checkpoint
-def make_internvl(out_dir: Path, seed: int = 0) -> Path:
+def make_internvl(out_dir: Path, seed: int = 0, vision: dict = VISION) -> Path:
     """Save a tiny random InternVLForConditionalGeneration with tokenizer, chat template and
     image processor, like an OpenGVLab/InternVL3-*-hf download (untied lm_head, as InternVL3)."""
     from transformers import (GotOcr2ImageProcessorPil, InternVLConfig, InternVLForConditionalGeneration,
@@ -64,7 +64,7 @@ def make_internvl(out_dir: Path, seed: int = 0) -> Path:
     from statekv.families.internvl import CHAT_TEMPLATE
 
     text = tiny._text_kwargs(False, vocab_size=151674, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
-    cfg = InternVLConfig(vision_config=VISION, text_config=text, downsample_ratio=0.5, image_token_id=IMG_CONTEXT_ID,
+    cfg = InternVLConfig(vision_config=vision, text_config=text, downsample_ratio=0.5, image_token_id=IMG_CONTEXT_ID,
                          tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(cfg).to(torch.float32).eval()
@@ -229,6 +229,36 @@ def test_quantized_mmproj(ivl, outtype, tmp_path):
 
 
 # ----------------------------------------------------------------------------- vision
+def test_f16_tower_to_f32_roundoff(tmp_path):
+    """An f16 mmproj gives transformers' features with the same weights rounded to f16, to f32
+    round-off: statekv's CPU product of F16 weights (graph/f16_matmul.h) keeps the activations in
+    f32, where ggml's rounds them to f16 (about 1e-3 here). Sizes chosen against its blocking: 72 and
+    600 rows (not multiples of its 16-row panels), depths of 588 (patch pixels), 600 and 288 (past
+    its 256-deep blocks, with a remainder), 1,025 columns a frame (not a multiple of its 6)."""
+    from statekv.convert import convert
+    from statekv.families.internvl import preprocess_frames
+
+    hf_dir = make_internvl(tmp_path / "hf", seed=3,
+                           vision=dict(VISION, hidden_size=72, intermediate_size=600, num_attention_heads=2))
+    text, mmproj = tmp_path / "t.gguf", tmp_path / "m.gguf"
+    convert(hf_dir, text, "f32", mmproj_out=mmproj)
+    mmproj_f16 = write_mmproj(hf_dir, tmp_path / "m16.gguf", "f16")
+    hf = load_hf(hf_dir)
+    with torch.no_grad():   # what the f16 file stores: every matrix and the patch kernel as F16
+        for name, p in hf.model.named_parameters():
+            if name.startswith(("vision_tower", "multi_modal_projector")) and p.ndim >= 2 \
+                    and not name.endswith(("position_embeddings", "cls_token")):
+                p.copy_(p.half().float())
+    pixels = preprocess_frames(random_frames(np.random.default_rng(5), 2, 448, 448))
+    with torch.no_grad():
+        ref = hf.model.get_image_features(pixel_values=torch.from_numpy(pixels), return_dict=True).pooler_output.numpy()
+    got = statekv.Model(str(text), mmproj=str(mmproj_f16), threads=2).encode_frames(pixels)
+    assert rel(got, ref) <= 1e-5, f"rel {rel(got, ref):.3g}"   # 7e-7 measured; f16 activations: ~1e-4 a product
+    # not vacuous: the unrounded f32 file is far from the rounded reference (4.5e-4 measured)
+    exact = statekv.Model(str(text), mmproj=str(mmproj), threads=2).encode_frames(pixels)
+    assert rel(exact, ref) > 1e-4
+
+
 def test_vision_features_match_transformers(ivl):
     """encode_frames (one batch of 6, then batches of 1 and 4) == get_image_features."""
     with torch.no_grad():

@@ -18,4 +18,9 @@ namespace statekv {
 // backend (use the fused kernel); otherwise ggml_gelu.
 ggml_tensor* gelu_tanh_exact(ggml_context* ctx, ggml_tensor* x, bool on_cpu);
 
+// PyTorch's gelu(x) = 0.5 x (1 + erf(x / sqrt(2))) (nn.GELU()), to about 1e-6 relative: on the CPU
+// one vectorized pass (ggml_gelu_erf calls libm's erff per value, about half again the cost of
+// ggml's table; docs/performance.md section 11); otherwise ggml_gelu_erf.
+ggml_tensor* gelu_erf_exact(ggml_context* ctx, ggml_tensor* x, bool on_cpu);
+
 }  // namespace statekv

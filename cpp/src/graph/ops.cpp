@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "graph/f16_matmul.h"
+
 namespace statekv {
 
 ggml_tensor* rope(ggml_context* ctx, ggml_tensor* x, ggml_tensor* positions, const RopeSpec& s) {
@@ -24,6 +26,11 @@ ggml_tensor* linear(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tens
     return b ? ggml_add(ctx, y, b) : y;
 }
 
+ggml_tensor* linear(GraphBuilder& g, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b) {
+    ggml_tensor* y = f16_weight_matmul(g, w, x);
+    return b ? ggml_add(g.ctx(), y, b) : y;
+}
+
 ggml_tensor* swiglu_ffn(ggml_context* ctx, ggml_tensor* x, ggml_tensor* gate, ggml_tensor* up, ggml_tensor* down) {
     ggml_tensor* g = ggml_mul_mat(ctx, gate, x);
     ggml_tensor* u = ggml_mul_mat(ctx, up, x);
@@ -39,13 +46,14 @@ ggml_tensor* flash_attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, 
     return ggml_reshape_2d(ctx, out, out->ne[0] * out->ne[1], out->ne[2]);
 }
 
-ggml_tensor* patch_embedding(ggml_context* ctx, ggml_tensor* pixels, ggml_tensor* kernel, ggml_tensor* bias, int patch) {
+ggml_tensor* patch_embedding(GraphBuilder& g, ggml_tensor* pixels, ggml_tensor* kernel, ggml_tensor* bias, int patch) {
+    ggml_context* ctx = g.ctx();
     const int64_t C = kernel->ne[3], n = pixels->ne[3];
     ggml_tensor* cols = ggml_im2col(ctx, kernel, pixels, patch, patch, 0, 0, 1, 1, true, GGML_TYPE_F32);
     const int64_t n_patches = cols->ne[1] * cols->ne[2];
     cols = ggml_reshape_2d(ctx, cols, cols->ne[0], n_patches * cols->ne[3]);
     ggml_tensor* w = ggml_reshape_2d(ctx, kernel, kernel->ne[0] * kernel->ne[1] * kernel->ne[2], C);
-    ggml_tensor* x = ggml_mul_mat(ctx, w, cols);
+    ggml_tensor* x = f16_weight_matmul(g, w, cols);
     if (bias) x = ggml_add(ctx, x, bias);
     return ggml_reshape_3d(ctx, x, C, n_patches, n);
 }

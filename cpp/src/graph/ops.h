@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "ggml.h"
+#include "graph/builder.h"
 
 namespace statekv {
 
@@ -27,6 +28,10 @@ ggml_tensor* rms_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* weight, fl
 
 // y = W x (+ b)
 ggml_tensor* linear(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b = nullptr);
+// The same in graph g: F16 weights times enough columns on the CPU go through statekv's packed
+// GEMM (f16_weight_matmul, graph/f16_matmul.h), everything else through ggml_mul_mat. The vision
+// towers use this form.
+ggml_tensor* linear(GraphBuilder& g, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b = nullptr);
 
 // down(silu(gate x) * up x)
 ggml_tensor* swiglu_ffn(ggml_context* ctx, ggml_tensor* x, ggml_tensor* gate, ggml_tensor* up, ggml_tensor* down);
@@ -47,7 +52,7 @@ ggml_tensor* vision_attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k,
 
 // Non-overlapping P x P patches of pixels [W, H, 3, n] through a conv kernel [P, P, 3, C] (+ bias
 // [C]) as im2col + one matrix product: [C, (W/P) * (H/P), n], patches row-major.
-ggml_tensor* patch_embedding(ggml_context* ctx, ggml_tensor* pixels, ggml_tensor* kernel, ggml_tensor* bias, int patch);
+ggml_tensor* patch_embedding(GraphBuilder& g, ggml_tensor* pixels, ggml_tensor* kernel, ggml_tensor* bias, int patch);
 
 // Rows `rows` of x [n, m] replaced by src [n, k].
 ggml_tensor* scatter_rows(ggml_context* ctx, ggml_tensor* x, ggml_tensor* src, ggml_tensor* rows);

@@ -70,10 +70,10 @@ public:
         check_input(n, height, width);
         ggml_context* ctx = g.ctx();
         const int64_t C = n_embd_, G = grid_, Np = G * G;
-        ggml_tensor* x = embeddings_->with_positions(ctx, pixels);  // [C, Np * n]
+        ggml_tensor* x = embeddings_->with_positions(g, pixels);  // [C, Np * n]
         x = blocks_->build(g, x, Np, n, n_layer_);
         if (post_w_) x = layer_norm(ctx, x, post_w_, post_b_, eps_);
-        return projector_->build(ctx, pixel_shuffle(ctx, ggml_reshape_3d(ctx, x, C, Np, n), G, scale_));
+        return projector_->build(g, pixel_shuffle(ctx, ggml_reshape_3d(ctx, x, C, Np, n), G, scale_));
     }
 
 private:

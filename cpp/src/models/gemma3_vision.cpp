@@ -74,7 +74,7 @@ public:
         ggml_context* ctx = g.ctx();
         const int64_t C = n_embd_, G = grid_, Np = G * G;
 
-        ggml_tensor* x = embeddings_->with_positions(ctx, pixels);  // [C, Np * n]
+        ggml_tensor* x = embeddings_->with_positions(g, pixels);  // [C, Np * n]
 
         x = blocks_->build(g, x, Np, n, n_layer_);
         x = layer_norm(ctx, x, post_w_, post_b_, eps_);

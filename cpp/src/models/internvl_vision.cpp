@@ -85,7 +85,7 @@ public:
         ggml_context* ctx = g.ctx();
         const int64_t C = n_embd_, G = grid_, Np = G * G, T = Np + 1;
 
-        ggml_tensor* x = embeddings_->patches(ctx, pixels);  // [C, Np, n]
+        ggml_tensor* x = embeddings_->patches(g, pixels);  // [C, Np, n]
 
         // [CLS ; patches] per frame, plus the position table.
         ggml_tensor* cls = ggml_reshape_3d(ctx, as_f32(ctx, cls_), C, 1, 1);
@@ -99,7 +99,7 @@ public:
         // Drop CLS: [C, Np, n], then pixel shuffle and the projector.
         x = ggml_reshape_3d(ctx, x, C, T, n);
         x = ggml_view_3d(ctx, x, C, Np, n, x->nb[1], x->nb[2], x->nb[1]);
-        return projector_->build(ctx, pixel_shuffle(ctx, x, G, scale_));
+        return projector_->build(g, pixel_shuffle(ctx, x, G, scale_));
     }
 
 private:

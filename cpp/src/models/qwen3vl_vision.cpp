@@ -157,7 +157,7 @@ public:
             ggml_tensor* frame = ggml_cont(ctx, ggml_view_3d(ctx, cols, cols->ne[0], hw, n_tp, cols->nb[1], cols->nb[3],
                                                              static_cast<size_t>(t) * cols->nb[2]));
             ggml_tensor* kernel = t == 0 ? patch_w0_ : patch_w1_;
-            ggml_tensor* y = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, kernel, 3 * P * P, C), frame);  // [C, hw, tp]
+            ggml_tensor* y = linear(g, frame, ggml_reshape_2d(ctx, kernel, 3 * P * P, C));  // [C, hw, tp]
             embd = embd ? ggml_add(ctx, embd, y) : y;
         }
         embd = ggml_add(ctx, embd, patch_b_);
@@ -221,7 +221,7 @@ public:
         for (int il = 0; il < n_layer_; ++il) {
             const Layer& L = layers_[il];
             ggml_tensor* cur = layer_norm(ctx, x, L.ln1_w, L.ln1_b, eps_);
-            ggml_tensor* qkv = linear(ctx, cur, L.qkv_w, L.qkv_b);  // [3C, N]
+            ggml_tensor* qkv = linear(g, cur, L.qkv_w, L.qkv_b);  // [3C, N]
             auto part = [&](int i) {
                 return ggml_view_3d(ctx, qkv, D, n_head_, N, ggml_row_size(qkv->type, D), qkv->nb[1],
                                     ggml_row_size(qkv->type, static_cast<int64_t>(i) * C));
@@ -236,23 +236,23 @@ public:
             k = ggml_reshape_4d(ctx, k, D, n_head_, hw, n_tp);
             v = ggml_reshape_4d(ctx, v, D, n_head_, hw, n_tp);
             cur = vision_attention(ctx, q, k, v, scale);  // [C, N]
-            x = ggml_add(ctx, x, linear(ctx, cur, L.out_w, L.out_b));
+            x = ggml_add(ctx, x, linear(g, cur, L.out_w, L.out_b));
 
             cur = layer_norm(ctx, x, L.ln2_w, L.ln2_b, eps_);
-            cur = gelu_tanh_exact(ctx, linear(ctx, cur, L.up_w, L.up_b), g.on_cpu);  // gelu_pytorch_tanh
-            x = ggml_add(ctx, x, linear(ctx, cur, L.down_w, L.down_b));
+            cur = gelu_tanh_exact(ctx, linear(g, cur, L.up_w, L.up_b), g.on_cpu);  // gelu_pytorch_tanh
+            x = ggml_add(ctx, x, linear(g, cur, L.down_w, L.down_b));
 
             if (is_deepstack_[il]) {
                 // DeepStack merger: norm over the concatenated m*m patches of a block.
                 ggml_tensor* blocks = ggml_reshape_2d(ctx, x, static_cast<int64_t>(C) * m * m, N / (m * m));
                 blocks = layer_norm(ctx, blocks, L.deepstack.norm_w, L.deepstack.norm_b, eps_);
-                ggml_tensor* feat = merger_mlp(ctx, blocks, L.deepstack);
+                ggml_tensor* feat = merger_mlp(g, blocks, L.deepstack);
                 features = features ? ggml_concat(ctx, features, feat, 0) : feat;
             }
         }
         // Main merger: norm per patch, then the MLP over each block's m*m patches.
         ggml_tensor* out = layer_norm(ctx, x, merger_.norm_w, merger_.norm_b, eps_);
-        out = merger_mlp(ctx, ggml_reshape_2d(ctx, out, static_cast<int64_t>(C) * m * m, N / (m * m)), merger_);
+        out = merger_mlp(g, ggml_reshape_2d(ctx, out, static_cast<int64_t>(C) * m * m, N / (m * m)), merger_);
         if (features) out = ggml_concat(ctx, out, features, 0);
         return out;
     }
@@ -267,9 +267,10 @@ private:
         Merger deepstack;
     };
 
-    static ggml_tensor* merger_mlp(ggml_context* ctx, ggml_tensor* x, const Merger& m) {
+    static ggml_tensor* merger_mlp(GraphBuilder& g, ggml_tensor* x, const Merger& m) {
+        ggml_context* ctx = g.ctx();
         // nn.GELU() (erf) between the two linears.
-        return linear(ctx, ggml_gelu_erf(ctx, linear(ctx, x, m.fc1_w, m.fc1_b)), m.fc2_w, m.fc2_b);
+        return linear(g, gelu_erf_exact(ctx, linear(g, x, m.fc1_w, m.fc1_b), g.on_cpu), m.fc2_w, m.fc2_b);
     }
 
     // Bilinear taps along one axis for patch `index` of `size`, into a table of side_ entries:

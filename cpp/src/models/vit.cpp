@@ -14,16 +14,17 @@ PatchEmbeddings::PatchEmbeddings(WeightStore& w, int patch, int64_t C, int64_t n
     pos_ = w.require("v.position_embd.weight", {C, n_pos}, TensorRole::Float);
 }
 
-ggml_tensor* PatchEmbeddings::patches(ggml_context* ctx, ggml_tensor* pixels) const {
-    return patch_embedding(ctx, pixels, w_, b_, patch_);
+ggml_tensor* PatchEmbeddings::patches(GraphBuilder& g, ggml_tensor* pixels) const {
+    return patch_embedding(g, pixels, w_, b_, patch_);
 }
 
 ggml_tensor* PatchEmbeddings::positions(ggml_context* ctx) const {
     return pos_->type == GGML_TYPE_F32 ? pos_ : ggml_cast(ctx, pos_, GGML_TYPE_F32);
 }
 
-ggml_tensor* PatchEmbeddings::with_positions(ggml_context* ctx, ggml_tensor* pixels) const {
-    ggml_tensor* x = ggml_add(ctx, patches(ctx, pixels), positions(ctx));
+ggml_tensor* PatchEmbeddings::with_positions(GraphBuilder& g, ggml_tensor* pixels) const {
+    ggml_context* ctx = g.ctx();
+    ggml_tensor* x = ggml_add(ctx, patches(g, pixels), positions(ctx));
     return ggml_reshape_2d(ctx, x, x->ne[0], x->ne[1] * x->ne[2]);
 }
 
@@ -78,9 +79,9 @@ ggml_tensor* VitBlocks::build(GraphBuilder& g, ggml_tensor* x, int64_t T, int64_
     for (int il = 0; il < n_run; ++il) {
         const Layer& L = layers_[static_cast<size_t>(il)];
         ggml_tensor* h = norm(ctx, x, L.ln1_w, L.ln1_b);
-        ggml_tensor* q = linear(ctx, h, L.wq, L.bq);
-        ggml_tensor* k = linear(ctx, h, L.wk, L.bk);
-        ggml_tensor* v = linear(ctx, h, L.wv, L.bv);
+        ggml_tensor* q = linear(g, h, L.wq, L.bq);
+        ggml_tensor* k = linear(g, h, L.wk, L.bk);
+        ggml_tensor* v = linear(g, h, L.wv, L.bv);
         if (L.q_norm) {
             q = rms_norm(ctx, q, L.q_norm, eps_);
             k = rms_norm(ctx, k, L.k_norm, eps_);
@@ -88,12 +89,12 @@ ggml_tensor* VitBlocks::build(GraphBuilder& g, ggml_tensor* x, int64_t T, int64_
         q = ggml_reshape_4d(ctx, q, D, n_head_, T, n);
         k = ggml_reshape_4d(ctx, k, D, n_head_, T, n);
         v = ggml_reshape_4d(ctx, v, D, n_head_, T, n);
-        ggml_tensor* a = linear(ctx, vision_attention(ctx, q, k, v, kq_scale), L.wo, L.bo);
+        ggml_tensor* a = linear(g, vision_attention(ctx, q, k, v, kq_scale), L.wo, L.bo);
         x = ggml_add(ctx, x, L.ls1 ? ggml_mul(ctx, a, L.ls1) : a);
 
-        h = linear(ctx, norm(ctx, x, L.ln2_w, L.ln2_b), L.up_w, L.up_b);
-        h = o_.gelu_tanh ? gelu_tanh_exact(ctx, h, g.on_cpu) : ggml_gelu_erf(ctx, h);
-        h = linear(ctx, h, L.down_w, L.down_b);
+        h = linear(g, norm(ctx, x, L.ln2_w, L.ln2_b), L.up_w, L.up_b);
+        h = o_.gelu_tanh ? gelu_tanh_exact(ctx, h, g.on_cpu) : gelu_erf_exact(ctx, h, g.on_cpu);
+        h = linear(g, h, L.down_w, L.down_b);
         x = ggml_add(ctx, x, L.ls2 ? ggml_mul(ctx, h, L.ls2) : h);
     }
     return x;
@@ -116,10 +117,11 @@ MlpProjector::MlpProjector(WeightStore& w, int64_t M) {
     mm3_b_ = w.require("mm.model.mlp.3.bias", {E}, TensorRole::Float);
 }
 
-ggml_tensor* MlpProjector::build(ggml_context* ctx, ggml_tensor* x) const {
+ggml_tensor* MlpProjector::build(GraphBuilder& g, ggml_tensor* x) const {
+    ggml_context* ctx = g.ctx();
     x = layer_norm(ctx, x, mm0_w_, mm0_b_, 1e-5f);
-    x = ggml_gelu_erf(ctx, linear(ctx, x, mm1_w_, mm1_b_));
-    return linear(ctx, x, mm3_w_, mm3_b_);
+    x = gelu_erf_exact(ctx, linear(g, x, mm1_w_, mm1_b_), g.on_cpu);
+    return linear(g, x, mm3_w_, mm3_b_);
 }
 
 }  // namespace statekv

@@ -18,11 +18,11 @@ class PatchEmbeddings {
 public:
     PatchEmbeddings(WeightStore& w, int patch, int64_t C, int64_t n_pos);
     // pixels [W, H, 3, n] -> [C, (W/P) * (H/P), n], positions not added.
-    ggml_tensor* patches(ggml_context* ctx, ggml_tensor* pixels) const;
+    ggml_tensor* patches(GraphBuilder& g, ggml_tensor* pixels) const;
     // The position table as F32 [C, n_pos].
     ggml_tensor* positions(ggml_context* ctx) const;
     // SigLIP (no class token): patches + positions as [C, patches * n].
-    ggml_tensor* with_positions(ggml_context* ctx, ggml_tensor* pixels) const;
+    ggml_tensor* with_positions(GraphBuilder& g, ggml_tensor* pixels) const;
 
 private:
     int patch_ = 0;
@@ -75,7 +75,7 @@ ggml_tensor* pixel_shuffle(ggml_context* ctx, ggml_tensor* x, int64_t G, int64_t
 class MlpProjector {
 public:
     MlpProjector(WeightStore& w, int64_t M);
-    ggml_tensor* build(ggml_context* ctx, ggml_tensor* x) const;
+    ggml_tensor* build(GraphBuilder& g, ggml_tensor* x) const;
     int64_t n_out() const { return mm1_w_->ne[1]; }
     const ggml_tensor* out_weight() const { return mm3_w_; }
 
