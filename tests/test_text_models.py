@@ -246,3 +246,46 @@ def test_bad_arguments_raise_value_error(tiny_gguf):
         statekv.Model(tiny_gguf("qwen2", "f32"), device="NoSuchGPU")
     # Still usable.
     assert m.logits([1, 2, 3]).shape == (3, 151936)
+
+
+def test_stored_weights_to_f32_roundoff(tmp_path):
+    """q8_0 and f16 files give transformers' logits with the weights as the file stores them
+    (dequantized), to f32 round-off, over a 100-token prompt: statekv's CPU product of F16 and Q8_0
+    weights keeps the activations in f32, where ggml's rounds them to F16 or to Q8_0 blocks first.
+    Sizes against its blocking (graph/packed_matmul.h): widths 288, 144 and 608 (608 not a multiple
+    of its 24-row panels), depths 288 and 608 (past one 256-deep block, with remainders), 100
+    columns (not a multiple of its 4)."""
+    import gguf
+
+    import tiny
+    from statekv.convert import convert
+
+    hf_dir = tiny.make("qwen2", tmp_path / "hf", seed=4, hidden_size=288, intermediate_size=608,
+                       num_attention_heads=4, num_key_value_heads=2, initializer_range=0.07)
+    ids = np.random.default_rng(11).integers(0, 151000, 100)
+    exact = hf_logits(load_hf(hf_dir), ids)
+    per_layer = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                 "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                 "ffn_down": "mlp.down_proj"}
+    for outtype in ("q8_0", "f16"):
+        path = convert(hf_dir, tmp_path / f"m-{outtype}.gguf", outtype)
+        stored = load_hf(hf_dir)
+        params = dict(stored.named_parameters())
+        types = set()
+        with torch.no_grad():
+            for t in gguf.GGUFReader(path).tensors:
+                if t.tensor_type == gguf.GGMLQuantizationType.F32:
+                    continue
+                base, _ = t.name.rsplit(".", 1)
+                parts = base.split(".")
+                hf_name = {"token_embd": "model.embed_tokens", "output": "lm_head"}.get(base) or \
+                    f"model.layers.{parts[1]}.{per_layer[parts[2]]}"
+                p = params[hf_name + ".weight"]
+                p.copy_(torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).reshape(p.shape)))
+                types.add(t.tensor_type.name)
+        assert types == {outtype.upper()}
+        ref = hf_logits(stored, ids)
+        out = statekv.Model(str(path), threads=2).logits(ids)
+        assert rel_err(out, ref) <= 1e-5, f"{outtype}: rel {rel_err(out, ref):.3g}"
+        # not vacuous: the file's rounding of the weights moves the logits by far more
+        assert rel_err(exact, ref) > 1e-4

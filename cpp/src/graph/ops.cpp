@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "graph/f16_matmul.h"
+#include "graph/packed_matmul.h"
 
 namespace statekv {
 
@@ -21,20 +21,15 @@ ggml_tensor* rms_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* weight, fl
     return weight ? ggml_mul(ctx, y, weight) : y;
 }
 
-ggml_tensor* linear(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b) {
-    ggml_tensor* y = ggml_mul_mat(ctx, w, x);
-    return b ? ggml_add(ctx, y, b) : y;
-}
-
 ggml_tensor* linear(GraphBuilder& g, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b) {
-    ggml_tensor* y = f16_weight_matmul(g, w, x);
+    ggml_tensor* y = packed_matmul(g, w, x);
     return b ? ggml_add(g.ctx(), y, b) : y;
 }
 
-ggml_tensor* swiglu_ffn(ggml_context* ctx, ggml_tensor* x, ggml_tensor* gate, ggml_tensor* up, ggml_tensor* down) {
-    ggml_tensor* g = ggml_mul_mat(ctx, gate, x);
-    ggml_tensor* u = ggml_mul_mat(ctx, up, x);
-    return ggml_mul_mat(ctx, down, ggml_swiglu_split(ctx, g, u));
+ggml_tensor* swiglu_ffn(GraphBuilder& g, ggml_tensor* x, ggml_tensor* gate, ggml_tensor* up, ggml_tensor* down) {
+    ggml_tensor* gated = packed_matmul(g, gate, x);
+    ggml_tensor* u = packed_matmul(g, up, x);
+    return packed_matmul(g, down, ggml_swiglu_split(g.ctx(), gated, u));
 }
 
 ggml_tensor* flash_attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v,
@@ -53,7 +48,7 @@ ggml_tensor* patch_embedding(GraphBuilder& g, ggml_tensor* pixels, ggml_tensor* 
     const int64_t n_patches = cols->ne[1] * cols->ne[2];
     cols = ggml_reshape_2d(ctx, cols, cols->ne[0], n_patches * cols->ne[3]);
     ggml_tensor* w = ggml_reshape_2d(ctx, kernel, kernel->ne[0] * kernel->ne[1] * kernel->ne[2], C);
-    ggml_tensor* x = f16_weight_matmul(g, w, cols);
+    ggml_tensor* x = packed_matmul(g, w, cols);
     if (bias) x = ggml_add(ctx, x, bias);
     return ggml_reshape_3d(ctx, x, C, n_patches, n);
 }

@@ -26,15 +26,12 @@ ggml_tensor* rope(ggml_context* ctx, ggml_tensor* x, ggml_tensor* positions, con
 
 ggml_tensor* rms_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* weight, float eps);
 
-// y = W x (+ b)
-ggml_tensor* linear(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b = nullptr);
-// The same in graph g: F16 weights times enough columns on the CPU go through statekv's packed
-// GEMM (f16_weight_matmul, graph/f16_matmul.h), everything else through ggml_mul_mat. The vision
-// towers use this form.
+// y = W x (+ b). F16 and Q8_0 weights times enough columns on the CPU go through statekv's packed
+// GEMM (packed_matmul, graph/packed_matmul.h), everything else through ggml_mul_mat.
 ggml_tensor* linear(GraphBuilder& g, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b = nullptr);
 
-// down(silu(gate x) * up x)
-ggml_tensor* swiglu_ffn(ggml_context* ctx, ggml_tensor* x, ggml_tensor* gate, ggml_tensor* up, ggml_tensor* down);
+// down(silu(gate x) * up x), each product as in linear
+ggml_tensor* swiglu_ffn(GraphBuilder& g, ggml_tensor* x, ggml_tensor* gate, ggml_tensor* up, ggml_tensor* down);
 
 // Fused attention (ggml_flash_attn_ext) of q [d, n_head, n_q] over k, v [d, n_kv, n_head_kv]
 // (any strides), with an additive F16 mask [n_kv, n_q] (0 or -inf). Returns [d * n_head, n_q].

@@ -73,8 +73,8 @@ public:
             ggml_tensor* a = attention_block(g, in, attn, il, rms_norm(ctx, x, L.attn_norm, hp.rms_eps), rs);
             x = ggml_add(ctx, x, rms_norm(ctx, a, L.attn_post_norm, hp.rms_eps));
             ggml_tensor* h = rms_norm(ctx, x, L.ffn_norm, hp.rms_eps);
-            h = ggml_mul(ctx, gelu_tanh_exact(ctx, linear(ctx, h, L.ffn_gate), g.on_cpu), linear(ctx, h, L.ffn_up));
-            x = ggml_add(ctx, x, rms_norm(ctx, linear(ctx, h, L.ffn_down), L.ffn_post_norm, hp.rms_eps));
+            h = ggml_mul(ctx, gelu_tanh_exact(ctx, linear(g, h, L.ffn_gate), g.on_cpu), linear(g, h, L.ffn_up));
+            x = ggml_add(ctx, x, rms_norm(ctx, linear(g, h, L.ffn_down), L.ffn_post_norm, hp.rms_eps));
         }
         if (in.no_logits) return nullptr;
         ggml_tensor* logits_out = logits(g, in, x);

@@ -139,28 +139,28 @@ ggml_tensor* TextModel::attention_block(GraphBuilder& g, const DecoderInputs& in
     ggml_context* ctx = g.ctx();
     const auto& L = layers[il];
     const int n = in.n_tokens;
-    ggml_tensor* q = ggml_reshape_3d(ctx, linear(ctx, h, L.wq, L.bq), hp.head_dim, hp.n_head, n);
-    ggml_tensor* k = ggml_reshape_3d(ctx, linear(ctx, h, L.wk, L.bk), hp.head_dim, hp.n_head_kv, n);
-    ggml_tensor* v = ggml_reshape_3d(ctx, linear(ctx, h, L.wv, L.bv), hp.head_dim, hp.n_head_kv, n);
+    ggml_tensor* q = ggml_reshape_3d(ctx, linear(g, h, L.wq, L.bq), hp.head_dim, hp.n_head, n);
+    ggml_tensor* k = ggml_reshape_3d(ctx, linear(g, h, L.wk, L.bk), hp.head_dim, hp.n_head_kv, n);
+    ggml_tensor* v = ggml_reshape_3d(ctx, linear(g, h, L.wv, L.bv), hp.head_dim, hp.n_head_kv, n);
     if (L.q_norm) q = rms_norm(ctx, q, L.q_norm, hp.rms_eps);
     if (L.k_norm) k = rms_norm(ctx, k, L.k_norm, hp.rms_eps);
     q = rope(ctx, q, in.positions, rs);
     k = rope(ctx, k, in.positions, rs);
     ggml_tensor* o = attn.attend(g, il, q, k, v);
-    return linear(ctx, o, L.wo);
+    return linear(g, o, L.wo);
 }
 
 ggml_tensor* TextModel::feed_forward(GraphBuilder& g, int il, ggml_tensor* x) const {
     const auto& L = layers[il];
     ggml_tensor* h = rms_norm(g.ctx(), x, L.ffn_norm, hp.rms_eps);
-    return swiglu_ffn(g.ctx(), h, L.ffn_gate, L.ffn_up, L.ffn_down);
+    return swiglu_ffn(g, h, L.ffn_gate, L.ffn_up, L.ffn_down);
 }
 
 ggml_tensor* TextModel::logits(GraphBuilder& g, const DecoderInputs& in, ggml_tensor* x) const {
     ggml_context* ctx = g.ctx();
     if (in.output_rows) x = ggml_get_rows(ctx, x, in.output_rows);
     x = rms_norm(ctx, x, output_norm, hp.rms_eps);
-    return ggml_mul_mat(ctx, output, x);
+    return linear(g, x, output);
 }
 
 ggml_tensor* TextModel::build(GraphBuilder& g, const DecoderInputs& in, LayerAttention& attn) const {

@@ -1,10 +1,11 @@
-#include "graph/f16_matmul.h"
+#include "graph/packed_matmul.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+#include "ggml-backend.h"
 #include "graph/vec_math.h"
 
 namespace statekv {
@@ -20,6 +21,8 @@ using vec::kLanes;
 constexpr int64_t kVecs = 3;
 constexpr int64_t kRows = kVecs * kLanes;
 constexpr int64_t kCols = 4;
+// Depth of one packed block: a 24-row weight panel (24 KB) and a 4-column activation panel
+// (4 KB) fit a 32 KB L1 together.
 constexpr int64_t kDepth = 256;
 // Weight rows per packed block (a multiple of kRows): 192 x 256 F32 = 192 KB, inside a 512 KB L2.
 constexpr int64_t kBlockRows = 192;
@@ -27,6 +30,15 @@ constexpr int64_t kBlockRows = 192;
 constexpr int64_t kMinColumns = 32;
 
 typedef _Float16 f16x8 __attribute__((vector_size(16)));
+typedef int8_t i8x8 __attribute__((vector_size(8)));
+
+// ggml's Q8_0 block: 32 int8 values and their F16 scale.
+constexpr int64_t kQ8Block = 32;
+struct Q8Block {
+    _Float16 scale;
+    int8_t q[kQ8Block];
+};
+static_assert(sizeof(Q8Block) == 34, "ggml's block_q8_0 is 34 bytes");
 
 // acc[c] (rows r .. r + kRows of column c) += sum over depth of wp[k][kRows] * xp[k][c].
 STATEKV_ALWAYS_INLINE void tile(const float* wp, const float* xp, int64_t depth, f32x8 (&acc)[kCols][kVecs]) {
@@ -49,7 +61,8 @@ STATEKV_ALWAYS_INLINE void tile(const float* wp, const float* xp, int64_t depth,
 }
 
 struct Operands {
-    const char* w;  // [K, M] F16, rows of K contiguous
+    const char* w;  // [K, M] F16 or Q8_0, rows of K contiguous
+    bool q8;        // Q8_0 weights (else F16)
     size_t w_row;   // bytes between weight rows
     const char* x;  // [K, N] F32, columns of K contiguous
     size_t x_col;
@@ -68,7 +81,24 @@ STATEKV_ALWAYS_INLINE void pack_weights(const Operands& o, int64_t m0, int64_t r
                 for (int64_t k = 0; k < depth; ++k) panel[k * kRows + r] = 0.0f;
                 continue;
             }
-            const _Float16* src = reinterpret_cast<const _Float16*>(o.w + static_cast<size_t>(m) * o.w_row) + k0;
+            const char* row = o.w + static_cast<size_t>(m) * o.w_row;
+            if (o.q8) {
+                // k0 and depth are multiples of 32 (K is, and so are the 256-deep blocks).
+                const Q8Block* blocks = reinterpret_cast<const Q8Block*>(row) + k0 / kQ8Block;
+                for (int64_t b = 0; b < depth / kQ8Block; ++b) {
+                    _Float16 scale_f16;
+                    std::memcpy(&scale_f16, &blocks[b].scale, sizeof scale_f16);
+                    const float scale = static_cast<float>(scale_f16);
+                    for (int64_t j = 0; j < kQ8Block; j += kLanes) {
+                        i8x8 q;
+                        std::memcpy(&q, blocks[b].q + j, sizeof q);
+                        const f32x8 f = __builtin_convertvector(q, f32x8) * scale;
+                        for (int64_t l = 0; l < kLanes; ++l) panel[(b * kQ8Block + j + l) * kRows + r] = f[l];
+                    }
+                }
+                continue;
+            }
+            const _Float16* src = reinterpret_cast<const _Float16*>(row) + k0;
             int64_t k = 0;
             for (; k + kLanes <= depth; k += kLanes) {
                 f16x8 h;
@@ -132,7 +162,7 @@ void multiply_rows(const Operands& o, int64_t m_begin, int64_t m_end, std::vecto
 void matmul_task(ggml_tensor* dst, int ith, int nth, void*) {
     const ggml_tensor* w = dst->src[0];
     const ggml_tensor* x = dst->src[1];
-    const Operands o{static_cast<const char*>(w->data), w->nb[1], static_cast<const char*>(x->data), x->nb[1],
+    const Operands o{static_cast<const char*>(w->data), w->type == GGML_TYPE_Q8_0, w->nb[1], static_cast<const char*>(x->data), x->nb[1],
                      static_cast<float*>(dst->data), w->ne[0], w->ne[1], ggml_nrows(x)};
     const int64_t panels = (o.M + kRows - 1) / kRows;
     const int64_t m_begin = panels * ith / nth * kRows, m_end = std::min(o.M, panels * (ith + 1) / nth * kRows);
@@ -145,11 +175,14 @@ void matmul_task(ggml_tensor* dst, int ith, int nth, void*) {
 
 }  // namespace
 
-ggml_tensor* f16_weight_matmul(GraphBuilder& g, ggml_tensor* w, ggml_tensor* x) {
+ggml_tensor* packed_matmul(GraphBuilder& g, ggml_tensor* w, ggml_tensor* x) {
     ggml_context* ctx = g.ctx();
-    const bool packed = g.on_cpu && w->type == GGML_TYPE_F16 && ggml_is_contiguous(w) && w->ne[2] == 1 && w->ne[3] == 1 &&
-                        x->type == GGML_TYPE_F32 && ggml_is_contiguous(x) && x->ne[0] == w->ne[0] &&
-                        ggml_nrows(x) >= kMinColumns;
+    // Weights in one of ggml's repacking buffers (Q8_0 on ARM CPUs with dot-product instructions)
+    // are not in the plain layout: they stay with ggml, as does anything not yet allocated.
+    const bool plain = w->buffer && ggml_backend_buffer_is_host(w->buffer);
+    const bool packed = g.on_cpu && plain && (w->type == GGML_TYPE_F16 || w->type == GGML_TYPE_Q8_0) &&
+                        ggml_is_contiguous(w) && w->ne[2] == 1 && w->ne[3] == 1 && x->type == GGML_TYPE_F32 &&
+                        ggml_is_contiguous(x) && x->ne[0] == w->ne[0] && ggml_nrows(x) >= kMinColumns;
     if (!packed) return ggml_mul_mat(ctx, w, x);
     ggml_tensor* args[2] = {w, x};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], x->ne[2], x->ne[3], args, 2, matmul_task,
