@@ -178,8 +178,10 @@ void matmul_task(ggml_tensor* dst, int ith, int nth, void*) {
 ggml_tensor* packed_matmul(GraphBuilder& g, ggml_tensor* w, ggml_tensor* x) {
     ggml_context* ctx = g.ctx();
     // Weights in one of ggml's repacking buffers (Q8_0 on ARM CPUs with dot-product instructions)
-    // are not in the plain layout: they stay with ggml, as does anything not yet allocated.
-    const bool plain = w->buffer && ggml_backend_buffer_is_host(w->buffer);
+    // are not in the plain layout: they stay with ggml, as does anything not yet allocated. A view
+    // (a reshaped conv kernel) gets its buffer when the graph is allocated: its source's tells.
+    const ggml_tensor* owner = w->view_src ? w->view_src : w;
+    const bool plain = owner->buffer && ggml_backend_buffer_is_host(owner->buffer);
     const bool packed = g.on_cpu && plain && (w->type == GGML_TYPE_F16 || w->type == GGML_TYPE_Q8_0) &&
                         ggml_is_contiguous(w) && w->ne[2] == 1 && w->ne[3] == 1 && x->type == GGML_TYPE_F32 &&
                         ggml_is_contiguous(x) && x->ne[0] == w->ne[0] && ggml_nrows(x) >= kMinColumns;
