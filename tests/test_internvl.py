@@ -231,7 +231,7 @@ def test_quantized_mmproj(ivl, outtype, tmp_path):
 # ----------------------------------------------------------------------------- vision
 def test_f16_tower_to_f32_roundoff(tmp_path):
     """An f16 mmproj gives transformers' features with the same weights rounded to f16, to f32
-    round-off: statekv's CPU product of F16 weights (graph/f16_matmul.h) keeps the activations in
+    round-off: statekv's CPU product of F16 weights (graph/packed_matmul.h) keeps the activations in
     f32, where ggml's rounds them to f16 (about 1e-3 here). Sizes chosen against its blocking: 72 and
     600 rows (not multiples of its 16-row panels), depths of 588 (patch pixels), 600 and 288 (past
     its 256-deep blocks, with a remainder), 1,025 columns a frame (not a multiple of its 6)."""
