@@ -81,6 +81,20 @@ def test_a_cpu_variant_can_be_forced_and_a_wrong_one_is_a_clear_error():
         assert r.returncode == 1 and "no such CPU variant runs on this machine" in r.stderr, r
 
 
+def test_packed_gemm_width_follows_the_cpu_and_can_be_forced():
+    """statekv's own F16/Q8_0 product runs 16-lane vectors where the CPU has AVX-512 (x86-64-v4),
+    8 elsewhere; STATEKV_GEMM_LANES forces a width, and a wrong value is a clear error."""
+    avx512 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= _cpu_flags() if X86_LINUX else False
+    r = _info_in_subprocess({"STATEKV_GEMM_LANES": ""})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["packed_gemm_lanes"] == ("16" if avx512 else "8")
+    for lanes in ("8", "16"):
+        r = _info_in_subprocess({"STATEKV_GEMM_LANES": lanes})
+        assert r.returncode == 0 and json.loads(r.stdout)["packed_gemm_lanes"] == lanes, r.stderr
+    r = _info_in_subprocess({"STATEKV_GEMM_LANES": "12"})
+    assert r.returncode != 0 and "STATEKV_GEMM_LANES=12: expected 8 or 16" in r.stderr, r.stderr
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("readelf") is None,
                     reason="ELF RUNPATH check")
 def test_extension_and_ggml_find_each_other_through_runpath():

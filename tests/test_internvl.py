@@ -229,12 +229,14 @@ def test_quantized_mmproj(ivl, outtype, tmp_path):
 
 
 # ----------------------------------------------------------------------------- vision
-def test_f16_tower_to_f32_roundoff(tmp_path):
+def test_f16_tower_to_f32_roundoff(tmp_path, monkeypatch):
     """An f16 mmproj gives transformers' features with the same weights rounded to f16, to f32
     round-off: statekv's CPU product of F16 weights (graph/packed_matmul.h) keeps the activations in
     f32, where ggml's rounds them to f16 (about 1e-3 here). Sizes chosen against its blocking: 72 and
     600 rows (not multiples of its 16-row panels), depths of 588 (patch pixels), 600 and 288 (past
-    its 256-deep blocks, with a remainder), 1,025 columns a frame (not a multiple of its 6)."""
+    its 256-deep blocks, with a remainder), 1,025 columns a frame (not a multiple of its 6). Both
+    kernel widths (STATEKV_GEMM_LANES): 8 lanes (24-row panels, 4 columns, 256 deep) and AVX-512's
+    16 (48 rows, 8 columns, 128 deep), whichever this CPU runs natively."""
     from statekv.convert import convert
     from statekv.families.internvl import preprocess_frames
 
@@ -252,8 +254,11 @@ def test_f16_tower_to_f32_roundoff(tmp_path):
     pixels = preprocess_frames(random_frames(np.random.default_rng(5), 2, 448, 448))
     with torch.no_grad():
         ref = hf.model.get_image_features(pixel_values=torch.from_numpy(pixels), return_dict=True).pooler_output.numpy()
-    got = statekv.Model(str(text), mmproj=str(mmproj_f16), threads=2).encode_frames(pixels)
-    assert rel(got, ref) <= 1e-5, f"rel {rel(got, ref):.3g}"   # 7e-7 measured; f16 activations: ~1e-4 a product
+    for lanes in ("8", "16"):
+        monkeypatch.setenv("STATEKV_GEMM_LANES", lanes)
+        got = statekv.Model(str(text), mmproj=str(mmproj_f16), threads=2).encode_frames(pixels)
+        # 7e-7 measured at both widths; f16 activations: ~1e-4 a product
+        assert rel(got, ref) <= 1e-5, f"{lanes} lanes: rel {rel(got, ref):.3g}"
     # not vacuous: the unrounded f32 file is far from the rounded reference (4.5e-4 measured)
     exact = statekv.Model(str(text), mmproj=str(mmproj), threads=2).encode_frames(pixels)
     assert rel(exact, ref) > 1e-4

@@ -248,13 +248,14 @@ def test_bad_arguments_raise_value_error(tiny_gguf):
     assert m.logits([1, 2, 3]).shape == (3, 151936)
 
 
-def test_stored_weights_to_f32_roundoff(tmp_path):
+def test_stored_weights_to_f32_roundoff(tmp_path, monkeypatch):
     """q8_0 and f16 files give transformers' logits with the weights as the file stores them
     (dequantized), to f32 round-off, over a 100-token prompt: statekv's CPU product of F16 and Q8_0
     weights keeps the activations in f32, where ggml's rounds them to F16 or to Q8_0 blocks first.
     Sizes against its blocking (graph/packed_matmul.h): widths 288, 144 and 608 (608 not a multiple
     of its 24-row panels), depths 288 and 608 (past one 256-deep block, with remainders), 100
-    columns (not a multiple of its 4)."""
+    columns (not a multiple of its 4 or 8). Both kernel widths (STATEKV_GEMM_LANES): 8 lanes
+    (24-row panels, 256 deep) and AVX-512's 16 (48 rows, 128 deep)."""
     import gguf
 
     import tiny
@@ -285,7 +286,9 @@ def test_stored_weights_to_f32_roundoff(tmp_path):
                 types.add(t.tensor_type.name)
         assert types == {outtype.upper()}
         ref = hf_logits(stored, ids)
-        out = statekv.Model(str(path), threads=2).logits(ids)
-        assert rel_err(out, ref) <= 1e-5, f"{outtype}: rel {rel_err(out, ref):.3g}"
+        for lanes in ("8", "16"):
+            monkeypatch.setenv("STATEKV_GEMM_LANES", lanes)
+            out = statekv.Model(str(path), threads=2).logits(ids)
+            assert rel_err(out, ref) <= 1e-5, f"{outtype}, {lanes} lanes: rel {rel_err(out, ref):.3g}"
         # not vacuous: the file's rounding of the weights moves the logits by far more
         assert rel_err(exact, ref) > 1e-4

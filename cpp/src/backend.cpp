@@ -21,6 +21,7 @@
 #include <unistd.h>
 #endif
 
+#include "graph/packed_matmul.h"
 #include "statekv/statekv.h"
 
 #ifndef STATEKV_GGML_ORIGIN
@@ -267,6 +268,7 @@ std::map<std::string, std::string> ggml_info() {
         {"cpu_module", l.cpu_module},
         {"cpu_features", l.cpu_features},
         {"modules", modules},
+        {"packed_gemm_lanes", std::to_string(packed_matmul_lanes())},
     };
     if (!l.notes.empty()) out["cpu_notes"] = l.notes;
     return out;
@@ -289,6 +291,7 @@ std::vector<DeviceInfo> backends() {
 
 Backend::Backend(const std::string& device, int threads) {
     load_backends_once();
+    packed_matmul_lanes();  // a bad STATEKV_GEMM_LANES is refused here, before any graph is built
     if (device.empty()) {
         device_ = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU);
         if (!device_) device_ = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_IGPU);

@@ -19,8 +19,10 @@ def backends() -> list[dict]:
 def ggml_info() -> dict:
     """The ggml that runs: ``version``, ``library`` (path of libggml), ``origin`` (the source it
     was built from), ``cpu_variant`` (the CPU module picked for this machine, e.g. ``haswell``),
-    ``cpu_module``, ``cpu_features`` (e.g. ``AVX2,FMA,...,LLAMAFILE``) and ``modules`` (loaded
-    backends). ``STATEKV_CPU_VARIANT=<name>`` in the environment forces a CPU variant."""
+    ``cpu_module``, ``cpu_features`` (e.g. ``AVX2,FMA,...,LLAMAFILE``), ``modules`` (loaded
+    backends) and ``packed_gemm_lanes`` (the vector width of statekv's own CPU product of F16 and
+    Q8_0 weights: ``16`` with AVX-512, else ``8``). ``STATEKV_CPU_VARIANT=<name>`` in the
+    environment forces a CPU variant, ``STATEKV_GEMM_LANES=8`` or ``16`` a width."""
     return dict(_core.ggml_info())
 
 

@@ -15,9 +15,15 @@ namespace statekv {
 // tile reads its weight rows and activation rows again from L3 or memory and converts them on
 // every use (for Q8_0 on AVX2, two sign fix-ups, two widening multiply-adds and a conversion per
 // 32 products). Here the weights are widened to F32 once per product into blocks that stay in L2,
-// the activations are packed into panels that stay in L1, and a 24 x 4 register tile accumulates
-// F32 multiply-adds over 256 of K at a time. Nothing is rounded but the weights as stored, so the
+// the activations are packed into panels that stay in L1, and a register tile accumulates F32
+// multiply-adds over a block of K at a time (24 x 4 over 256 with 8-lane vectors; 48 x 8 over
+// 128 with AVX-512's 16 lanes). Nothing is rounded but the weights as stored, so the
 // result is the stored weights' exact product to f32 round-off (docs/performance.md section 11).
 ggml_tensor* packed_matmul(GraphBuilder& g, ggml_tensor* w, ggml_tensor* x);
+
+// The vector width of the kernel that packed_matmul builds into graphs: 16 lanes where the CPU and
+// the OS run AVX-512, else 8. The environment variable STATEKV_GEMM_LANES=8 or 16 forces one (read
+// at every graph build: for benchmarks, and for testing the 16-lane kernel on any x86 CPU).
+int packed_matmul_lanes();
 
 }  // namespace statekv

@@ -80,6 +80,9 @@ STATEKV_ALWAYS_INLINE f32x8 exp_clamped(f32x8 t) {
 // A kernel compiled for x86-64-v3 (AVX2, FMA) besides the baseline, chosen by the CPU at load time.
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
 #define STATEKV_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+// The same with AVX-512 (x86-64-v4) first, for kernels written for 16-lane vectors.
+#define STATEKV_CPU_CLONES_WIDE __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define STATEKV_CPU_CLONES
+#define STATEKV_CPU_CLONES_WIDE
 #endif
