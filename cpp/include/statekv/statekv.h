@@ -68,8 +68,9 @@ std::vector<DeviceInfo> backends();
 // from), "cpu_variant" (the CPU module chosen for this machine, e.g. "haswell"), "cpu_module" (its
 // path), "cpu_features" (what it was compiled for, e.g. "AVX2,FMA,LLAMAFILE,OPENMP"), "modules"
 // (every backend module loaded), "packed_gemm_lanes" (the vector width of statekv's own CPU
-// product of F16/Q8_0 weights: 16 with AVX-512, else 8; STATEKV_GEMM_LANES=8|16 forces one). The best CPU variant is chosen at the first use of ggml; the
-// environment variable STATEKV_CPU_VARIANT=<name> forces one (for benchmarks). ggml's own
+// product of F16/Q8_0 weights: 16 with AVX-512, else 8; STATEKV_GEMM_LANES=8|16 forces one). The
+// best CPU variant is chosen at the first use of ggml; the environment variable
+// STATEKV_CPU_VARIANT=<name> forces one (for benchmarks). ggml's own
 // informational log lines are shown with STATEKV_GGML_LOG=1 (warnings and errors always).
 std::map<std::string, std::string> ggml_info();
 

@@ -26,7 +26,7 @@ struct Width8 {
     typedef int8_t i8v __attribute__((vector_size(8)));
     static constexpr int64_t kLanes = 8, kVecs = 3, kCols = 4, kDepth = 256;
 };
-// Sixteen lanes (AVX-512: 32 vector registers, a broadcast folded into each FMA): a 48 x 8 tile
+// Sixteen lanes (AVX-512's 32 vector registers hold a larger tile): a 48 x 8 tile
 // (24 accumulators, three weight vectors), 128 deep so that a 48-row panel (24 KB) and an
 // 8-column panel (4 KB) share a 32 KB L1. Chosen from the register and cache sizes; not measured
 // on an AVX-512 machine yet (docs/performance.md section 12).
@@ -54,21 +54,6 @@ struct Q8Block {
 static_assert(sizeof(Q8Block) == 34, "ggml's block_q8_0 is 34 bytes");
 static_assert(Width8::kDepth % kQ8Block == 0 && Width16::kDepth % kQ8Block == 0, "a depth block holds whole Q8_0 blocks");
 
-// Unaligned loads and stores of a whole vector or of its first n lanes (the rest read as 0). The
-// whole vector is a fixed-size copy, which the compiler turns into one instruction.
-template <class V>
-STATEKV_ALWAYS_INLINE V load_up_to(const float* p, int64_t n) {
-    V v = V{};
-    if (n == static_cast<int64_t>(sizeof(V) / sizeof(float))) std::memcpy(&v, p, sizeof(V));
-    else std::memcpy(&v, p, sizeof(float) * static_cast<size_t>(n));
-    return v;
-}
-template <class V>
-STATEKV_ALWAYS_INLINE void store_up_to(float* p, V v, int64_t n) {
-    if (n == static_cast<int64_t>(sizeof(V) / sizeof(float))) std::memcpy(p, &v, sizeof(V));
-    else std::memcpy(p, &v, sizeof(float) * static_cast<size_t>(n));
-}
-
 // acc[c] (rows r .. r + kRows of column c) += sum over depth of wp[k][kRows] * xp[k][c].
 template <class S>
 STATEKV_ALWAYS_INLINE void tile(const float* wp, const float* xp, int64_t depth, typename S::f32v (&acc)[S::kCols][S::kVecs]) {
@@ -81,7 +66,7 @@ STATEKV_ALWAYS_INLINE void tile(const float* wp, const float* xp, int64_t depth,
     for (int64_t k = 0; k < depth; ++k) {
         V w[S::kVecs];
 #pragma GCC unroll 4
-        for (int64_t u = 0; u < S::kVecs; ++u) std::memcpy(&w[u], wp + k * kRows + u * S::kLanes, sizeof(V));
+        for (int64_t u = 0; u < S::kVecs; ++u) w[u] = vec::load<V>(wp + k * kRows + u * S::kLanes);
         // Unrolled so that the accumulators live in registers.
 #pragma GCC unroll 8
         for (int64_t c = 0; c < S::kCols; ++c) {
@@ -187,8 +172,8 @@ STATEKV_ALWAYS_INLINE void multiply_rows(const Operands& o, int64_t m_begin, int
                         float* out = o.y + (n0 + c) * o.M + m;
                         for (int64_t u = 0; u * kLanes < valid; ++u) {
                             const int64_t nu = std::min<int64_t>(kLanes, valid - u * kLanes);
-                            if (k0 > 0) acc[c][u] += load_up_to<V>(out + u * kLanes, nu);
-                            store_up_to<V>(out + u * kLanes, acc[c][u], nu);
+                            if (k0 > 0) acc[c][u] += vec::load_up_to<V>(out + u * kLanes, nu);
+                            vec::store_up_to(out + u * kLanes, acc[c][u], nu);
                         }
                     }
                 }

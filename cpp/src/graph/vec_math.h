@@ -20,24 +20,33 @@ constexpr int kLanes = 8;
 
 STATEKV_ALWAYS_INLINE f32x8 splat(float v) { return f32x8{v, v, v, v, v, v, v, v}; }
 
-// Unaligned loads and stores, whole or of the first n < 8 lanes (the rest read as 0).
-STATEKV_ALWAYS_INLINE f32x8 load(const float* p) {
-    f32x8 v;
+// Unaligned loads and stores of any of these vector types (f32x8 unless named, e.g. the 16-lane
+// vectors of packed_matmul), whole or of the first n lanes (the rest read as 0).
+template <class V = f32x8>
+STATEKV_ALWAYS_INLINE V load(const float* p) {
+    V v;
     std::memcpy(&v, p, sizeof v);
     return v;
 }
-STATEKV_ALWAYS_INLINE f32x8 load_first(const float* p, int64_t n) {
-    f32x8 v = splat(0.0f);
+template <class V = f32x8>
+STATEKV_ALWAYS_INLINE V load_first(const float* p, int64_t n) {
+    V v = V{};
     std::memcpy(&v, p, sizeof(float) * static_cast<size_t>(n));
     return v;
 }
-STATEKV_ALWAYS_INLINE void store(float* p, f32x8 v) { std::memcpy(p, &v, sizeof v); }
-STATEKV_ALWAYS_INLINE void store_first(float* p, f32x8 v, int64_t n) { std::memcpy(p, &v, sizeof(float) * static_cast<size_t>(n)); }
-// n <= 8 lanes: a whole vector when n == 8 (a fixed-size copy the compiler turns into one
-// instruction; the variable-size one is a call to memcpy).
-STATEKV_ALWAYS_INLINE f32x8 load_up_to(const float* p, int64_t n) { return n == kLanes ? load(p) : load_first(p, n); }
-STATEKV_ALWAYS_INLINE void store_up_to(float* p, f32x8 v, int64_t n) {
-    if (n == kLanes) store(p, v);
+template <class V>
+STATEKV_ALWAYS_INLINE void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+template <class V>
+STATEKV_ALWAYS_INLINE void store_first(float* p, V v, int64_t n) { std::memcpy(p, &v, sizeof(float) * static_cast<size_t>(n)); }
+// n <= the vector's lanes: a whole vector when n is all of them (a fixed-size copy the compiler
+// turns into one instruction; the variable-size one is a call to memcpy).
+template <class V>
+constexpr int64_t lanes_of = static_cast<int64_t>(sizeof(V) / sizeof(float));
+template <class V = f32x8>
+STATEKV_ALWAYS_INLINE V load_up_to(const float* p, int64_t n) { return n == lanes_of<V> ? load<V>(p) : load_first<V>(p, n); }
+template <class V>
+STATEKV_ALWAYS_INLINE void store_up_to(float* p, V v, int64_t n) {
+    if (n == lanes_of<V>) store(p, v);
     else store_first(p, v, n);
 }
 
